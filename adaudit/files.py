@@ -1,0 +1,44 @@
+"""Atomic writes: an interrupted run never leaves a folder or file that looks complete."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path):
+    """Yield an empty staging folder beside `folder`; on success it replaces `folder`.
+
+    On any error the staging folder is removed and `folder` is left as it was.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if folder.exists():
+        previous = folder.with_name(f".{folder.name}.previous-{os.getpid()}")
+        os.replace(folder, previous)
+    os.replace(staging, folder)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

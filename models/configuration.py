@@ -1,0 +1,135 @@
+"""The one config object that fully describes an audit model, teacher or pruned student.
+
+Hugging Face configs hold one global head count and FFN width per tower. A pruned student
+has different widths in every block, so each tower here lists its blocks with their own
+shape. `AuditModel(config)` builds exactly the tensors the config describes, which is what
+lets a pruned student reload from its folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .labels import TASKS
+
+CONFIG_FILE = "config.json"
+TOWERS = ("vision", "qformer", "text")
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a model (zero width, unknown field, bad JSON)."""
+
+
+@dataclass
+class BlockShape:
+    """The prunable widths of one transformer block."""
+
+    heads: int  # self-attention heads (each `head_dim` wide)
+    intermediate_size: int  # FFN neurons
+    cross_attention_heads: int = 0  # Q-Former blocks only: heads attending to the image (0: none)
+
+
+@dataclass
+class TowerConfig:
+    hidden_size: int
+    head_dim: int
+    blocks: list[BlockShape]
+
+    @classmethod
+    def uniform(cls, hidden_size, depth, heads, intermediate_size, cross_attention_heads=0):
+        if hidden_size % heads:
+            raise ConfigError(f"hidden size {hidden_size} is not a multiple of {heads} heads")
+        blocks = [BlockShape(heads, intermediate_size, cross_attention_heads) for _ in range(depth)]
+        return cls(hidden_size, hidden_size // heads, blocks)
+
+
+@dataclass
+class AuditModelConfig:
+    vision: TowerConfig
+    qformer: TowerConfig
+    text: TowerConfig
+    vocab_size: int
+    image_size: int = 96
+    patch_size: int = 16
+    num_query_tokens: int = 8
+    max_text_length: int = 48
+    tasks: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in TASKS.items()})
+    model_type: str = "adaudit-blip2"
+
+    def tower(self, name: str) -> TowerConfig:
+        return getattr(self, name)
+
+    def validate(self) -> "AuditModelConfig":
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image size {self.image_size} is not a multiple of patch size {self.patch_size}")
+        for name in TOWERS:
+            tower = self.tower(name)
+            if tower.hidden_size < 1 or tower.head_dim < 1:
+                raise ConfigError(f"{name}: hidden size and head_dim must be positive")
+            if not tower.blocks:
+                raise ConfigError(f"{name}: a tower needs at least one block")
+            for index, block in enumerate(tower.blocks):
+                if block.heads < 1 or block.intermediate_size < 1:
+                    raise ConfigError(f"{name} block {index}: heads and FFN width must be at least 1")
+        if not any(block.cross_attention_heads for block in self.qformer.blocks):
+            raise ConfigError("qformer: at least one block must attend to the image")
+        return self
+
+    # --- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AuditModelConfig":
+        try:
+            towers = {
+                name: TowerConfig(
+                    hidden_size=data[name]["hidden_size"],
+                    head_dim=data[name]["head_dim"],
+                    blocks=[BlockShape(**block) for block in data[name]["blocks"]],
+                )
+                for name in TOWERS
+            }
+            rest = {k: v for k, v in data.items() if k not in TOWERS}
+            return cls(**towers, **rest).validate()
+        except (KeyError, TypeError) as error:
+            raise ConfigError(f"config is missing or has an unknown field: {error}") from None
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "AuditModelConfig":
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: not a model folder")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+        return cls.from_dict(data)
+
+
+def preset(name: str, vocab_size: int) -> AuditModelConfig:
+    """Teacher presets: `tiny` trains in seconds for tests, `base` is the benchmark teacher."""
+    if name == "tiny":
+        return AuditModelConfig(
+            vision=TowerConfig.uniform(64, 3, 4, 128),
+            qformer=TowerConfig.uniform(64, 2, 4, 128, cross_attention_heads=4),
+            text=TowerConfig.uniform(64, 3, 4, 128),
+            vocab_size=vocab_size,
+            image_size=32,
+            patch_size=8,
+            num_query_tokens=4,
+            max_text_length=48,
+        ).validate()
+    if name == "base":
+        return AuditModelConfig(
+            vision=TowerConfig.uniform(384, 8, 6, 1536),
+            qformer=TowerConfig.uniform(384, 4, 6, 1536, cross_attention_heads=6),
+            text=TowerConfig.uniform(384, 8, 6, 1536),
+            vocab_size=vocab_size,
+        ).validate()
+    raise ConfigError(f"unknown preset {name!r}; presets are tiny, base")

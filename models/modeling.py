@@ -1,0 +1,241 @@
+"""The ad-audit model: a BLIP-2-shaped classifier built from transformers blocks.
+
+    image -> Dinov2Model (vision tower) -> Blip2QFormerModel (learned query tokens attend
+    to the patches) -> projector -> BertModel (text tower reads the projected queries
+    followed by the Chinese copy) -> one linear head per audit task.
+
+Teacher and student are this same class; only the config differs. transformers builds
+each tower with one global width, so after building, every block is reshaped to the
+widths its `BlockShape` lists (`_shape_block`). `BLOCK_ANATOMY` names, for each tower, the
+linear layers that carry heads and FFN neurons; compression/ reads it too, so the
+knowledge of where the prunable tensors live is in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel, Dinov2Config, Dinov2Model
+
+from adaudit.files import atomic_folder
+
+from .configuration import AuditModelConfig, BlockShape, ConfigError, TowerConfig
+from .tokenizer import VOCABULARY_FILE, write_vocabulary
+
+WEIGHTS_FILE = "model.safetensors"
+INITIALIZER_RANGE = 0.02
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or corrupt."""
+
+
+@dataclass(frozen=True)
+class BlockAnatomy:
+    """Module paths, inside one block of a tower, of the tensors that width pruning cuts."""
+
+    attention: str  # the module that holds the head count
+    query: str
+    key: str
+    value: str
+    attention_output: str
+    ffn_input: str
+    ffn_output: str
+    cross_attention: str | None = None  # Q-Former only
+    cross_attention_module: str | None = None
+
+
+BLOCK_ANATOMY = {
+    "vision": BlockAnatomy(
+        "attention", "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
+        "mlp.fc1", "mlp.fc2",
+    ),
+    "qformer": BlockAnatomy(
+        "attention.attention", "attention.attention.query", "attention.attention.key",
+        "attention.attention.value", "attention.output.dense", "intermediate_query.dense",
+        "output_query.dense", cross_attention="crossattention",
+        cross_attention_module="crossattention.attention",
+    ),
+    "text": BlockAnatomy(
+        "attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
+        "attention.output.dense", "intermediate.dense", "output.dense",
+    ),
+}
+
+
+@dataclass
+class AuditOutput:
+    logits: dict[str, torch.Tensor]  # task -> (batch, classes)
+    pooled: torch.Tensor  # (batch, text hidden): the text tower's [CLS] state
+    hidden_states: dict[str, tuple[torch.Tensor, ...]] | None = None  # tower -> per-block states
+
+
+def _new_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.normal_(layer.weight, std=INITIALIZER_RANGE)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def set_head_count(attention: nn.Module, heads: int, head_dim: int) -> None:
+    """Tell a transformers attention module how many heads its projections now hold."""
+    attention.num_attention_heads = heads
+    attention.head_dim = head_dim  # Dinov2Attention
+    attention.attention_head_size = head_dim  # BERT / Q-Former attention
+    attention.all_head_size = heads * head_dim
+    attention.scaling = head_dim**-0.5
+
+
+def _shape_block(block: nn.Module, anatomy: BlockAnatomy, shape: BlockShape, tower: TowerConfig,
+                 encoder_hidden_size: int = 0) -> None:
+    hidden, width = tower.hidden_size, shape.heads * tower.head_dim
+    for path in (anatomy.query, anatomy.key, anatomy.value):
+        _set_module(block, path, _new_linear(hidden, width))
+    _set_module(block, anatomy.attention_output, _new_linear(width, hidden))
+    set_head_count(block.get_submodule(anatomy.attention), shape.heads, tower.head_dim)
+    _set_module(block, anatomy.ffn_input, _new_linear(hidden, shape.intermediate_size))
+    _set_module(block, anatomy.ffn_output, _new_linear(shape.intermediate_size, hidden))
+    if anatomy.cross_attention is None:
+        return
+    if shape.cross_attention_heads == 0:
+        delattr(block, anatomy.cross_attention)
+        block.has_cross_attention = False
+        return
+    cross_width = shape.cross_attention_heads * tower.head_dim
+    cross = anatomy.cross_attention
+    _set_module(block, f"{cross}.attention.query", _new_linear(hidden, cross_width))
+    _set_module(block, f"{cross}.attention.key", _new_linear(encoder_hidden_size, cross_width))
+    _set_module(block, f"{cross}.attention.value", _new_linear(encoder_hidden_size, cross_width))
+    _set_module(block, f"{cross}.output.dense", _new_linear(cross_width, hidden))
+    set_head_count(block.get_submodule(anatomy.cross_attention_module), shape.cross_attention_heads, tower.head_dim)
+
+
+def _build_vision(config: AuditModelConfig) -> Dinov2Model:
+    tower = config.vision
+    model = Dinov2Model(Dinov2Config(
+        hidden_size=tower.hidden_size, num_hidden_layers=len(tower.blocks), num_attention_heads=1,
+        mlp_ratio=1, image_size=config.image_size, patch_size=config.patch_size,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="sdpa",
+    ))
+    for block, shape in zip(model.encoder.layer, tower.blocks):
+        _shape_block(block, BLOCK_ANATOMY["vision"], shape, tower)
+    return model
+
+
+def _build_qformer(config: AuditModelConfig) -> Blip2QFormerModel:
+    tower = config.qformer
+    model = Blip2QFormerModel(Blip2QFormerConfig(
+        hidden_size=tower.hidden_size, num_hidden_layers=len(tower.blocks), num_attention_heads=1,
+        intermediate_size=1, encoder_hidden_size=config.vision.hidden_size, cross_attention_frequency=1,
+        use_qformer_text_input=False, attn_implementation="sdpa",
+    ))
+    for block, shape in zip(model.encoder.layer, tower.blocks):
+        _shape_block(block, BLOCK_ANATOMY["qformer"], shape, tower, config.vision.hidden_size)
+    return model
+
+
+def _build_text(config: AuditModelConfig) -> BertModel:
+    tower = config.text
+    model = BertModel(BertConfig(
+        vocab_size=config.vocab_size, hidden_size=tower.hidden_size, num_hidden_layers=len(tower.blocks),
+        num_attention_heads=1, intermediate_size=1, type_vocab_size=1,
+        max_position_embeddings=config.num_query_tokens + config.max_text_length, attn_implementation="sdpa",
+    ), add_pooling_layer=False)
+    for block, shape in zip(model.encoder.layer, tower.blocks):
+        _shape_block(block, BLOCK_ANATOMY["text"], shape, tower)
+    return model
+
+
+class AuditModel(nn.Module):
+    def __init__(self, config: AuditModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.vision = _build_vision(config)
+        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, config.qformer.hidden_size)
+                                         * INITIALIZER_RANGE)
+        self.qformer = _build_qformer(config)
+        self.projector = _new_linear(config.qformer.hidden_size, config.text.hidden_size)
+        self.text = _build_text(config)
+        self.dropout = nn.Dropout(0.1)
+        self.heads = nn.ModuleDict({
+            task: _new_linear(config.text.hidden_size, len(names)) for task, names in config.tasks.items()
+        })
+
+    def tower(self, name: str) -> nn.Module:
+        return getattr(self, name)
+
+    def blocks(self, tower: str) -> nn.ModuleList:
+        return self.tower(tower).encoder.layer
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                output_hidden_states: bool = False) -> AuditOutput:
+        vision = self.vision(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        queries = self.query_tokens.expand(pixel_values.shape[0], -1, -1)
+        qformer = self.qformer(query_embeds=queries, encoder_hidden_states=vision.last_hidden_state,
+                               output_hidden_states=output_hidden_states)
+        visual_tokens = self.projector(qformer.last_hidden_state)
+        word_embeddings = self.text.embeddings.word_embeddings(input_ids)
+        query_mask = attention_mask.new_ones(attention_mask.shape[0], visual_tokens.shape[1])
+        text = self.text(
+            inputs_embeds=torch.cat([visual_tokens, word_embeddings], dim=1),
+            attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token
+        features = self.dropout(pooled)
+        logits = {task: head(features) for task, head in self.heads.items()}
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = {"vision": vision.hidden_states, "qformer": qformer.hidden_states,
+                             "text": text.hidden_states}
+        return AuditOutput(logits, pooled, hidden_states)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- safetensors + JSON -----------------------------------------------------------
+    def save_pretrained(self, folder: Path) -> None:
+        """Write config.json, model.safetensors and vocab.txt; atomically (no half-written folder)."""
+        with atomic_folder(folder) as staging:
+            self.config.save(staging)
+            state = {name: tensor.detach().contiguous() for name, tensor in self.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+            write_vocabulary(staging)
+
+    @classmethod
+    def from_pretrained(cls, folder: Path) -> "AuditModel":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(f"model folder {folder} does not exist")
+        for name in (WEIGHTS_FILE, VOCABULARY_FILE):
+            if not (folder / name).is_file():
+                raise ModelFolderError(f"{folder / name} is missing: not a complete model folder")
+        try:
+            config = AuditModelConfig.load(folder)
+        except ConfigError as error:
+            raise ModelFolderError(str(error)) from None
+        model = cls(config)
+        try:
+            state = load_file(str(folder / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as error:
+            raise ModelFolderError(f"{folder / WEIGHTS_FILE} is corrupt: {error}") from None
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            problem = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                       else f"shape mismatch in {wrong[:3]}")
+            raise ModelFolderError(f"{folder / WEIGHTS_FILE} does not match its config.json: {problem}")
+        model.load_state_dict(state)
+        return model.eval()
