@@ -48,9 +48,16 @@ def write_vocabulary(folder: Path) -> Path:
     return path
 
 
+def make_tokenizer(vocabulary: list[str] | None = None) -> BertTokenizer:
+    """A WordPiece tokenizer over `vocabulary` (default: the generated one)."""
+    vocabulary = vocabulary or build_vocabulary()
+    return BertTokenizer(vocab={token: index for index, token in enumerate(vocabulary)},
+                         do_lower_case=True, tokenize_chinese_chars=True)
+
+
 def load_tokenizer(folder: Path) -> BertTokenizer:
     """The tokenizer saved in a model folder (its vocab.txt)."""
     path = Path(folder) / VOCABULARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a model folder")
-    return BertTokenizer(vocab=dict(load_vocab(str(path))), do_lower_case=True, tokenize_chinese_chars=True)
+    return make_tokenizer(list(load_vocab(str(path))))

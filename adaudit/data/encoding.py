@@ -1,0 +1,56 @@
+"""A data split decoded and tokenised once, held in memory as tensors.
+
+Training, distillation and evaluation loop over these tensors; nothing is decoded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adaudit.models.preprocessing import AuditProcessor
+
+from .dataset import AdRecord, load_image, read_split
+
+
+@dataclass
+class EncodedSplit:
+    ids: list[str]
+    image_bytes: torch.Tensor  # uint8 (n, 3, size, size)
+    input_ids: torch.Tensor  # (n, length)
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # (n, tasks), class indices in the config's task order
+    tasks: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixel_values": AuditProcessor.normalise(self.image_bytes[index]),
+                "input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}
+
+    def subset(self, index: torch.Tensor) -> "EncodedSplit":
+        return EncodedSplit([self.ids[i] for i in index.tolist()], self.image_bytes[index],
+                            self.input_ids[index], self.attention_mask[index], self.labels[index], self.tasks)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Index tensors covering the split once; shuffled when a generator is given."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        yield from order.split(batch_size)
+
+
+def encode_records(records: list[AdRecord], processor: AuditProcessor, tasks: dict[str, list[str]]) -> EncodedSplit:
+    images = [load_image(record.image_path) for record in records]
+    input_ids, attention_mask = processor.texts([record.text for record in records])
+    labels = torch.tensor([[names.index(record.labels[task]) for task, names in tasks.items()]
+                           for record in records], dtype=torch.long).view(len(records), len(tasks))
+    return EncodedSplit([r.id for r in records], processor.image_bytes(images), input_ids, attention_mask,
+                        labels, list(tasks))
+
+
+def encode_split(data_dir: Path, split: str, processor: AuditProcessor, tasks: dict[str, list[str]],
+                 limit: int | None = None) -> EncodedSplit:
+    records = read_split(Path(data_dir), split)
+    return encode_records(records[:limit] if limit else records, processor, tasks)

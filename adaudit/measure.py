@@ -1,0 +1,46 @@
+"""Size and speed of a model on this machine: parameters, FLOPs per ad, latency, throughput."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from adaudit.data.encoding import EncodedSplit
+from adaudit.models.modeling import AuditModel
+
+
+def flops_per_ad(model: AuditModel, split: EncodedSplit) -> int:
+    counter = FlopCounterMode(display=False)  # its module hooks need autograd on: no inference_mode here
+    with counter:
+        model.eval()(**split.inputs(torch.arange(1)))
+    return int(counter.get_total_flops())
+
+
+@torch.inference_mode()
+def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughput_batch: int = 32,
+            throughput_repeats: int = 6) -> dict:
+    """p50/p95 of batch-1 calls over `repeats` ads, and ads per second at batch `throughput_batch`."""
+    model.eval()
+    single = [split.inputs(torch.tensor([i % len(split)])) for i in range(repeats)]
+    for inputs in single[:5]:
+        model(**inputs)
+    timings = []
+    for inputs in single:
+        start = time.perf_counter()
+        model(**inputs)
+        timings.append((time.perf_counter() - start) * 1000)
+    batch = split.inputs(torch.arange(throughput_batch) % len(split))
+    model(**batch)
+    start = time.perf_counter()
+    for _ in range(throughput_repeats):
+        model(**batch)
+    elapsed = time.perf_counter() - start
+    return {"latency_ms_p50": float(np.percentile(timings, 50)), "latency_ms_p95": float(np.percentile(timings, 95)),
+            "throughput_per_s": throughput_batch * throughput_repeats / elapsed}
+
+
+def profile(model: AuditModel, split: EncodedSplit) -> dict:
+    return {"params": model.num_parameters(), "flops_per_ad": flops_per_ad(model, split), **latency(model, split)}

@@ -1,0 +1,75 @@
+"""Training the teacher: the large audit model that compression starts from.
+
+The teacher trains on the labels with cross-entropy, saves a checkpoint after every epoch
+to `OUT.checkpoint/` (resume with `resume=True`), and writes its folder atomically at the
+end, with `metrics.json` holding its scores on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from adaudit.data.encoding import encode_split
+from adaudit.evaluation import evaluate
+from adaudit.files import atomic_write_text
+from adaudit.models.configuration import preset
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+from adaudit.models.tokenizer import build_vocabulary
+from adaudit.training import Schedule, TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
+
+SCHEDULES = {
+    "tiny": Schedule(epochs=6, batch_size=32, learning_rate=2e-3),
+    "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
+}
+METRICS_FILE = "metrics.json"
+
+
+def checkpoint_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".checkpoint")
+
+
+def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
+                  resume: bool = False, seed: int = 0, limit: int | None = None, log=print) -> dict:
+    out = Path(out)
+    config = preset(preset_name, len(build_vocabulary()))
+    schedule = replace(SCHEDULES[preset_name], seed=seed, **({"epochs": epochs} if epochs else {}))
+    processor = AuditProcessor(config)
+    train = encode_split(data_dir, "train", processor, config.tasks, limit)
+    test = encode_split(data_dir, "test", processor, config.tasks)
+    log(f"teacher '{preset_name}': {len(train)} training and {len(test)} test ads")
+
+    checkpoint = checkpoint_folder(out)
+    state, optimizer_state = TrainingState(), None
+    if resume and checkpoint.exists():
+        model, optimizer_state, state, _ = load_checkpoint(checkpoint)
+        log(f"resuming from {checkpoint} after epoch {state.epoch}")
+    else:
+        torch.manual_seed(seed)
+        model = AuditModel(config)
+    log(f"{model.num_parameters() / 1e6:.2f}M parameters")
+
+    def save_progress(model, optimizer, state):
+        save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name})
+        log(f"epoch {state.epoch}: test {summary(evaluate(model, test))}")
+
+    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
+                 f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
+    metrics = {"preset": preset_name, "epochs": schedule.epochs, "train_loss": losses,
+               "test": evaluate(model, test), "train_samples": len(train)}
+    model.save_pretrained(out)
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    return (f"verdict accuracy {metrics['accuracy']:.4f}, violation macro-F1 {metrics['violation_macro_f1']:.4f}, "
+            + ", ".join(f"{task} {value:.3f}" for task, value in metrics["task_accuracy"].items()
+                        if task not in ("verdict",)))
+

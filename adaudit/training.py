@@ -1,0 +1,128 @@
+"""One plain training loop, shared by teacher training and distillation, plus checkpoints.
+
+`fit` knows nothing about losses: it takes a function of (model, batch index) that returns
+the loss, so the teacher (cross-entropy on labels) and every compression stage (distillation
+from cached teacher logits) run the same loop. Checkpoints hold no pickle: the model as
+safetensors + JSON, the optimizer's tensors as safetensors and its settings as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from adaudit.data.encoding import EncodedSplit
+from adaudit.files import atomic_folder
+from adaudit.models.modeling import AuditModel
+
+LossFunction = Callable[[AuditModel, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class TrainingState:
+    """Where a run is; saved with each checkpoint so a run can resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+
+
+def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor) -> torch.Tensor:
+    """Sum over tasks of cross-entropy with the labels."""
+    logits = model(**split.inputs(index)).logits
+    labels = split.labels[index]
+    return sum(F.cross_entropy(logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
+
+
+def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, state: TrainingState,
+                   optimizer_state: dict | None = None):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": schedule.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=schedule.learning_rate)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    warmup = int(schedule.warmup_fraction * total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=state.step - 1)
+    return optimizer, scheduler
+
+
+def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule, description: str,
+        state: TrainingState | None = None, optimizer_state: dict | None = None,
+        on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState], None] | None = None,
+        ) -> list[float]:
+    """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch."""
+    state = state or TrainingState()
+    steps_per_epoch = -(-size // schedule.batch_size)
+    optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
+                                          optimizer_state)
+    epoch_losses = []
+    for epoch in range(state.epoch, schedule.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(schedule.seed * 1000 + epoch)
+        total, count = 0.0, 0
+        bar = tqdm(torch.randperm(size, generator=generator).split(schedule.batch_size),
+                   desc=f"{description} epoch {epoch + 1}/{schedule.epochs}", leave=False, mininterval=2, disable=None)  # no bar when not a terminal
+        for index in bar:
+            loss = loss_fn(model, index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            total, count = total + loss.item() * len(index), count + len(index)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        state.epoch = epoch + 1
+        epoch_losses.append(total / count)
+        if on_epoch_end is not None:
+            on_epoch_end(model, optimizer, state)
+    model.eval()
+    return epoch_losses
+
+
+# --- checkpoints ---------------------------------------------------------------------
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+
+
+def save_checkpoint(folder: Path, model: AuditModel, optimizer: torch.optim.Optimizer, state: TrainingState,
+                    extra: dict) -> None:
+    """Model, optimizer and progress in one folder, replaced atomically."""
+    with atomic_folder(folder) as staging:
+        model.save_pretrained(staging / "model")
+        optimizer_state = optimizer.state_dict()
+        tensors = {f"{param}.{key}": value.contiguous() for param, slots in optimizer_state["state"].items()
+                   for key, value in slots.items()}
+        save_file(tensors, str(staging / OPTIMIZER_TENSORS))
+        (staging / TRAINER_STATE).write_text(json.dumps({
+            "state": asdict(state), "param_groups": optimizer_state["param_groups"], **extra}, indent=2))
+
+
+def load_checkpoint(folder: Path) -> tuple[AuditModel, dict, TrainingState, dict]:
+    folder = Path(folder)
+    meta = json.loads((folder / TRAINER_STATE).read_text())
+    state: dict[int, dict] = {}
+    for name, tensor in load_file(str(folder / OPTIMIZER_TENSORS)).items():
+        param, key = name.split(".", 1)
+        state.setdefault(int(param), {})[key] = tensor
+    optimizer_state = {"state": state, "param_groups": meta.pop("param_groups")}
+    training_state = TrainingState(**meta.pop("state"))
+    return AuditModel.from_pretrained(folder / "model"), optimizer_state, training_state, meta

@@ -1,0 +1,75 @@
+"""Knowledge distillation from cached teacher outputs.
+
+The teacher runs once over the distillation samples (`cache_teacher`); every step of every
+stage then reads its logits from memory. Loss per batch, with weights from the recipe:
+
+    kl_weight * sum_tasks T^2 * KL(softmax(teacher / T) || softmax(student / T))
+  + label_weight * sum_tasks cross_entropy(student, label)
+  + pooled_weight * MSE(student pooled state, teacher pooled state)   (while their widths match)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from adaudit.data.encoding import EncodedSplit
+from adaudit.evaluation import predict_logits
+from adaudit.models.modeling import AuditModel
+from adaudit.training import Schedule, fit
+
+from .recipe import DistillationSettings
+
+
+@dataclass
+class TeacherCache:
+    logits: dict[str, torch.Tensor]  # task -> (n, classes), aligned with the split
+    pooled: torch.Tensor  # (n, teacher text hidden)
+
+
+@torch.inference_mode()
+def cache_teacher(teacher: AuditModel, split: EncodedSplit, batch_size: int = 64) -> TeacherCache:
+    teacher.eval()
+    pooled = [teacher(**split.inputs(index)).pooled for index in split.batches(batch_size)]
+    return TeacherCache(predict_logits(teacher, split, batch_size), torch.cat(pooled))
+
+
+def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCache, index: torch.Tensor,
+                      settings: DistillationSettings) -> torch.Tensor:
+    output = model(**split.inputs(index))
+    labels = split.labels[index]
+    temperature = settings.temperature
+    loss = output.pooled.new_zeros(())
+    for i, task in enumerate(split.tasks):
+        student, teacher = output.logits[task], cache.logits[task][index]
+        if settings.kl_weight:
+            kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                          log_target=True, reduction="batchmean")
+            loss = loss + settings.kl_weight * temperature**2 * kl
+        if settings.label_weight:
+            loss = loss + settings.label_weight * F.cross_entropy(student, labels[:, i])
+    if settings.pooled_weight and output.pooled.shape[-1] == cache.pooled.shape[-1]:
+        loss = loss + settings.pooled_weight * F.mse_loss(output.pooled, cache.pooled[index])
+    return loss
+
+
+def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
+           epochs: int, description: str, seed: int = 0) -> list[float]:
+    """Train `model` toward the teacher for `epochs` epochs; returns the mean loss per epoch."""
+    if epochs <= 0:
+        return []
+    schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                        warmup_fraction=0.0, seed=seed)
+    return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
+               schedule, description)
+
+
+@torch.inference_mode()
+def mean_distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCache,
+                           settings: DistillationSettings, batch_size: int = 64) -> float:
+    model.eval()
+    total = sum(distillation_loss(model, split, cache, index, settings).item() * len(index)
+                for index in split.batches(batch_size))
+    return total / len(split)

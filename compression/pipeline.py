@@ -1,0 +1,199 @@
+"""AntGMM multi-stage compression: teacher -> blocks -> widths -> hidden size -> student.
+
+Every stage cuts the model (physically: `structure.cut`) and distils it from the cached
+teacher outputs on at most 2,000 training ads. After each stage the model is profiled and
+evaluated on the test split, so `report.json` shows what every stage cost and bought.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from adaudit.data.encoding import EncodedSplit, encode_split
+from adaudit.evaluation import evaluate, predict_logits
+from adaudit.files import atomic_folder
+from adaudit.measure import profile
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+
+from .distillation import TeacherCache, cache_teacher, distil, mean_distillation_loss
+from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
+from .recipe import BlocksStage, HiddenStage, Recipe, WidthsStage, load_recipe
+from .structure import remove_blocks, shrink_hidden, shrink_widths
+
+REPORT_FILE = "report.json"
+RECIPE_FILE = "recipe.json"
+
+
+class Context:
+    """What every stage needs: the distillation and calibration samples and the teacher's cached outputs."""
+
+    def __init__(self, recipe: Recipe, train: EncodedSplit, cache: TeacherCache, log):
+        self.recipe, self.train, self.cache, self.log = recipe, train, cache, log
+        calibration = torch.arange(min(recipe.calibration_samples, len(train)))
+        self.calibration = train.subset(calibration)
+        self.calibration_cache = TeacherCache({t: v[calibration] for t, v in cache.logits.items()},
+                                              cache.pooled[calibration])
+        self.steps = 0
+
+    def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
+        self.steps += 1
+        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
+                        seed=self.recipe.seed + self.steps)
+        if losses:
+            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        return model
+
+
+def run_blocks(model: AuditModel, stage: BlocksStage, context: Context) -> AuditModel:
+    while any(len(model.blocks(t)) > keep for t, keep in stage.keep.items()):
+        towers = [t for t, keep in stage.keep.items() if len(model.blocks(t)) > keep]
+        influence = block_influence(model, context.calibration, towers)
+        kept = {}
+        for tower in towers:
+            depth = len(model.blocks(tower))
+            drop = min(stage.per_step, depth - stage.keep[tower])
+            kept[tower] = top_indices(influence[tower], depth - drop).tolist()
+            removed = sorted(set(range(depth)) - set(kept[tower]))
+            context.log(f"  {tower}: removing blocks {removed} (influence "
+                        f"{', '.join(f'{influence[tower][i]:.3f}' for i in removed)})")
+        model = remove_blocks(model, kept)
+        context.distil(model, stage.epochs_per_step, "blocks")
+    return model
+
+
+def run_widths(model: AuditModel, stage: WidthsStage, context: Context) -> AuditModel:
+    scores = taylor_unit_scores(model, context.calibration, context.calibration_cache, context.recipe.distillation)
+    kept_heads = {t: [top_indices(m.grad, keep) for m in scores.heads[t]] for t, keep in stage.heads.items()}
+    kept_neurons = {t: [top_indices(m.grad, keep) for m in scores.neurons[t]] for t, keep in stage.ffn.items()}
+    kept_cross = None
+    if stage.cross_attention_heads:
+        kept_cross = [top_indices(m.grad, stage.cross_attention_heads) if m is not None else None
+                      for m in scores.cross_heads]
+
+    # soft masks: the units about to be pruned fade out while the rest learns to do without them
+    masks = UnitMasks(model)
+    for step in range(stage.soft_steps):
+        scale = stage.mask_decay ** (step + 1)
+        for mask, kept in _pruned_masks(masks, kept_heads, kept_neurons, kept_cross):
+            mask.fill_(scale)
+            mask[kept] = 1.0
+        context.distil(model, stage.epochs_per_step, f"widths, soft masks x{scale:.3f}")
+    masks.remove()
+    model = shrink_widths(model, kept_heads, kept_neurons, kept_cross)
+    return context.distil(model, stage.epochs_after_cut, "widths after the cut")
+
+
+def _pruned_masks(masks: UnitMasks, kept_heads, kept_neurons, kept_cross):
+    """(mask, indices kept) for every block whose width the stage shrinks."""
+    for tower, per_block in kept_heads.items():
+        yield from zip(masks.heads[tower], per_block)
+    for tower, per_block in kept_neurons.items():
+        yield from zip(masks.neurons[tower], per_block)
+    for mask, kept in zip(masks.cross_heads, kept_cross or []):
+        if mask is not None:
+            yield mask, kept
+
+
+def run_hidden(model: AuditModel, stage: HiddenStage, context: Context) -> AuditModel:
+    start = {t: model.config.tower(t).hidden_size for t in stage.size}
+    for step in range(1, stage.steps + 1):
+        sizes = {t: round(start[t] - (start[t] - size) * step / stage.steps) for t, size in stage.size.items()}
+        sizes = {t: s for t, s in sizes.items() if s < model.config.tower(t).hidden_size}
+        if not sizes:
+            continue
+        scores = taylor_hidden_scores(model, context.calibration, context.calibration_cache,
+                                      context.recipe.distillation, list(sizes))
+        model = shrink_hidden(model, {t: top_indices(scores[t], s) for t, s in sizes.items()})
+        context.log(f"  hidden sizes now {', '.join(f'{t} {s}' for t, s in sizes.items())}")
+        context.distil(model, stage.epochs_per_step, "hidden")
+    return model
+
+
+RUNNERS = {"blocks": run_blocks, "widths": run_widths, "hidden": run_hidden}
+
+
+def stage_entry(name: str, model: AuditModel, test: EncodedSplit, teacher_predictions, extra=None) -> dict:
+    return {"name": name, **profile(model, test), **evaluate(model, test, teacher_predictions),
+            "shape": _shape_summary(model), **(extra or {})}
+
+
+def _shape_summary(model: AuditModel) -> dict:
+    return {tower: {"blocks": len(model.config.tower(tower).blocks), "hidden": model.config.tower(tower).hidden_size,
+                    "heads": [b.heads for b in model.config.tower(tower).blocks],
+                    "ffn": [b.intermediate_size for b in model.config.tower(tower).blocks]}
+            for tower in ("vision", "qformer", "text")}
+
+
+def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | None = None, log=print) -> dict:
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path)
+    teacher = AuditModel.from_pretrained(teacher_dir)
+    recipe.check_against(teacher.config)
+    torch.manual_seed(recipe.seed)
+    processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
+    train = encode_split(data_dir, "train", processor, teacher.config.tasks)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    train = train.subset(torch.randperm(len(train), generator=generator)[:recipe.distillation.samples])
+    test = encode_split(data_dir, "test", processor, teacher.config.tasks)
+    log(f"distilling on {len(train)} training ads, evaluating on {len(test)} test ads")
+
+    cache = cache_teacher(teacher, train)
+    teacher_predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
+    teacher_entry = stage_entry("teacher", teacher, test, teacher_predictions)
+    log(f"teacher: {teacher_entry['params'] / 1e6:.2f}M params, {teacher_entry['latency_ms_p50']:.2f} ms, "
+        f"verdict accuracy {teacher_entry['accuracy']:.4f}")
+
+    context = Context(recipe, train, cache, log)
+    model = AuditModel.from_pretrained(teacher_dir)
+    stages = []
+    for number, stage in enumerate(recipe.stages, 1):
+        stage_start = time.perf_counter()
+        log(f"stage {number}: {stage.kind}")
+        model = RUNNERS[stage.kind](model, stage, context)
+        if number == len(recipe.stages) and recipe.final_epochs:
+            context.distil(model, recipe.final_epochs, "final")
+        entry = stage_entry(stage.kind, model, test, teacher_predictions, {
+            "seconds": time.perf_counter() - stage_start,
+            "distillation_loss": mean_distillation_loss(model, train, cache, recipe.distillation)})
+        stages.append(entry)
+        log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
+            f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f}")
+
+    student = stages[-1] if stages else teacher_entry
+    report = {
+        "teacher": teacher_entry,
+        "stages": stages,
+        "student": student,
+        "speedup": teacher_entry["latency_ms_p50"] / student["latency_ms_p50"],
+        "throughput_gain": student["throughput_per_s"] / teacher_entry["throughput_per_s"],
+        "compression_ratio": teacher_entry["params"] / student["params"],
+        "flops_ratio": teacher_entry["flops_per_ad"] / student["flops_per_ad"],
+        "accuracy_drop_points": 100 * (teacher_entry["accuracy"] - student["accuracy"]),
+        "violation_f1_drop_points": 100 * (teacher_entry["violation_macro_f1"] - student["violation_macro_f1"]),
+        "distillation_samples": len(train),
+        "wall_seconds": time.perf_counter() - started,
+        "machine": machine(),
+    }
+    with atomic_folder(out) as staging:
+        model.save_pretrained(staging)  # nested atomic write into the staging folder
+        (staging / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2) + "\n")
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def machine() -> dict:
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,127 @@
+"""Compression recipes: targets and schedule of the AntGMM stages, read from YAML.
+
+A recipe is a list of stages, run in order, each followed by distillation:
+
+    blocks:  keep N blocks per tower, removing `per_step` of the least influential at a time
+    widths:  keep H heads and F FFN neurons in every block (first-order Taylor importance),
+             shrinking the pruned units' soft masks `soft_steps` times by `mask_decay`
+             before the hard cut
+    hidden:  shrink a tower's hidden size in `steps` equal steps to `size`
+
+`RecipeError` carries one readable line for a recipe that is malformed or cannot be applied
+to the teacher (more blocks than exist, a zero width, a width larger than the teacher's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from adaudit.models.configuration import TOWERS, AuditModelConfig
+
+DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+
+TowerCounts = dict[Literal["vision", "qformer", "text"], PositiveInt]
+
+
+class RecipeError(ValueError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DistillationSettings(Strict):
+    samples: PositiveInt = Field(2000, le=2000, description="distillation samples drawn from the training split")
+    batch_size: PositiveInt = 32
+    learning_rate: float = Field(5e-4, gt=0)
+    temperature: float = Field(2.0, gt=0)
+    kl_weight: float = Field(1.0, ge=0)
+    label_weight: float = Field(0.5, ge=0)
+    pooled_weight: float = Field(0.0, ge=0)
+
+
+class BlocksStage(Strict):
+    kind: Literal["blocks"]
+    keep: TowerCounts
+    per_step: PositiveInt = 1
+    epochs_per_step: int = Field(1, ge=0)
+
+
+class WidthsStage(Strict):
+    kind: Literal["widths"]
+    heads: TowerCounts = {}
+    ffn: TowerCounts = {}
+    cross_attention_heads: PositiveInt | None = None
+    soft_steps: int = Field(3, ge=0)
+    mask_decay: float = Field(0.3, ge=0, lt=1)
+    epochs_per_step: int = Field(1, ge=0)
+    epochs_after_cut: int = Field(1, ge=0)
+
+
+class HiddenStage(Strict):
+    kind: Literal["hidden"]
+    size: TowerCounts
+    steps: PositiveInt = 1
+    epochs_per_step: int = Field(1, ge=0)
+
+
+Stage = Annotated[Union[BlocksStage, WidthsStage, HiddenStage], Field(discriminator="kind")]
+
+
+class Recipe(Strict):
+    distillation: DistillationSettings = DistillationSettings()
+    calibration_samples: PositiveInt = 256
+    stages: list[Stage]
+    final_epochs: int = Field(2, ge=0)
+    seed: int = 0
+
+    def check_against(self, config: AuditModelConfig) -> None:
+        """Raise RecipeError if a stage asks for what this model cannot become."""
+        depth = {tower: len(config.tower(tower).blocks) for tower in TOWERS}
+        hidden = {tower: config.tower(tower).hidden_size for tower in TOWERS}
+        for number, stage in enumerate(self.stages, 1):
+            where = f"stage {number} ({stage.kind})"
+            if isinstance(stage, BlocksStage):
+                for tower, keep in stage.keep.items():
+                    if keep > depth[tower]:
+                        raise RecipeError(f"{where} keeps {keep} {tower} blocks but the model has {depth[tower]}")
+                    depth[tower] = keep
+            elif isinstance(stage, WidthsStage):
+                for field, counts in (("heads", stage.heads), ("ffn", stage.ffn)):
+                    for tower, keep in counts.items():
+                        blocks = config.tower(tower).blocks
+                        widest = min(b.heads if field == "heads" else b.intermediate_size for b in blocks)
+                        if keep > widest:
+                            raise RecipeError(f"{where} keeps {keep} {field} per {tower} block but a block has "
+                                              f"only {widest}: widths can only shrink")
+                cross = [b.cross_attention_heads for b in config.qformer.blocks if b.cross_attention_heads]
+                if stage.cross_attention_heads and stage.cross_attention_heads > min(cross):
+                    raise RecipeError(f"{where} keeps {stage.cross_attention_heads} cross-attention heads but a "
+                                      f"Q-Former block has only {min(cross)}")
+            else:
+                for tower, size in stage.size.items():
+                    if size > hidden[tower]:
+                        raise RecipeError(f"{where} asks for {tower} hidden size {size} but it is {hidden[tower]}: "
+                                          "the target is unreachable by pruning")
+                    hidden[tower] = size
+
+
+def load_recipe(path: Path | None = None) -> Recipe:
+    path = Path(path) if path else DEFAULT_RECIPE
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise RecipeError(f"recipe {path}: {location}: {first['msg']}") from None
