@@ -28,8 +28,11 @@ class EncodedSplit:
         return len(self.ids)
 
     def inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs for these ads, the copy trimmed to the longest one in the batch."""
+        mask = self.attention_mask[index]
+        length = int(mask.sum(1).max())
         return {"pixel_values": AuditProcessor.normalise(self.image_bytes[index]),
-                "input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}
+                "input_ids": self.input_ids[index, :length], "attention_mask": mask[:, :length]}
 
     def subset(self, index: torch.Tensor) -> "EncodedSplit":
         return EncodedSplit([self.ids[i] for i in index.tolist()], self.image_bytes[index],

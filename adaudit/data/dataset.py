@@ -1,0 +1,119 @@
+"""Reading a dataset folder: the generator's output and the format users bring their own data in.
+
+A dataset folder holds one JSON-lines file per split (`train.jsonl`, `test.jsonl`, ...) and
+the images they name. Each line is one ad:
+
+    {"id": "ad-000123", "image": "images/ad-000123.jpg", "text": "...",
+     "labels": {"verdict": "reject", "violation": "gambling", "industry": "toys", ...}}
+
+`image` is relative to the folder. Label names are those of `adaudit.models.labels.TASKS`.
+Every problem is reported as a `DatasetError` with one readable line naming the file and
+line, so a user can fix their data without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from adaudit.models.labels import TASK_NAMES, label_index
+
+_FIELDS = {"id": str, "image": str, "text": str, "labels": dict}
+
+
+class DatasetError(Exception):
+    """A dataset folder, file, record or image that cannot be used."""
+
+
+@dataclass(frozen=True)
+class AdRecord:
+    id: str
+    image_path: Path
+    text: str
+    labels: dict[str, str]
+
+
+def read_split(data_dir: Path, split: str, require_all_tasks: bool = True) -> list[AdRecord]:
+    """The records of `data_dir/<split>.jsonl`, validated; DatasetError on the first problem.
+
+    With `require_all_tasks` (training data) every task must be labelled; otherwise records
+    may label a subset of the tasks. Images are checked to exist, not decoded.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"dataset folder {data_dir} not found")
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: a dataset folder holds one <split>.jsonl per split")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    records: list[AdRecord] = []
+    first_line_of: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = _parse_record(line, data_dir, require_all_tasks)
+            if record.id in first_line_of:
+                raise DatasetError(f"duplicate id {record.id!r} (first on line {first_line_of[record.id]})")
+        except DatasetError as error:
+            raise DatasetError(f"{path} line {number}: {error}") from None
+        first_line_of[record.id] = number
+        records.append(record)
+    if not records:
+        raise DatasetError(f"{path} holds no records")
+    return records
+
+
+def _parse_record(line: str, data_dir: Path, require_all_tasks: bool) -> AdRecord:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(data, dict):
+        raise DatasetError("expected a JSON object with id, image, text and labels")
+    for field, kind in _FIELDS.items():
+        if field not in data:
+            raise DatasetError(f"missing field {field!r}")
+        if not isinstance(data[field], kind):
+            raise DatasetError(f"field {field!r} must be a {'string' if kind is str else 'JSON object'}")
+    if not data["id"]:
+        raise DatasetError("field 'id' is empty")
+    image_path = data_dir / data["image"]
+    if not image_path.is_file():
+        raise DatasetError(f"image {image_path} not found")
+    return AdRecord(data["id"], image_path, data["text"], _check_labels(data["labels"], require_all_tasks))
+
+
+def _check_labels(labels: dict, require_all_tasks: bool) -> dict[str, str]:
+    for task, name in labels.items():
+        if not isinstance(name, str):
+            raise DatasetError(f"label for task {task!r} must be a string, got {json.dumps(name)}")
+        try:
+            label_index(task, name)
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+    missing = [task for task in TASK_NAMES if task not in labels]
+    if require_all_tasks and missing:
+        raise DatasetError(f"missing labels for task(s) {', '.join(missing)}")
+    if "verdict" in labels and "violation" in labels:
+        if (labels["verdict"] == "reject") != (labels["violation"] != "none"):
+            raise DatasetError(f"verdict {labels['verdict']!r} contradicts violation {labels['violation']!r}: "
+                               "an ad is rejected exactly when it has a violation")
+    return dict(labels)
+
+
+def load_image(path: Path) -> Image.Image:
+    """The image at `path` as RGB; DatasetError if it is missing or cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"image {path} not found") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(f"image {path} cannot be decoded: {error}") from None

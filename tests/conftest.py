@@ -1,0 +1,48 @@
+"""Shared fixtures: one small data set, one tiny teacher and one student for the whole session.
+
+Everything is real: the generator renders the ads, the teacher trains, the pipeline prunes
+and distils. Sizes are small so the suite stays quick on two CPU cores.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaudit.compression.pipeline import compress
+from adaudit.compression.recipe import load_recipe
+from adaudit.data.generator import make_dataset
+from adaudit.teacher import train_teacher
+
+TINY_RECIPE = Path(__file__).parents[1] / "compression" / "recipes" / "tiny.yaml"
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "ads"
+    make_dataset(folder, n=300, seed=7)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def teacher(dataset, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("teacher") / "tiny"
+    torch.manual_seed(0)
+    train_teacher(dataset, folder, "tiny", epochs=3, log=quiet)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def student(teacher, dataset, tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("student") / "student"
+    report = compress(teacher, dataset, folder, TINY_RECIPE, log=quiet)
+    return folder, report
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe():
+    return load_recipe(TINY_RECIPE)

@@ -1,0 +1,76 @@
+"""The command line: real subprocesses, one readable error line and exit code 1 on bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ADAUDIT = [sys.executable, "-m", "adaudit.cli"]
+
+
+def run(*args, **kwargs):
+    return subprocess.run([*ADAUDIT, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def assert_one_error_line(result, fragment):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_eval_prints_metrics_as_json(student, dataset):
+    folder, report = student
+    result = run("eval", "--model", folder, "--data", dataset)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["params"] == report["student"]["params"]
+    assert metrics["accuracy"] == pytest.approx(report["student"]["accuracy"])
+
+
+def test_missing_teacher_folder(dataset, tmp_path):
+    result = run("compress", "--teacher", tmp_path / "none", "--data", dataset, "--out", tmp_path / "s")
+    assert_one_error_line(result, "does not exist")
+    assert not (tmp_path / "s").exists()
+
+
+def test_corrupt_teacher_folder(teacher, dataset, tmp_path):
+    broken = tmp_path / "teacher"
+    shutil.copytree(teacher, broken)
+    (broken / "model.safetensors").write_bytes(b"\0" * 100)
+    result = run("compress", "--teacher", broken, "--data", dataset, "--out", tmp_path / "s")
+    assert_one_error_line(result, "corrupt")
+
+
+def copy_dataset(dataset, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    return copy
+
+
+def test_dataset_with_a_missing_image(student, dataset, tmp_path):
+    copy = copy_dataset(dataset, tmp_path)
+    first = json.loads((copy / "test.jsonl").read_text().splitlines()[0])
+    (copy / first["image"]).unlink()
+    result = run("eval", "--model", student[0], "--data", copy)
+    assert_one_error_line(result, "test.jsonl line 1")
+
+
+def test_dataset_with_an_unknown_label(student, dataset, tmp_path):
+    copy = copy_dataset(dataset, tmp_path)
+    lines = (copy / "test.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    record["labels"]["verdict"] = "maybe"
+    lines[2] = json.dumps(record, ensure_ascii=False)
+    (copy / "test.jsonl").write_text("\n".join(lines) + "\n")
+    result = run("eval", "--model", student[0], "--data", copy)
+    assert_one_error_line(result, "unknown label 'maybe'")
+
+
+def test_recipe_asking_for_more_blocks_than_exist(teacher, dataset, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stages: [{kind: blocks, keep: {vision: 12}}]\n")
+    result = run("compress", "--teacher", teacher, "--data", dataset, "--out", tmp_path / "s", "--recipe", recipe)
+    assert_one_error_line(result, "keeps 12 vision blocks")
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,115 @@
+"""The audit model: built from config alone, saved as safetensors + JSON, reloaded exactly."""
+
+import json
+
+import pytest
+import torch
+
+from adaudit.models.configuration import AuditModelConfig, ConfigError, preset
+from adaudit.models.labels import TASKS
+from adaudit.models.modeling import AuditModel, ModelFolderError
+from adaudit.models.preprocessing import AuditProcessor
+from adaudit.models.tokenizer import build_vocabulary, gb2312_characters, make_tokenizer
+
+
+def random_inputs(config, batch=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, config.vocab_size, (batch, 20), generator=generator)
+    return {"pixel_values": torch.randn(batch, 3, config.image_size, config.image_size, generator=generator),
+            "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return AuditModel(preset("tiny", len(build_vocabulary()))).eval()
+
+
+def test_heads_cover_every_task(tiny_model):
+    logits = tiny_model(**random_inputs(tiny_model.config)).logits
+    assert {task: tensor.shape[-1] for task, tensor in logits.items()} == {t: len(n) for t, n in TASKS.items()}
+
+
+def test_towers_are_transformers_blocks(tiny_model):
+    assert type(tiny_model.vision).__name__ == "Dinov2Model"
+    assert type(tiny_model.qformer).__name__ == "Blip2QFormerModel"
+    assert type(tiny_model.text).__name__ == "BertModel"
+
+
+def test_save_and_reload_gives_identical_logits(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    reloaded = AuditModel.from_pretrained(tmp_path / "model")
+    inputs = random_inputs(tiny_model.config)
+    with torch.inference_mode():
+        for task, logits in tiny_model(**inputs).logits.items():
+            assert torch.equal(logits, reloaded(**inputs).logits[task])
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+
+
+def test_per_block_widths_are_built_from_config():
+    config = preset("tiny", 100)
+    config.text.blocks[1].heads = 1
+    config.text.blocks[2].intermediate_size = 7
+    config.qformer.blocks[1].cross_attention_heads = 0
+    model = AuditModel(config)
+    assert model.text.encoder.layer[1].attention.self.query.out_features == config.text.head_dim
+    assert model.text.encoder.layer[2].intermediate.dense.out_features == 7
+    assert not hasattr(model.qformer.encoder.layer[1], "crossattention")
+    model(**random_inputs(config))
+
+
+def test_config_json_round_trip():
+    config = preset("base", 1234)
+    assert AuditModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.text.blocks[0], "heads", 0), "at least 1"),
+    (lambda c: setattr(c.vision, "blocks", []), "at least one block"),
+    (lambda c: setattr(c, "image_size", 33), "multiple of patch size"),
+])
+def test_invalid_configs_are_refused(change, message):
+    config = preset("tiny", 100)
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+def test_missing_and_corrupt_folders_are_refused(tiny_model, tmp_path):
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        AuditModel.from_pretrained(tmp_path / "nowhere")
+    folder = tmp_path / "model"
+    tiny_model.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFolderError, match="corrupt"):
+        AuditModel.from_pretrained(folder)
+    tiny_model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text"]["blocks"][0]["intermediate_size"] += 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="does not match its config.json"):
+        AuditModel.from_pretrained(folder)
+    (folder / "config.json").write_text("{")
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
+        AuditModel.from_pretrained(folder)
+
+
+def test_tokenizer_is_character_level_over_gb2312():
+    characters = gb2312_characters()
+    assert len(characters) > 7000 and "咖" in characters and "啡" in characters
+    tokenizer = make_tokenizer()
+    tokens = tokenizer.tokenize("全网最低价，仅需39元！")
+    assert tokens == ["全", "网", "最", "低", "价", "，", "仅", "需", "3", "##9", "元", "！"]
+    assert tokenizer.unk_token_id not in tokenizer("限时特价拿铁咖啡")["input_ids"]
+
+
+def test_processor_shapes_and_normalisation():
+    from PIL import Image
+
+    config = preset("tiny", len(build_vocabulary()))
+    processor = AuditProcessor(config)
+    batch = processor([Image.new("RGB", (50, 70), (255, 255, 255))], ["咖啡"])
+    assert batch["pixel_values"].shape == (1, 3, config.image_size, config.image_size)
+    assert batch["input_ids"].shape == (1, config.max_text_length)
+    assert batch["attention_mask"].sum() == 4  # [CLS] 咖 啡 [SEP]
+    assert batch["pixel_values"].max() > 2.0  # white, normalised with ImageNet statistics
