@@ -56,14 +56,18 @@ def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
 @readable_errors
 def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   out: Annotated[Path, typer.Option(help="teacher folder to write")],
-                  preset: Annotated[str, typer.Option(help="tiny (seconds, for tests) or base")] = "base",
+                  preset: Annotated[str, typer.Option(help="tiny (seconds, for tests), small or base")] = "base",
                   epochs: Annotated[Optional[int], typer.Option(min=1, help="override the preset's epochs")] = None,
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
-                  seed: Annotated[int, typer.Option()] = 0):
+                  seed: Annotated[int, typer.Option()] = 0,
+                  modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both"):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
-    from adaudit.teacher import summary, train_teacher
+    from adaudit.teacher import MODALITIES, summary, train_teacher
 
-    metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, log=log)
+    if modality not in MODALITIES:
+        log(f"error: --modality must be one of {', '.join(MODALITIES)}")
+        raise typer.Exit(1)
+    metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality, log=log)
     log(f"teacher written to {out}: {summary(metrics['test'])}")
 
 

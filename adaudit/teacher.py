@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from adaudit.data.encoding import encode_split
+from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.evaluation import evaluate
 from adaudit.files import atomic_write_text
 from adaudit.models.configuration import preset
@@ -25,8 +26,10 @@ from adaudit.training import Schedule, TrainingState, fit, label_loss, load_chec
 
 SCHEDULES = {
     "tiny": Schedule(epochs=6, batch_size=32, learning_rate=2e-3),
-    "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
+    "small": Schedule(epochs=6, batch_size=32, learning_rate=5e-4),
+    "base": Schedule(epochs=8, batch_size=32, learning_rate=4e-4),
 }
+MODALITIES = ("both", "text", "image")
 METRICS_FILE = "metrics.json"
 
 
@@ -34,14 +37,27 @@ def checkpoint_folder(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint")
 
 
+def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) -> EncodedSplit:
+    """The split as a single-modality model sees it: keep='text' greys every image, keep='image' empties the copy."""
+    if keep == "text":
+        return replace(split, image_bytes=torch.full_like(split.image_bytes, 128))
+    if keep == "image":
+        input_ids, attention_mask = processor.texts([""] * len(split))
+        return replace(split, input_ids=input_ids, attention_mask=attention_mask)
+    return split
+
+
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
-                  resume: bool = False, seed: int = 0, limit: int | None = None, log=print) -> dict:
+                  resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
+                  log=print) -> dict:
+    """Train a teacher; `modality` text or image trains a single-modality ablation instead."""
+    started = time.perf_counter()
     out = Path(out)
     config = preset(preset_name, len(build_vocabulary()))
     schedule = replace(SCHEDULES[preset_name], seed=seed, **({"epochs": epochs} if epochs else {}))
     processor = AuditProcessor(config)
-    train = encode_split(data_dir, "train", processor, config.tasks, limit)
-    test = encode_split(data_dir, "test", processor, config.tasks)
+    train = blank_modality(encode_split(data_dir, "train", processor, config.tasks, limit), modality, processor)
+    test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
     log(f"teacher '{preset_name}': {len(train)} training and {len(test)} test ads")
 
     checkpoint = checkpoint_folder(out)
@@ -60,8 +76,9 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
-    metrics = {"preset": preset_name, "epochs": schedule.epochs, "train_loss": losses,
-               "test": evaluate(model, test), "train_samples": len(train)}
+    metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
+               "test": evaluate(model, test), "train_samples": len(train),
+               "wall_seconds": time.perf_counter() - started}
     model.save_pretrained(out)
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(checkpoint, ignore_errors=True)

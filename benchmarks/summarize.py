@@ -1,0 +1,75 @@
+"""Collect a compression benchmark run into benchmarks/results: JSON, a Markdown table, plots.
+
+Usage: python benchmarks/summarize.py RUN_FOLDER RESULTS_FOLDER
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+GOALS = {"speedup": 8.0, "compression_ratio": 18.0, "accuracy_drop_points": 1.0, "violation_f1_drop_points": 2.0,
+         "wall_minutes": 30.0}
+
+
+def row(name, entry):
+    return (f"| {name} | {entry['params'] / 1e6:.2f}M | {entry['flops_per_ad'] / 1e6:.1f}M | "
+            f"{entry['latency_ms_p50']:.2f} | {entry['latency_ms_p95']:.2f} | {entry['throughput_per_s']:.0f} | "
+            f"{100 * entry['accuracy']:.2f} | {100 * entry['violation_macro_f1']:.2f} | "
+            f"{100 * entry['agreement']:.2f} |")
+
+
+def main(run: Path, results: Path) -> None:
+    report = json.loads((run / "student" / "report.json").read_text())
+    teacher = json.loads((run / "teacher" / "metrics.json").read_text())
+    ablations = {m: json.loads((run / f"ablation-{m}" / "metrics.json").read_text())
+                 for m in ("both", "text", "image") if (run / f"ablation-{m}" / "metrics.json").exists()}
+    achieved = {
+        "speedup": report["speedup"], "compression_ratio": report["compression_ratio"],
+        "accuracy_drop_points": report["accuracy_drop_points"],
+        "violation_f1_drop_points": report["violation_f1_drop_points"],
+        "wall_minutes": report["wall_seconds"] / 60,
+    }
+    met = {k: (v >= GOALS[k] if k in ("speedup", "compression_ratio") else v <= GOALS[k]) for k, v in achieved.items()}
+    summary = {"compression": report, "teacher_training": teacher, "modality_ablation": ablations,
+               "goals": GOALS, "achieved": achieved, "met": met}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "compression.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    lines = ["| model | params | FLOPs/ad | p50 ms (b=1) | p95 ms | ads/s (b=32) | verdict acc % | violation F1 % "
+             "| agreement % |", "|---|---|---|---|---|---|---|---|---|", row("teacher (base)", report["teacher"])]
+    lines += [row(f"after {stage['name']}", stage) for stage in report["stages"]]
+    lines += ["", f"Student: **{report['compression_ratio']:.1f}x** fewer parameters, **{report['speedup']:.1f}x** lower "
+              f"batch-1 p50 latency, {report['throughput_gain']:.1f}x throughput at batch 32; verdict accuracy "
+              f"{-report['accuracy_drop_points']:+.2f} points, violation macro-F1 {-report['violation_f1_drop_points']:+.2f} "
+              f"points; compression took {achieved['wall_minutes']:.1f} min on {report['distillation_samples']} "
+              f"distillation ads. Teacher training: {teacher['wall_seconds'] / 60:.1f} min.",
+              "", f"Machine: {report['machine']}"]
+    if ablations:
+        lines += ["", "| `small` model trained on | verdict acc % | violation F1 % |", "|---|---|---|"]
+        lines += [f"| {m} | {100 * a['test']['accuracy']:.2f} | {100 * a['test']['violation_macro_f1']:.2f} |"
+                  for m, a in ablations.items()]
+    (results / "compression.md").write_text("\n".join(lines) + "\n")
+
+    entries = [("teacher", report["teacher"])] + [(s["name"], s) for s in report["stages"]]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [n for n, _ in entries]
+    left.bar(names, [e["latency_ms_p50"] for _, e in entries], color="tab:blue")
+    left.set_ylabel("batch-1 p50 latency (ms)")
+    left.set_title("latency after each stage")
+    right.plot(names, [100 * e["accuracy"] for _, e in entries], marker="o", label="verdict accuracy")
+    right.plot(names, [100 * e["violation_macro_f1"] for _, e in entries], marker="s", label="violation macro-F1")
+    right.set_ylabel("%")
+    right.set_title("accuracy after each stage")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(results / "stages.png", dpi=110)
+    print((results / "compression.md").read_text())
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
