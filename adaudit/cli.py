@@ -105,5 +105,67 @@ def evaluate_model(model: Annotated[Path, typer.Option(help="model folder (teach
     print(json.dumps({**profile(audit_model, encoded), **evaluate(audit_model, encoded)}, indent=2))
 
 
+@app.command()
+@readable_errors
+def export(student: Annotated[Path, typer.Option(help="student model folder")],
+           out: Annotated[Path, typer.Option(help="Triton model repository to write into")],
+           teacher: Annotated[Optional[Path], typer.Option(help="teacher model folder (shadow / canary)")] = None,
+           version: Annotated[int, typer.Option(min=1, help="version number to write")] = 1,
+           max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+           preferred_batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "8,16,32",
+           max_queue_delay_us: Annotated[int, typer.Option(min=0)] = 500,
+           gpu: Annotated[bool, typer.Option(help="KIND_GPU instances (production) instead of KIND_CPU")] = False,
+           instances: Annotated[int, typer.Option(min=1)] = 1,
+           keep_versions: Annotated[int, typer.Option(min=1, help="versions served side by side")] = 2,
+           precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16"):
+    """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
+    from adaudit.export.repository import ServingSettings, export_model
+
+    try:
+        preferred = [int(size) for size in preferred_batch_sizes.split(",")]
+    except ValueError:
+        log(f"error: --preferred-batch-sizes must be integers separated by commas, got {preferred_batch_sizes!r}")
+        raise typer.Exit(1) from None
+    if precision not in ("float16", "bfloat16") or max(preferred) > max_batch_size:
+        log("error: --precision must be float16 or bfloat16 and preferred sizes at most --max-batch-size")
+        raise typer.Exit(1)
+    settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
+                               instances, keep_versions, precision)
+    for name, folder in (("student", student), ("teacher", teacher)):
+        if folder is not None:
+            written = export_model(folder, out, name, version, settings)
+            log(f"{name} version {version} written to {written}")
+
+
+@app.command()
+def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
+           http_port: Annotated[int, typer.Option()] = 8000,
+           grpc_port: Annotated[int, typer.Option()] = 8001,
+           metrics_port: Annotated[int, typer.Option()] = 8002):
+    """Run the tritonserver bundled in nvidia-pytriton (CPU) in the foreground until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from adaudit.export.server import TritonError, TritonServer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = TritonServer(repo, http_port, grpc_port, metrics_port)
+    try:
+        server.start()
+    except TritonError as error:
+        log(f"error: {error}")
+        raise typer.Exit(1) from None
+    log(f"tritonserver ready: HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}; Ctrl-C stops it")
+    try:
+        while not stop.is_set() and server.process.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    log("tritonserver stopped")
+
+
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ evaluated on the test split, so `report.json` shows what every stage cost and bo
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -151,13 +152,14 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
     context = Context(recipe, train, cache, log)
     model = AuditModel.from_pretrained(teacher_dir)
     stages = []
-    for number, stage in enumerate(recipe.stages, 1):
+    steps = [(stage.kind, functools.partial(RUNNERS[stage.kind], stage=stage)) for stage in recipe.stages]
+    if recipe.final_epochs:
+        steps.append(("final", lambda model, context: context.distil(model, recipe.final_epochs, "final")))
+    for number, (name, run_stage) in enumerate(steps, 1):
         stage_start = time.perf_counter()
-        log(f"stage {number}: {stage.kind}")
-        model = RUNNERS[stage.kind](model, stage, context)
-        if number == len(recipe.stages) and recipe.final_epochs:
-            context.distil(model, recipe.final_epochs, "final")
-        entry = stage_entry(stage.kind, model, test, teacher_predictions, {
+        log(f"stage {number}: {name}")
+        model = run_stage(model, context=context)
+        entry = stage_entry(name, model, test, teacher_predictions, {
             "seconds": time.perf_counter() - stage_start,
             "distillation_loss": mean_distillation_loss(model, train, cache, recipe.distillation)})
         stages.append(entry)

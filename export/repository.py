@@ -1,0 +1,103 @@
+"""Writing a Triton model repository from adaudit model folders.
+
+    REPO/<name>/config.pbtxt
+    REPO/<name>/<version>/model.py        (export/triton_model.py)
+    REPO/<name>/<version>/model/          (config.json, model.safetensors, vocab.txt)
+    REPO/<name>/<version>/checksums.json  (sha256 of every file above, checked at load)
+
+Each model gets dynamic batching, an instance group (KIND_CPU here, KIND_GPU in production)
+and a version policy that serves the latest `keep_versions` versions, so a new student
+version can roll out beside the old one: export again with `--version N+1`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaudit.files import atomic_folder
+from adaudit.models.modeling import AuditModel
+
+TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
+CHECKSUMS_FILE = "checksums.json"
+
+
+@dataclass
+class ServingSettings:
+    max_batch_size: int = 32
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+    max_queue_delay_microseconds: int = 500
+    instance_kind: str = "KIND_CPU"  # KIND_GPU in production
+    instance_count: int = 1
+    keep_versions: int = 2
+    precision: str = "float16"  # on GPU instances: float16 or bfloat16
+
+
+def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings) -> str:
+    config = model.config
+    outputs = "\n".join(
+        f'  {{ name: "{task}" data_type: TYPE_FP32 dims: [ {len(classes)} ] }},' for task, classes in config.tasks.items()
+    ).rstrip(",")
+    return f"""name: "{name}"
+backend: "python"
+max_batch_size: {settings.max_batch_size}
+input [
+  {{ name: "pixel_values" data_type: TYPE_FP32 dims: [ 3, {config.image_size}, {config.image_size} ] }},
+  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ {config.max_text_length} ] }},
+  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ {config.max_text_length} ] }}
+]
+output [
+{outputs}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {", ".join(map(str, settings.preferred_batch_sizes))} ]
+  max_queue_delay_microseconds: {settings.max_queue_delay_microseconds}
+}}
+instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_kind} }} ]
+version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
+parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
+"""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_checksums(version_folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(version_folder)): sha256(p) for p in sorted(version_folder.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS_FILE}
+
+
+def verify_checksums(version_folder: Path) -> None:
+    """Raise ValueError if any file of an exported version differs from what export wrote."""
+    path = Path(version_folder) / CHECKSUMS_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: this version was not written by adaudit export")
+    expected = json.loads(path.read_text())
+    actual = file_checksums(Path(version_folder))
+    changed = sorted(name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name))
+    if changed:
+        raise ValueError(f"{version_folder}: files changed since export: {', '.join(changed)}")
+
+
+def export_model(model_folder: Path, repository: Path, name: str, version: int,
+                 settings: ServingSettings) -> Path:
+    """Add `version` of model `name` to the repository (atomically); returns the version folder."""
+    model = AuditModel.from_pretrained(model_folder)  # refuses a broken folder before anything is written
+    model_root = Path(repository) / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    version_folder = model_root / str(version)
+    with atomic_folder(version_folder) as staging:
+        shutil.copy2(TRITON_MODEL_FILE, staging / "model.py")
+        shutil.copytree(model_folder, staging / "model",
+                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
+        (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
+    (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings))
+    return version_folder

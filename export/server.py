@@ -1,0 +1,148 @@
+"""Running the tritonserver binary that the PyPI package nvidia-pytriton bundles (CPU here).
+
+The package ships the server, the python backend and per-Python-version stubs, but not laid
+out as `--backend-directory` expects; `TritonServer` makes that layout with symlinks (a
+copied stub loses its RPATH), puts this virtual environment first on PATH (the stub runs the
+first `python3` it finds) and the base interpreter's `lib/` on LD_LIBRARY_PATH (the stub links
+libpython3.11). It waits until the server is ready, and on stop terminates it and removes the
+shared-memory regions the python backend leaves in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+class TritonError(RuntimeError):
+    pass
+
+
+def pytriton_folder() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonError("nvidia-pytriton is not installed: pip install 'adaudit[serving]'")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def backend_directory(target: Path) -> Path:
+    """`target/python/` holding symlinks to the python backend, its utils and the 3.11 stub."""
+    server = pytriton_folder() / "tritonserver"
+    python = target / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    links = {
+        "libtriton_python.so": server / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": server / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": server / "python_backend_stubs" / version / "triton_python_backend_stub",
+    }
+    for name, source in links.items():
+        if not source.exists():
+            raise TritonError(f"{source} is missing from nvidia-pytriton")
+        link = python / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    libraries = [str(Path(sys.base_prefix) / "lib"), str(pytriton_folder().parent / "nvidia_pytriton.libs")]
+    if environment.get("LD_LIBRARY_PATH"):
+        libraries.append(environment["LD_LIBRARY_PATH"])
+    environment["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+    return environment
+
+
+def clean_shared_memory() -> None:
+    for region in glob.glob("/dev/shm/triton_python_backend_shm_region_*"):
+        try:
+            os.unlink(region)
+        except OSError:
+            pass
+
+
+class TritonServer:
+    """A tritonserver process: `with TritonServer(repo, ...) as server:` starts it and waits until ready."""
+
+    def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                 log_file: Path | None = None, ready_timeout: float = 120.0):
+        self.repository = Path(repository).resolve()
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.log_file = log_file
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen | None = None
+        self._backends: Path | None = None
+
+    def command(self) -> list[str]:
+        binary = pytriton_folder() / "tritonserver" / "bin" / "tritonserver"
+        return [str(binary), f"--model-repository={self.repository}", f"--backend-directory={self._backends}",
+                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
+                "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+                "--disable-auto-complete-config", "--exit-on-error=true"]
+
+    def start(self) -> "TritonServer":
+        if not self.repository.is_dir():
+            raise TritonError(f"model repository {self.repository} does not exist")
+        self._backends = backend_directory(Path(tempfile.mkdtemp(prefix="adaudit-triton-backends-")))
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_until_ready()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise TritonError(f"tritonserver exited with code {self.process.returncode} before it was ready"
+                                  + (f"; see {self.log_file}" if self.log_file else ""))
+            if self.ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise TritonError(f"tritonserver was not ready after {self.ready_timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._backends is not None:
+            shutil.rmtree(self._backends, ignore_errors=True)
+            self._backends = None
+        clean_shared_memory()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,56 @@
+"""Triton python-backend model: runs an adaudit model folder on Triton Inference Server.
+
+`adaudit export` copies this file into every version of the model repository as `model.py`,
+next to the model folder (`<version>/model/`: config.json, model.safetensors, vocab.txt).
+Inputs are the tensors the gateway's preprocessing makes; outputs are one logits tensor per
+audit task. Requests are batched by Triton's dynamic batcher; `execute` runs them as one
+forward pass. A version whose files no longer match the checksums written at export is
+refused at load. On a GPU instance the model runs in the dtype named by the `precision`
+parameter (float16 or bfloat16); on CPU in float32.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from adaudit.export.repository import verify_checksums
+from adaudit.models.modeling import AuditModel
+
+INPUTS = ("pixel_values", "input_ids", "attention_mask")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        version_folder = Path(args["model_repository"]) / args["model_version"]
+        verify_checksums(version_folder)  # refuse files changed since export
+        self.model = AuditModel.from_pretrained(version_folder / "model")
+        self.tasks = list(self.model.config.tasks)
+        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
+        precision = config.get("parameters", {}).get("precision", {}).get("string_value", "float16")
+        self.dtype = getattr(torch, precision) if gpu else torch.float32
+        self.model.to(self.device, self.dtype).eval()
+
+    def execute(self, requests):
+        arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in INPUTS}
+        sizes = [len(a) for a in arrays["input_ids"]]
+        pixel_values = torch.from_numpy(np.concatenate(arrays["pixel_values"])).to(self.device, self.dtype)
+        input_ids = torch.from_numpy(np.concatenate(arrays["input_ids"])).to(self.device)
+        attention_mask = torch.from_numpy(np.concatenate(arrays["attention_mask"])).to(self.device)
+        length = max(int(attention_mask.sum(1).max()), 1)  # trim the copy's padding, as in training
+        with torch.inference_mode():
+            logits = self.model(pixel_values, input_ids[:, :length], attention_mask[:, :length]).logits
+        outputs = {task: logits[task].float().cpu().numpy() for task in self.tasks}
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(task, outputs[task][start:start + size]) for task in self.tasks]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses
+
+    def finalize(self):
+        self.model = None
