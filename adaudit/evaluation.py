@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from adaudit.data.encoding import EncodedSplit
+from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 
 
@@ -30,6 +31,7 @@ def audit_metrics(predictions: dict[str, torch.Tensor], split: EncodedSplit,
         "violation_macro_f1": f1_score(labels["violation"].numpy(), predictions["violation"].numpy(),
                                        average="macro", zero_division=0),
         "task_accuracy": per_task,
+        "violation_recall": violation_recall(predictions["violation"], labels["violation"]),
         "samples": len(split),
     }
     if teacher_predictions is not None:
@@ -37,6 +39,13 @@ def audit_metrics(predictions: dict[str, torch.Tensor], split: EncodedSplit,
         metrics["violation_agreement"] = (
             predictions["violation"] == teacher_predictions["violation"]).float().mean().item()
     return metrics
+
+
+def violation_recall(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, float]:
+    """Share of each violation class found (which violations a model catches and which it misses)."""
+    names = TASKS["violation"]
+    return {name: (predicted[actual == i] == i).float().mean().item() for i, name in enumerate(names)
+            if (actual == i).any()}
 
 
 def evaluate(model: AuditModel, split: EncodedSplit, teacher_predictions=None) -> dict:

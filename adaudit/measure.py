@@ -42,5 +42,16 @@ def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughpu
             "throughput_per_s": throughput_batch * throughput_repeats / elapsed}
 
 
+def paired_latency(models: dict[str, AuditModel], split: EncodedSplit, rounds: int = 5) -> dict[str, dict]:
+    """Latency of several models measured in alternating rounds, so a change of machine load
+    during the measurement affects them all alike; the figures to take ratios from."""
+    samples: dict[str, list[dict]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            samples[name].append(latency(model, split, repeats=30, throughput_repeats=3))
+    return {name: {key: float(np.median([s[key] for s in runs])) for key in runs[0]}
+            for name, runs in samples.items()}
+
+
 def profile(model: AuditModel, split: EncodedSplit) -> dict:
     return {"params": model.num_parameters(), "flops_per_ad": flops_per_ad(model, split), **latency(model, split)}

@@ -27,7 +27,7 @@ from adaudit.training import Schedule, TrainingState, fit, label_loss, load_chec
 SCHEDULES = {
     "tiny": Schedule(epochs=6, batch_size=32, learning_rate=2e-3),
     "small": Schedule(epochs=6, batch_size=32, learning_rate=5e-4),
-    "base": Schedule(epochs=8, batch_size=32, learning_rate=4e-4),
+    "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
 }
 MODALITIES = ("both", "text", "image")
 METRICS_FILE = "metrics.json"
@@ -70,9 +70,9 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
         model = AuditModel(config)
     log(f"{model.num_parameters() / 1e6:.2f}M parameters")
 
-    def save_progress(model, optimizer, state):
+    def save_progress(model, optimizer, state, loss):
         save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name})
-        log(f"epoch {state.epoch}: test {summary(evaluate(model, test))}")
+        log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)

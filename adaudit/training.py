@@ -1,5 +1,8 @@
 """One plain training loop, shared by teacher training and distillation, plus checkpoints.
 
+Training steps run under bfloat16 autocast where the CPU supports it natively (AVX-512
+BF16 or AMX: about 2x faster here); weights, optimizer state and evaluation stay float32.
+
 `fit` knows nothing about losses: it takes a function of (model, batch index) that returns
 the loss, so the teacher (cross-entropy on labels) and every compression stage (distillation
 from cached teacher logits) run the same loop. Checkpoints hold no pickle: the model as
@@ -21,6 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from adaudit.data.encoding import EncodedSplit
 from adaudit.files import atomic_folder
+from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 
 LossFunction = Callable[[AuditModel, torch.Tensor], torch.Tensor]
@@ -34,6 +38,14 @@ class Schedule:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     seed: int = 0
+    bfloat16: bool | None = None  # autocast matmuls to bfloat16; None: where the CPU has native support
+
+
+def bfloat16_supported() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported()) or bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 @dataclass
@@ -45,10 +57,31 @@ class TrainingState:
 
 
 def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor) -> torch.Tensor:
-    """Sum over tasks of cross-entropy with the labels."""
-    logits = model(**split.inputs(index)).logits
+    """Sum over tasks of cross-entropy with the labels, plus the image-grounding loss."""
+    output = model(**split.inputs(index))
     labels = split.labels[index]
-    return sum(F.cross_entropy(logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
+    loss = sum(F.cross_entropy(output.logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
+    return loss + image_grounding_loss(output.image_logits, split, labels)
+
+
+def image_grounding_loss(image_logits: dict[str, torch.Tensor], split: EncodedSplit,
+                         labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the picture-only heads: they teach the vision tower what the picture shows.
+
+    `industry` counts only where the picture shows the advertised product (not image_text_mismatch).
+    """
+    column = {task: i for i, task in enumerate(split.tasks)}
+    mismatch = TASKS["violation"].index("image_text_mismatch")
+    matches = labels[:, column["violation"]] != mismatch
+    loss = labels.new_zeros((), dtype=torch.float)
+    for task, logits in image_logits.items():
+        target = labels[:, column[task]]
+        if task == "industry":
+            if not matches.any():
+                continue
+            logits, target = logits[matches], target[matches]
+        loss = loss + F.cross_entropy(logits, target)
+    return loss
 
 
 def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, state: TrainingState,
@@ -66,13 +99,14 @@ def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, stat
 
 def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule, description: str,
         state: TrainingState | None = None, optimizer_state: dict | None = None,
-        on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState], None] | None = None,
+        on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState, float], None] | None = None,
         ) -> list[float]:
     """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch."""
     state = state or TrainingState()
     steps_per_epoch = -(-size // schedule.batch_size)
     optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
                                           optimizer_state)
+    bfloat16 = bfloat16_supported() if schedule.bfloat16 is None else schedule.bfloat16
     epoch_losses = []
     for epoch in range(state.epoch, schedule.epochs):
         model.train()
@@ -81,7 +115,8 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
         bar = tqdm(torch.randperm(size, generator=generator).split(schedule.batch_size),
                    desc=f"{description} epoch {epoch + 1}/{schedule.epochs}", leave=False, mininterval=2, disable=None)  # no bar when not a terminal
         for index in bar:
-            loss = loss_fn(model, index)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                loss = loss_fn(model, index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,7 +128,7 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
         state.epoch = epoch + 1
         epoch_losses.append(total / count)
         if on_epoch_end is not None:
-            on_epoch_end(model, optimizer, state)
+            on_epoch_end(model, optimizer, state, epoch_losses[-1])
     model.eval()
     return epoch_losses
 

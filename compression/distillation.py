@@ -4,7 +4,7 @@ The teacher runs once over the distillation samples (`cache_teacher`); every ste
 stage then reads its logits from memory. Loss per batch, with weights from the recipe:
 
     kl_weight * sum_tasks T^2 * KL(softmax(teacher / T) || softmax(student / T))
-  + label_weight * sum_tasks cross_entropy(student, label)
+  + label_weight * (sum_tasks cross_entropy(student, label) + image-grounding loss (training.py))
   + pooled_weight * MSE(student pooled state, teacher pooled state)   (while their widths match)
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from adaudit.data.encoding import EncodedSplit
 from adaudit.evaluation import predict_logits
 from adaudit.models.modeling import AuditModel
-from adaudit.training import Schedule, fit
+from adaudit.training import Schedule, fit, image_grounding_loss
 
 from .recipe import DistillationSettings
 
@@ -50,6 +50,8 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
             loss = loss + settings.kl_weight * temperature**2 * kl
         if settings.label_weight:
             loss = loss + settings.label_weight * F.cross_entropy(student, labels[:, i])
+    if settings.label_weight:
+        loss = loss + settings.label_weight * image_grounding_loss(output.image_logits, split, labels)
     if settings.pooled_weight and output.pooled.shape[-1] == cache.pooled.shape[-1]:
         loss = loss + settings.pooled_weight * F.mse_loss(output.pooled, cache.pooled[index])
     return loss

@@ -17,7 +17,7 @@ import torch
 from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.evaluation import evaluate, predict_logits
 from adaudit.files import atomic_folder
-from adaudit.measure import profile
+from adaudit.measure import paired_latency, profile
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -166,7 +166,11 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
         log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
             f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f}")
 
-    student = stages[-1] if stages else teacher_entry
+    student = dict(stages[-1] if stages else teacher_entry)
+    log("measuring teacher and student latency in alternating rounds")
+    paired = paired_latency({"teacher": teacher, "student": model}, test)
+    teacher_entry.update(paired["teacher"])
+    student.update(paired["student"])
     report = {
         "teacher": teacher_entry,
         "stages": stages,

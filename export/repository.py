@@ -71,8 +71,9 @@ def sha256(path: Path) -> str:
 
 
 def file_checksums(version_folder: Path) -> dict[str, str]:
+    """sha256 of every exported file; Python's bytecode cache (written when the stub imports model.py) is not one."""
     return {str(p.relative_to(version_folder)): sha256(p) for p in sorted(version_folder.rglob("*"))
-            if p.is_file() and p.name != CHECKSUMS_FILE}
+            if p.is_file() and p.name != CHECKSUMS_FILE and "__pycache__" not in p.relative_to(version_folder).parts}
 
 
 def verify_checksums(version_folder: Path) -> None:

@@ -68,10 +68,16 @@ BLOCK_ANATOMY = {
 }
 
 
+# Tasks that the picture alone determines (industry: when the picture matches the copy).
+# Heads for them on the vision tower's [CLS] state ground the vision tower during training.
+IMAGE_TASKS = ("industry", "background_colour", "clutter", "logo")
+
+
 @dataclass
 class AuditOutput:
     logits: dict[str, torch.Tensor]  # task -> (batch, classes)
     pooled: torch.Tensor  # (batch, text hidden): the text tower's [CLS] state
+    image_logits: dict[str, torch.Tensor]  # IMAGE_TASKS -> (batch, classes), from the picture alone
     hidden_states: dict[str, tuple[torch.Tensor, ...]] | None = None  # tower -> per-block states
 
 
@@ -170,6 +176,9 @@ class AuditModel(nn.Module):
         self.heads = nn.ModuleDict({
             task: _new_linear(config.text.hidden_size, len(names)) for task, names in config.tasks.items()
         })
+        self.image_heads = nn.ModuleDict({
+            task: _new_linear(config.vision.hidden_size, len(config.tasks[task])) for task in IMAGE_TASKS
+        })
 
     def tower(self, name: str) -> nn.Module:
         return getattr(self, name)
@@ -194,11 +203,12 @@ class AuditModel(nn.Module):
         pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token
         features = self.dropout(pooled)
         logits = {task: head(features) for task, head in self.heads.items()}
+        image_logits = {task: head(vision.pooler_output) for task, head in self.image_heads.items()}
         hidden_states = None
         if output_hidden_states:
             hidden_states = {"vision": vision.hidden_states, "qformer": qformer.hidden_states,
                              "text": text.hidden_states}
-        return AuditOutput(logits, pooled, hidden_states)
+        return AuditOutput(logits, pooled, image_logits, hidden_states)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

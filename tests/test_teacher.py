@@ -24,7 +24,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(dataset, tmp_path, mon
     out = tmp_path / "teacher"
     real_save = teacher_module.save_checkpoint
 
-    def save_then_stop(folder, model, optimizer, state, extra):
+    def save_then_stop(folder, model, optimizer, state, extra):  # noqa: PLR0913
         real_save(folder, model, optimizer, state, extra)
         raise KeyboardInterrupt  # the run dies right after its first checkpoint
 
