@@ -22,18 +22,13 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-# Until the serving issue lands, the main job is the compression demo end to end:
-# data -> teacher -> AntGMM compression -> report.
+# The service end to end: a small teacher and student (built once), the Triton model
+# repository, the bundled tritonserver and the gateway on port 8080. Ctrl-C stops everything.
 run: install
-	$(BIN)/adaudit data make --out $(RUNS)/demo-data --n 1500 --seed 0 > /dev/null
-	$(BIN)/adaudit teacher train --data $(RUNS)/demo-data --out $(RUNS)/demo-teacher --preset tiny --epochs 12
-	$(BIN)/adaudit compress --teacher $(RUNS)/demo-teacher --data $(RUNS)/demo-data \
-	  --out $(RUNS)/demo-student --recipe compression/recipes/tiny.yaml
-	$(BIN)/adaudit eval --model $(RUNS)/demo-student --data $(RUNS)/demo-data
-	@echo "student and report.json in $(RUNS)/demo-student"
+	$(BIN)/adaudit demo --workdir $(RUNS)/demo --port 8080
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --timeout=600
 
 # The benchmark teacher and the default recipe, as committed in benchmarks/results/.
 bench: install

@@ -167,5 +167,37 @@ def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
     log("tritonserver stopped")
 
 
+@app.command()
+def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
+          port: Annotated[int, typer.Option()] = 8080,
+          backend: Annotated[Optional[str], typer.Option(help="triton or embedded (default: settings)")] = None,
+          triton_url: Annotated[Optional[str], typer.Option(help="HOST:GRPC_PORT of Triton")] = None,
+          model_dir: Annotated[Optional[Path], typer.Option(help="embedded backend: folder of model folders")] = None):
+    """Run the audit gateway (FastAPI + uvicorn); flags override ADAUDIT_* settings."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from adaudit.service.app import create_app
+    from adaudit.service.settings import GatewaySettings
+
+    overrides = {k: v for k, v in {"backend": backend, "triton_url": triton_url, "model_dir": model_dir}.items()
+                 if v is not None}
+    try:
+        settings = GatewaySettings(**overrides)
+    except (ValidationError, ValueError) as error:
+        log(f"error: invalid settings: {str(error).splitlines()[-1 if isinstance(error, ValidationError) else 0]}")
+        raise typer.Exit(1) from None
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option(help="where the demo's data, models and repository go")] = Path("runs/demo"),
+         port: Annotated[int, typer.Option(help="gateway port")] = 8080):
+    """`make run`: build a small teacher and student if missing, export them, start Triton and the gateway."""
+    from adaudit.demo import run_demo
+
+    run_demo(workdir, port, log=log)
+
+
 if __name__ == "__main__":
     app()

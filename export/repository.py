@@ -35,6 +35,11 @@ class ServingSettings:
     keep_versions: int = 2
     precision: str = "float16"  # on GPU instances: float16 or bfloat16
 
+    def __post_init__(self):
+        if not self.preferred_batch_sizes or max(self.preferred_batch_sizes) > self.max_batch_size:
+            raise ValueError(f"preferred batch sizes {self.preferred_batch_sizes} must be at most "
+                             f"max_batch_size {self.max_batch_size}")
+
 
 def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings) -> str:
     config = model.config

@@ -5,7 +5,8 @@ out as `--backend-directory` expects; `TritonServer` makes that layout with syml
 copied stub loses its RPATH), puts this virtual environment first on PATH (the stub runs the
 first `python3` it finds) and the base interpreter's `lib/` on LD_LIBRARY_PATH (the stub links
 libpython3.11). It waits until the server is ready, and on stop terminates it and removes the
-shared-memory regions the python backend leaves in /dev/shm.
+shared-memory regions its python backend stubs mapped in /dev/shm (only its own: another server may
+be running on the machine). All three endpoints listen on `host` (loopback by default).
 """
 
 from __future__ import annotations
@@ -66,8 +67,27 @@ def server_environment() -> dict[str, str]:
     return environment
 
 
-def clean_shared_memory() -> None:
-    for region in glob.glob("/dev/shm/triton_python_backend_shm_region_*"):
+SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+
+
+def shared_memory_of(session: int) -> set[str]:
+    """The python backend's /dev/shm regions mapped by the processes of one session (a server and its stubs)."""
+    regions = set()
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as stream:
+                if int(stream.read().rsplit(")", 1)[1].split()[3]) != session:  # state ppid pgrp session
+                    continue
+            with open(stat[:-4] + "maps") as stream:
+                regions.update(line.split()[-1] for line in stream if SHM_PREFIX in line)
+        except (OSError, IndexError, ValueError):
+            continue
+    return regions
+
+
+def clean_shared_memory(regions: set[str] | None = None) -> None:
+    """Remove the given regions; None: every python-backend region (only when no other server runs)."""
+    for region in glob.glob(SHM_PREFIX + "*") if regions is None else regions:
         try:
             os.unlink(region)
         except OSError:
@@ -78,8 +98,9 @@ class TritonServer:
     """A tritonserver process: `with TritonServer(repo, ...) as server:` starts it and waits until ready."""
 
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 log_file: Path | None = None, ready_timeout: float = 120.0):
+                 log_file: Path | None = None, ready_timeout: float = 120.0, host: str = "127.0.0.1"):
         self.repository = Path(repository).resolve()
+        self.host = host  # the address all three endpoints listen on (tritonserver's default is 0.0.0.0)
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.log_file = log_file
         self.ready_timeout = ready_timeout
@@ -90,7 +111,8 @@ class TritonServer:
         binary = pytriton_folder() / "tritonserver" / "bin" / "tritonserver"
         return [str(binary), f"--model-repository={self.repository}", f"--backend-directory={self._backends}",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
-                f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
+                f"--metrics-port={self.metrics_port}", f"--http-address={self.host}", f"--grpc-address={self.host}",
+                f"--metrics-address={self.host}", "--allow-gpu-metrics=false",
                 "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
                 "--disable-auto-complete-config", "--exit-on-error=true"]
 
@@ -99,18 +121,22 @@ class TritonServer:
             raise TritonError(f"model repository {self.repository} does not exist")
         self._backends = backend_directory(Path(tempfile.mkdtemp(prefix="adaudit-triton-backends-")))
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if self.log_file:
+                output.close()  # the server holds its own copy of the descriptor
         self.wait_until_ready()
         return self
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as answer:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=1) as answer:
                 return answer.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
@@ -129,17 +155,19 @@ class TritonServer:
         raise TritonError(f"tritonserver was not ready after {self.ready_timeout:.0f} s")
 
     def stop(self) -> None:
+        regions: set[str] = set()
         if self.process is not None and self.process.poll() is None:
+            regions = shared_memory_of(self.process.pid)  # its own regions only: another server may be running
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)  # the server and its stubs (its own session)
                 self.process.wait()
         if self._backends is not None:
             shutil.rmtree(self._backends, ignore_errors=True)
             self._backends = None
-        clean_shared_memory()
+        clean_shared_memory(regions)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -1,0 +1,17 @@
+"""adaudit.service: the FastAPI audit gateway in front of Triton (or the model in-process).
+
+    app.py            create_app(settings) -> FastAPI: routers, error handlers, middleware, lifespan
+    settings.py       GatewaySettings: ADAUDIT_* environment variables and an optional YAML file
+    routes_*.py       the HTTP routes: audits, reviews, operations (health, readiness, metrics)
+    bodies.py         reading request bodies: size limit, content type, JSON, multipart
+    intake.py         checking ads: image decoding with limits, text validation (bad input -> 4xx)
+    encoding.py       model inputs via models/preprocessing.AuditProcessor; logits -> labels
+    backends.py       TritonBackend (gRPC, asyncio) and EmbeddedBackend (torch in-process)
+    gateway.py        the audit path: policy, inference, decision log, shadow offer
+    policy.py         canary / A-B arm (sticky per ad id) and shadow sampling
+    shadow.py         the bounded shadow queue, its workers and the comparison
+    decision_log.py   SQLAlchemy: decisions, feedback, shadow disagreements, reviewed accuracy
+    metrics.py        the adaudit_* Prometheus metrics (one process per pod)
+    middleware.py     in-flight gauge, request latency, last-resort 503 guard
+    errors.py         ApiError and the JSON error handlers
+"""

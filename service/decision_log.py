@@ -1,0 +1,179 @@
+"""The decision log (SQLAlchemy): every decision, reviewer feedback, and shadow disagreements.
+
+    decisions(request_id PK, created_at, ad_id, model, version, arm, verdict, violation,
+              violation_score, outputs JSON {labels, scores}, latency_ms, shadowed)
+    feedback(id PK, request_id FK -> decisions, task, label, predicted, correct, reviewer, created_at)
+              one row per reviewed task, unique (request_id, task)
+    shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
+              shadow_model, shadow_version, primary_outputs JSON, shadow_outputs JSON)
+
+SQLite file by default (WAL journal, synchronous=NORMAL: a commit costs tens of microseconds,
+not an fsync), PostgreSQL by URL (`postgresql+psycopg://...`, install the driver) when several
+replicas share one log. Tables are created at start if missing. Per-model reviewed accuracy is
+a join of feedback with decisions, grouped by model, version and task.
+
+The methods are synchronous; the gateway calls them with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, cast,
+                        create_engine, event, func, select)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DecisionRow(Base):
+    __tablename__ = "decisions"
+    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ad_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    arm: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str] = mapped_column(String(32))
+    violation: Mapped[str] = mapped_column(String(32))
+    violation_score: Mapped[float] = mapped_column(Float)
+    outputs: Mapped[dict] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    shadowed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("request_id", "task"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("decisions.request_id"), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(32))
+    predicted: Mapped[str] = mapped_column(String(32))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DisagreementRow(Base):
+    __tablename__ = "shadow_disagreements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    primary_model: Mapped[str] = mapped_column(String(64))
+    primary_version: Mapped[str] = mapped_column(String(32))
+    shadow_model: Mapped[str] = mapped_column(String(64))
+    shadow_version: Mapped[str] = mapped_column(String(32))
+    primary_outputs: Mapped[dict] = mapped_column(JSON)
+    shadow_outputs: Mapped[dict] = mapped_column(JSON)
+
+
+class UnknownRequest(LookupError):
+    pass
+
+
+class FeedbackExists(ValueError):
+    pass
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+
+
+class DecisionLog:
+    def __init__(self, url: str):
+        sqlite = url.startswith("sqlite")
+        options = {"pool_pre_ping": True}
+        if sqlite:
+            options = {"connect_args": {"check_same_thread": False, "timeout": 10}}
+            if url in ("sqlite://", "sqlite:///:memory:"):  # one in-memory database shared by every thread
+                options["poolclass"] = StaticPool
+        self.engine = create_engine(url, **options)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_tables(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def add_decisions(self, rows: list[dict]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add_all(DecisionRow(**row) for row in rows)
+
+    def decision(self, request_id: str) -> dict | None:
+        with Session(self.engine) as session:
+            row = session.get(DecisionRow, request_id)
+            if row is None:
+                return None
+            feedback = session.scalars(select(FeedbackRow).where(FeedbackRow.request_id == request_id)).all()
+            labels, scores = row.outputs["labels"], row.outputs["scores"]
+            return {"request_id": row.request_id, "ad_id": row.ad_id, "created_at": utc(row.created_at),
+                    "model": row.model, "version": row.version, "arm": row.arm, "shadowed": row.shadowed,
+                    "verdict": row.verdict, "verdict_score": scores["verdict"], "violation": row.violation,
+                    "violation_score": row.violation_score, "scores": scores, "latency_ms": row.latency_ms,
+                    "attributes": {t: l for t, l in labels.items() if t not in ("verdict", "violation")},
+                    "feedback": {f.task: f.label for f in feedback} or None}
+
+    def add_feedback(self, request_id: str, labels: dict[str, str], reviewer: str | None) -> tuple[dict, dict]:
+        """Store the reviewer's labels; returns (the decision, {task: correct})."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                row = session.get(DecisionRow, request_id)
+                if row is None:
+                    raise UnknownRequest(request_id)
+                if session.scalar(select(func.count()).where(FeedbackRow.request_id == request_id)):
+                    raise FeedbackExists(request_id)
+                predicted = row.outputs["labels"]
+                correct = {task: predicted.get(task) == label for task, label in labels.items()}
+                moment = now()
+                session.add_all(FeedbackRow(request_id=request_id, task=task, label=label,
+                                            predicted=predicted.get(task, ""), correct=correct[task],
+                                            reviewer=reviewer, created_at=moment) for task, label in labels.items())
+                decision = _columns(row)
+        except IntegrityError:  # two reviewers at once: the unique constraint decided
+            raise FeedbackExists(request_id) from None
+        return decision, correct
+
+    def accuracy(self) -> list[dict]:
+        correct = func.sum(cast(FeedbackRow.correct, Integer))
+        query = (select(DecisionRow.model, DecisionRow.version, FeedbackRow.task, func.count(), correct)
+                 .join(DecisionRow, DecisionRow.request_id == FeedbackRow.request_id)
+                 .group_by(DecisionRow.model, DecisionRow.version, FeedbackRow.task)
+                 .order_by(DecisionRow.model, DecisionRow.version, FeedbackRow.task))
+        with Session(self.engine) as session:
+            return [{"model": m, "version": v, "task": t, "reviewed": n, "correct": int(c or 0),
+                     "accuracy": round((c or 0) / n, 6)} for m, v, t, n, c in session.execute(query)]
+
+    def add_disagreement(self, row: dict) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(DisagreementRow(created_at=now(), **row))
+
+    def disagreements(self, limit: int) -> list[dict]:
+        query = select(DisagreementRow).order_by(DisagreementRow.id.desc()).limit(limit)
+        with Session(self.engine) as session:
+            return [{"request_id": r.request_id, "created_at": utc(r.created_at), "primary_model": r.primary_model,
+                     "primary_version": r.primary_version, "shadow_model": r.shadow_model,
+                     "shadow_version": r.shadow_version, "primary": r.primary_outputs, "shadow": r.shadow_outputs}
+                    for r in session.scalars(query)]
+
+
+def _columns(row: DecisionRow) -> dict:
+    return {column.name: getattr(row, column.name) for column in DecisionRow.__table__.columns}
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

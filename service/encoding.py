@@ -1,0 +1,90 @@
+"""Model inputs from checked ads, and audit labels from model logits: both sides of one backend call.
+
+Inputs come from `models.preprocessing.AuditProcessor`, the one preprocessing implementation
+(training, evaluation and the gateway feed the model the same numbers), sized by the model's
+`ModelSpec` (image size, padded text length) and turned into the numpy arrays a backend takes:
+pixel_values float32 [B,3,S,S], input_ids and attention_mask int64 [B,L]. One processor per
+distinct spec, so the primary and a shadow of the same shape share the tensors.
+
+Outputs: per task the argmax label and its softmax probability.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adaudit.models.preprocessing import AuditProcessor
+
+from .intake import Ad
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the gateway must know to feed a model and read its answer."""
+
+    name: str
+    version: str
+    image_size: int
+    max_text_length: int
+    tasks: dict[str, tuple[str, ...]] = field(hash=False)
+    vocabulary_folder: Path | None = None  # a model folder's vocab.txt; None: the generated vocabulary
+    max_batch_size: int = 0  # the most ads one backend call may carry (Triton's max_batch_size); 0: no limit
+
+    @property
+    def input_key(self) -> tuple:
+        return (self.image_size, self.max_text_length, str(self.vocabulary_folder or ""))
+
+
+@dataclass
+class Prediction:
+    labels: dict[str, str]
+    scores: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return {"labels": self.labels, "scores": self.scores}
+
+
+class Encoder:
+    def __init__(self):
+        self._processors: dict[tuple, AuditProcessor] = {}
+        self._lock = threading.Lock()
+
+    def processor(self, spec: ModelSpec) -> AuditProcessor:
+        with self._lock:
+            if spec.input_key not in self._processors:
+                if spec.vocabulary_folder is not None:
+                    processor = AuditProcessor.from_folder(spec, spec.vocabulary_folder)
+                else:
+                    processor = AuditProcessor(spec)
+                self._processors[spec.input_key] = processor
+            return self._processors[spec.input_key]
+
+    def encode(self, ads: list[Ad], spec: ModelSpec) -> dict[str, np.ndarray]:
+        tensors = self.processor(spec)([ad.image for ad in ads], [ad.text for ad in ads])
+        return {"pixel_values": tensors["pixel_values"].numpy().astype(np.float32, copy=False),
+                "input_ids": tensors["input_ids"].numpy().astype(np.int64, copy=False),
+                "attention_mask": tensors["attention_mask"].numpy().astype(np.int64, copy=False)}
+
+
+def select(inputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """One ad's inputs, batch dimension kept."""
+    return {name: array[index:index + 1] for name, array in inputs.items()}
+
+
+def predictions(logits: dict[str, np.ndarray], tasks: dict[str, tuple[str, ...]]) -> list[Prediction]:
+    batch = len(next(iter(logits.values())))
+    labels: list[dict[str, str]] = [{} for _ in range(batch)]
+    scores: list[dict[str, float]] = [{} for _ in range(batch)]
+    for task, names in tasks.items():
+        values = logits[task].astype(np.float64)
+        probabilities = np.exp(values - values.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        best = probabilities.argmax(axis=1)
+        for i in range(batch):
+            labels[i][task] = names[int(best[i])]
+            scores[i][task] = round(float(probabilities[i, best[i]]), 6)
+    return [Prediction(l, s) for l, s in zip(labels, scores)]

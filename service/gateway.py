@@ -1,0 +1,187 @@
+"""The audit path: policy -> preprocessing -> backend -> labels -> decision log -> shadow.
+
+`Gateway.audit(ads)` answers a list of checked ads (one for `POST /v1/audits`, up to
+`max_batch` for the batch route):
+
+1. the policy picks each ad's target (primary, or the canary: sticky per ad id);
+2. per target, one backend call for its ads (split at the model's max batch size), the inputs
+   made once by `encoding.Encoder` from the model's `ModelSpec` (cached `SPEC_TTL_S` seconds,
+   so a newly rolled-out version is picked up);
+3. a canary that fails falls back to the primary (counted as `canary_failed`); a primary that
+   fails is a 503;
+4. every decision is written to the decision log (a log failure is counted and logged, the
+   answer still goes out) and counted in `adaudit_predictions_total`;
+5. the ads the policy mirrors are offered to the shadow queue, after the answer is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from .backends import BackendError
+from .decision_log import DecisionLog, now
+from .encoding import Encoder, ModelSpec, Prediction, predictions, select
+from .errors import ApiError
+from .intake import Ad, Limits, decode_ads
+from .metrics import GatewayMetrics
+from .policy import CANARY, Target, TrafficPolicy
+from .shadow import ShadowJob, ShadowMirror
+
+log = logging.getLogger("adaudit.service")
+SPEC_TTL_S = 10.0
+HEADLINE_TASKS = ("verdict", "violation")
+
+
+class Gateway:
+    def __init__(self, settings, backend, decision_log: DecisionLog, metrics: GatewayMetrics,
+                 policy: TrafficPolicy | None = None):
+        self.settings, self.backend, self.log, self.metrics = settings, backend, decision_log, metrics
+        self.policy = policy or TrafficPolicy(settings)
+        self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars)
+        self.encoder = Encoder()
+        self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
+        self.shadow = None
+        if self.policy.shadow is not None:
+            self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreement, metrics,
+                                       settings.shadow_queue_size, settings.shadow_workers)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.log.create_tables)
+        if self.shadow:
+            self.shadow.start()
+        try:  # warm up: load the primary (embedded) or read its config (Triton); fine if not there yet
+            await self.spec(self.policy.primary.model, self.policy.primary.version)
+        except BackendError as error:
+            log.warning("primary model not ready at start: %s", error.message)
+
+    async def stop(self) -> None:
+        if self.shadow:
+            await self.shadow.stop()
+        await self.backend.close()
+        await asyncio.to_thread(self.log.close)
+
+    # --- models ---------------------------------------------------------------------------
+    async def spec(self, model: str, version: str | None) -> ModelSpec:
+        key = (model, version)
+        cached = self._specs.get(key)
+        if cached and time.monotonic() - cached[0] < SPEC_TTL_S:
+            return cached[1]
+        spec = await self.backend.describe(model, version)
+        self._specs[key] = (time.monotonic(), spec)
+        return spec
+
+    def cached_spec(self, model: str, version: str | None) -> ModelSpec | None:
+        cached = self._specs.get((model, version))
+        return cached[1] if cached else None
+
+    async def predict(self, target: Target, ads: list[Ad] | None, reuse: dict | None = None):
+        """(spec, predictions, inputs, preprocess seconds, inference seconds) for `ads` on `target`."""
+        spec = await self.spec(target.model, target.version)
+        started = time.perf_counter()
+        inputs = (reuse or {}).get(spec.input_key)
+        if inputs is None:
+            inputs = await asyncio.to_thread(self.encoder.encode, ads, spec)
+        encoded = time.perf_counter()
+        size = len(inputs["input_ids"])
+        step = spec.max_batch_size or size
+        try:
+            parts = await asyncio.gather(*(
+                self.backend.infer(spec.name, spec.version, {k: v[i:i + step] for k, v in inputs.items()})
+                for i in range(0, size, step)))
+        except BackendError:
+            self._specs.pop((target.model, target.version), None)  # describe again next time
+            raise
+        inferred = time.perf_counter()
+        self.metrics.inference_latency.labels(spec.name, spec.version).observe(inferred - encoded)
+        answers = [p for part in parts for p in predictions(part, spec.tasks)]
+        return spec, answers, inputs, encoded - started, inferred - encoded
+
+    async def _answer(self, target: Target, ads: list[Ad]):
+        try:
+            return target, await self.predict(target, ads)
+        except BackendError as error:
+            if target.arm == CANARY:
+                self.metrics.errors.labels("canary_failed").inc()
+                log.warning("canary %s failed, the primary answers: %s", target.model, error.message)
+                return await self._answer(self.policy.primary, ads)
+            raise ApiError(503, error.kind, error.message) from None
+
+    # --- the audit path ---------------------------------------------------------------------
+    async def audit(self, ads: list[Ad], received: float, decode_s: float) -> list[dict]:
+        groups: dict[Target, list[int]] = {}
+        for index, ad in enumerate(ads):
+            groups.setdefault(self.policy.target(ad.ad_id), []).append(index)
+        answered = await asyncio.gather(*(self._answer(t, [ads[i] for i in idx]) for t, idx in groups.items()))
+        results: list[dict | None] = [None] * len(ads)
+        jobs: list[ShadowJob] = []
+        rows = []
+        for indexes, (target, (spec, answers, inputs, preprocess_s, inference_s)) in zip(groups.values(), answered):
+            for position, (index, answer) in enumerate(zip(indexes, answers)):
+                result = self._result(ads[index], spec, target.arm, answer)
+                results[index] = result
+                if self._mirrors(spec):
+                    jobs.append(self._job(result["request_id"], spec, answer, select(inputs, position), ads[index]))
+                    result["shadowed"] = True
+                result["timings"] = {"preprocess_ms": round((decode_s + preprocess_s) * 1000, 3),
+                                     "inference_ms": round(inference_s * 1000, 3)}
+        total_ms = round((time.perf_counter() - received) * 1000, 3)
+        for result in results:
+            result["timings"]["total_ms"] = total_ms
+            rows.append(self._row(result))
+            for task, label in {"verdict": result["verdict"], "violation": result["violation"],
+                                **result["attributes"]}.items():
+                self.metrics.predictions.labels(result["model"], result["version"], task, label).inc()
+        await self._log(rows)
+        for job in jobs:
+            self.shadow.offer(job)
+        return results
+
+    def _mirrors(self, spec: ModelSpec) -> bool:
+        shadow = self.policy.shadow
+        if self.shadow is None or not self.policy.mirror():
+            return False
+        return not (shadow.model == spec.name and shadow.version in (None, spec.version))
+
+    def _job(self, request_id: str, spec: ModelSpec, answer: Prediction, inputs: dict, ad: Ad) -> ShadowJob:
+        shadow = self.cached_spec(self.policy.shadow.model, self.policy.shadow.version)
+        same_inputs = shadow is not None and shadow.input_key == spec.input_key
+        return ShadowJob(request_id, spec.name, spec.version, answer, inputs, spec.input_key,
+                         None if same_inputs else ad.source)
+
+    async def _run_shadow(self, job: ShadowJob) -> tuple[ModelSpec, Prediction]:
+        shadow = self.policy.shadow
+        spec = await self.spec(shadow.model, shadow.version)
+        ads = None
+        if spec.input_key != job.input_key:
+            ads = await asyncio.to_thread(decode_ads, [job.source], self.limits)
+        spec, (answer,), *_ = await self.predict(shadow, ads, {job.input_key: job.inputs})
+        return spec, answer
+
+    @staticmethod
+    def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction) -> dict:
+        labels, scores = answer.labels, answer.scores
+        return {"request_id": uuid.uuid4().hex, "ad_id": ad.ad_id,
+                "verdict": labels["verdict"], "verdict_score": scores["verdict"],
+                "violation": labels["violation"], "violation_score": scores["violation"],
+                "attributes": {t: l for t, l in labels.items() if t not in HEADLINE_TASKS},
+                "scores": scores, "model": spec.name, "version": spec.version, "arm": arm, "shadowed": False}
+
+    @staticmethod
+    def _row(result: dict) -> dict:
+        labels = {"verdict": result["verdict"], "violation": result["violation"], **result["attributes"]}
+        return {"request_id": result["request_id"], "created_at": now(), "ad_id": result["ad_id"],
+                "model": result["model"], "version": result["version"], "arm": result["arm"],
+                "verdict": result["verdict"], "violation": result["violation"],
+                "violation_score": result["violation_score"], "outputs": {"labels": labels, "scores": result["scores"]},
+                "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"]}
+
+    async def _log(self, rows: list[dict]) -> None:
+        try:
+            await asyncio.to_thread(self.log.add_decisions, rows)
+        except Exception as error:  # the answer still goes out; the gap is counted and logged
+            self.metrics.errors.labels("decision_log").inc()
+            log.error("decision log write failed for %d decisions: %s", len(rows), error)
+

@@ -1,0 +1,57 @@
+"""The gateway's Prometheus metrics, all prefixed `adaudit_`, in a registry of its own per app.
+
+One process per pod: run uvicorn with one worker and scale with replicas (Kubernetes pods),
+so every pod's `/metrics` is complete and Prometheus sums across pods. prometheus-client's
+multiprocess mode is therefore not needed (and not enabled); with several workers in one
+process group each worker would report only its own share.
+
+    adaudit_request_duration_seconds{route, model, outcome}     histogram, end to end per HTTP request
+    adaudit_inference_duration_seconds{model, version}          histogram, one backend call (a batch)
+    adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task
+    adaudit_shadow_agreements_total{primary, shadow, task}      counter, task in verdict|violation
+    adaudit_shadow_disagreements_total{primary, shadow, task, primary_label, shadow_label}
+    adaudit_shadow_comparisons_total{primary, shadow}           counter, mirrored ads compared
+    adaudit_shadow_queue_depth                                  gauge
+    adaudit_shadow_dropped_total                                counter, mirrored ads dropped (queue full)
+    adaudit_reviewed_total{model, version, task, outcome}       counter, reviewer feedback: correct|incorrect
+    adaudit_errors_total{kind}                                  counter, every error answered (and shadow failures)
+    adaudit_in_flight_requests                                  gauge
+    adaudit_backend_ready{model}                                gauge, last readiness seen by /readyz (1 or 0)
+
+Reviewed accuracy per model for the canary comparison:
+`sum by (model, version) (rate(adaudit_reviewed_total{task="verdict",outcome="correct"}[1h]))
+ / sum by (model, version) (rate(adaudit_reviewed_total{task="verdict"}[1h]))`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram("adaudit_request_duration_seconds", "End-to-end HTTP request latency",
+                                         ["route", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_latency = Histogram("adaudit_inference_duration_seconds", "Backend inference latency per call",
+                                           ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("adaudit_predictions", "Answered predictions by model and label",
+                                   ["model", "version", "task", "label"], registry=r)
+        self.shadow_agreements = Counter("adaudit_shadow_agreements", "Shadow model agreed with the primary",
+                                         ["primary", "shadow", "task"], registry=r)
+        self.shadow_disagreements = Counter(
+            "adaudit_shadow_disagreements", "Shadow model disagreed with the primary, by label pair",
+            ["primary", "shadow", "task", "primary_label", "shadow_label"], registry=r)
+        self.shadow_comparisons = Counter("adaudit_shadow_comparisons", "Mirrored ads compared",
+                                          ["primary", "shadow"], registry=r)
+        self.shadow_queue_depth = Gauge("adaudit_shadow_queue_depth", "Mirrored ads waiting", registry=r)
+        self.shadow_dropped = Counter("adaudit_shadow_dropped", "Mirrored ads dropped: shadow queue full",
+                                      registry=r)
+        self.reviewed = Counter("adaudit_reviewed", "Reviewer feedback compared with the logged decision",
+                                ["model", "version", "task", "outcome"], registry=r)
+        self.errors = Counter("adaudit_errors", "Errors by kind", ["kind"], registry=r)
+        self.in_flight = Gauge("adaudit_in_flight_requests", "HTTP requests being served", registry=r)
+        self.backend_ready = Gauge("adaudit_backend_ready", "Model readiness seen by /readyz", ["model"], registry=r)

@@ -1,0 +1,112 @@
+"""The gateway's JSON shapes (pydantic): what clients send and what they get back.
+
+These models are the OpenAPI documentation as well: `/docs` and `/openapi.json` show them.
+Requests forbid unknown fields, so a misspelt `image_b64` is a 422 naming the field rather
+than a silently missing image.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AD_ID = Field(None, min_length=1, max_length=128, description="The platform's ad id; canary assignment is "
+              "sticky per ad id when given", examples=["ad-20261123-0042"])
+
+
+class AuditRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_base64: str = Field(description="The ad image (PNG, JPEG, WebP, GIF or BMP), base64; a data: URL "
+                              "prefix is accepted")
+    text: str = Field(description="The ad copy (UTF-8)", examples=["限时特价，全网最低价！"])
+    ad_id: str | None = AD_ID
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[AuditRequest] = Field(description="Up to max_batch ads; a bare JSON list is accepted too")
+
+
+class Timings(BaseModel):
+    preprocess_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class AuditLabels(BaseModel):
+    request_id: str
+    ad_id: str | None = None
+    verdict: str = Field(examples=["reject"])
+    verdict_score: float = Field(description="softmax probability of the verdict")
+    violation: str = Field(examples=["exaggeration"])
+    violation_score: float = Field(description="softmax probability of the violation")
+    attributes: dict[str, str] = Field(description="the other tasks' labels (industry, background_colour, ...)")
+    scores: dict[str, float] = Field(description="softmax probability of every task's label")
+    model: str
+    version: str
+    arm: Literal["primary", "canary"] = Field(description="which policy arm answered")
+    shadowed: bool = Field(description="mirrored to the shadow model for comparison")
+
+
+class AuditResult(AuditLabels):
+    timings: Timings
+
+
+class BatchResponse(BaseModel):
+    items: list[AuditResult]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: dict[str, str] = Field(min_length=1, description="task -> the reviewer's label",
+                                   examples=[{"verdict": "reject", "violation": "medical_claim"}])
+    reviewer: str | None = Field(None, max_length=128)
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    model: str
+    version: str
+    labels: dict[str, str]
+    correct: dict[str, bool] = Field(description="per reviewed task: did the model's label match")
+
+
+class Decision(AuditLabels):
+    created_at: datetime
+    latency_ms: float
+    feedback: dict[str, str] | None = Field(None, description="the reviewer's labels, once given")
+
+
+class AccuracyRow(BaseModel):
+    model: str
+    version: str
+    task: str
+    reviewed: int
+    correct: int
+    accuracy: float
+
+
+class Disagreement(BaseModel):
+    request_id: str
+    created_at: datetime
+    primary_model: str
+    primary_version: str
+    shadow_model: str
+    shadow_version: str
+    primary: dict
+    shadow: dict
+
+
+class Readiness(BaseModel):
+    ready: bool
+    backend: str
+    primary_model: str
+    models: dict[str, bool]
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    kind: str

@@ -1,0 +1,80 @@
+"""Gateway settings: environment variables `ADAUDIT_*`, an optional YAML file, then defaults.
+
+Precedence (highest first): keyword arguments (what the `adaudit serve` flags pass), environment
+variables (`ADAUDIT_BACKEND=embedded`, `ADAUDIT_SHADOW_FRACTION=0.1`, ...), the YAML file named by
+`ADAUDIT_SETTINGS_FILE` (keys are the field names below), the defaults. Unknown keys in the file
+and inconsistent combinations (a canary fraction without a canary model, the embedded backend
+without a model folder) are refused at start-up with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+SETTINGS_FILE_VARIABLE = "ADAUDIT_SETTINGS_FILE"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADAUDIT_", extra="forbid", protected_namespaces=(),
+                                      coerce_numbers_to_str=True)  # YAML `primary_version: 2`
+
+    backend: Literal["triton", "embedded"] = "triton"
+    triton_url: str = "127.0.0.1:8001"  # host:grpc_port
+    model_dir: Path | None = None  # embedded: MODEL_DIR/<model name>/ (a model folder or numbered versions)
+
+    primary_model: str = "student"
+    primary_version: str | None = None  # None: the latest version the backend serves
+    shadow_model: str | None = "teacher"
+    shadow_version: str | None = None
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    shadow_queue_size: int = Field(256, ge=1)
+    shadow_workers: int = Field(2, ge=1, le=64)
+    canary_model: str | None = None
+    canary_version: str | None = None
+    canary_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    database_url: str = "sqlite:///adaudit-decisions.db"
+
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_text_chars: int = Field(500, ge=1)
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(25_000_000, ge=1)  # width x height; larger is a decompression bomb
+    max_body_bytes: int | None = Field(None, ge=1)  # cap; by default the room the ads need at the limits
+    request_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GatewaySettings":
+        if self.backend == "embedded" and self.model_dir is None:
+            raise ValueError("backend 'embedded' needs model_dir (ADAUDIT_MODEL_DIR): a folder with one "
+                             "subfolder per model name")
+        if self.canary_fraction > 0 and not self.canary_model:
+            raise ValueError("canary_fraction > 0 needs canary_model (ADAUDIT_CANARY_MODEL)")
+        if self.shadow_fraction > 0 and not self.shadow_model:
+            raise ValueError("shadow_fraction > 0 needs shadow_model (ADAUDIT_SHADOW_MODEL)")
+        if ":" not in self.triton_url:
+            raise ValueError(f"triton_url {self.triton_url!r} must be host:grpc_port")
+        return self
+
+    def body_limit(self, ads: int) -> int:
+        """Largest request body for `ads` ads: their base64 images and copy, capped by max_body_bytes."""
+        per_ad = self.max_image_bytes * 4 // 3 + 4 * self.max_text_chars + 1024
+        limit = ads * per_ad + 4096
+        return min(limit, self.max_body_bytes) if self.max_body_bytes is not None else limit
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        sources = [init_settings, env_settings]
+        file = os.environ.get(SETTINGS_FILE_VARIABLE)
+        if file:
+            if not Path(file).is_file():
+                raise ValueError(f"{SETTINGS_FILE_VARIABLE}={file}: no such settings file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=file))
+        return tuple(sources)

@@ -1,0 +1,102 @@
+"""Shadow traffic: mirrored ads go through a bounded queue to background workers.
+
+`offer` never waits: it puts the job on an `asyncio.Queue(maxsize=shadow_queue_size)` and, when
+the queue is full, drops the job and counts it (`adaudit_shadow_dropped_total`). The primary
+answer has already been computed when a job is offered, so the shadow model can neither delay
+nor fail it. A job holds the answering model's input tensors for the ad (reused when the shadow
+model takes the same shapes) and, only when it may need other inputs, the ad's bytes; never the
+decoded image, so the queue's memory stays bounded. `shadow_workers` tasks take jobs, run the
+shadow model (`run`: the gateway's `predict`, the same path as the primary), compare verdict
+and violation with the answer, count agreements and disagreement pairs, and store every
+disagreement (request id and both outputs) in the decision log for review. A failing shadow
+model is counted (`adaudit_errors_total{kind="shadow_failed"}`) and logged, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoding import Prediction
+from .intake import RawAd
+
+log = logging.getLogger("adaudit.service")
+COMPARED_TASKS = ("verdict", "violation")
+
+
+@dataclass
+class ShadowJob:
+    request_id: str
+    model: str  # the model and version that answered
+    version: str
+    prediction: Prediction
+    inputs: dict[str, np.ndarray]  # the answering model's inputs for this ad, reused when shapes match
+    input_key: tuple
+    source: RawAd | None  # the ad's bytes, kept only when the shadow model may need other inputs
+
+
+class ShadowMirror:
+    def __init__(self, target, run, record, metrics, queue_size: int, workers: int):
+        """`run(job) -> (spec, Prediction)` runs the shadow model; `record(row)` stores a disagreement."""
+        self.target, self.run, self.record, self.metrics = target, run, record, metrics
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
+        self.workers = workers
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"adaudit-shadow-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def offer(self, job: ShadowJob) -> bool:
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.shadow_dropped.inc()
+            return False
+        finally:
+            self.metrics.shadow_queue_depth.set(self.queue.qsize())
+        return True
+
+    async def drain(self) -> None:
+        """Wait until every queued job is compared (tests, shutdown)."""
+        await self.queue.join()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self.queue.get()
+            self.metrics.shadow_queue_depth.set(self.queue.qsize())
+            try:
+                await self.compare(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.metrics.errors.labels("shadow_failed").inc()
+                log.warning("shadow model %s failed on request %s: %s", self.target.model, job.request_id,
+                            getattr(error, "message", error))
+            finally:
+                self.queue.task_done()
+
+    async def compare(self, job: ShadowJob) -> None:
+        spec, shadow = await self.run(job)
+        primary, labels = job.prediction.labels, shadow.labels
+        self.metrics.shadow_comparisons.labels(job.model, spec.name).inc()
+        disagree = False
+        for task in COMPARED_TASKS:
+            if primary[task] == labels[task]:
+                self.metrics.shadow_agreements.labels(job.model, spec.name, task).inc()
+            else:
+                disagree = True
+                self.metrics.shadow_disagreements.labels(job.model, spec.name, task, primary[task], labels[task]).inc()
+        if disagree:
+            await asyncio.to_thread(self.record, {
+                "request_id": job.request_id, "primary_model": job.model, "primary_version": job.version,
+                "shadow_model": spec.name, "shadow_version": spec.version,
+                "primary_outputs": job.prediction.as_dict(), "shadow_outputs": shadow.as_dict()})
