@@ -29,7 +29,7 @@ def build_models(workdir: Path, log) -> tuple[Path, Path, Path]:
         make_dataset(data, n=1500, seed=0)
     if not (teacher / "config.json").exists():
         log("training the tiny teacher")
-        train_teacher(data, teacher, "tiny", epochs=12, log=log)
+        train_teacher(data, teacher, "tiny", epochs=12, resume=True, log=log)
     if not (student / "report.json").exists():
         log("compressing it (AntGMM, tiny recipe)")
         compress(teacher, data, student, TINY_RECIPE, log=log)
