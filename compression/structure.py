@@ -79,10 +79,8 @@ def dimension_roles(name: str, ndim: int) -> tuple[str | None, ...]:
         return (hidden("vision"), None, None, None)
     if name.startswith("projector."):
         return (hidden("text"), hidden("qformer"))[:ndim]
-    if name.startswith("heads."):
+    if name.startswith(("heads.", "image_heads.")):
         return (None, hidden("text")) if name.endswith("weight") else (None,)
-    if name.startswith("image_heads."):
-        return (None, hidden("vision")) if name.endswith("weight") else (None,)
     tower = "qformer" if name == "query_tokens" else name.split(".")[0]
     return (None,) * (ndim - 1) + (hidden(tower),)  # embeddings and final norms: last dim is hidden
 

@@ -69,7 +69,10 @@ BLOCK_ANATOMY = {
 
 
 # Tasks that the picture alone determines (industry: when the picture matches the copy).
-# Heads for them on the vision tower's [CLS] state ground the vision tower during training.
+# Heads for them read the mean of the projected query tokens, exactly what the text tower
+# receives from the picture; training them grounds the vision tower, the Q-Former and the
+# projector, so that the text tower is handed what the picture shows (which it must compare
+# with the copy to find image-text mismatches).
 IMAGE_TASKS = ("industry", "background_colour", "clutter", "logo")
 
 
@@ -177,7 +180,7 @@ class AuditModel(nn.Module):
             task: _new_linear(config.text.hidden_size, len(names)) for task, names in config.tasks.items()
         })
         self.image_heads = nn.ModuleDict({
-            task: _new_linear(config.vision.hidden_size, len(config.tasks[task])) for task in IMAGE_TASKS
+            task: _new_linear(config.text.hidden_size, len(config.tasks[task])) for task in IMAGE_TASKS
         })
 
     def tower(self, name: str) -> nn.Module:
@@ -203,7 +206,8 @@ class AuditModel(nn.Module):
         pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token
         features = self.dropout(pooled)
         logits = {task: head(features) for task, head in self.heads.items()}
-        image_logits = {task: head(vision.pooler_output) for task, head in self.image_heads.items()}
+        picture = visual_tokens.mean(dim=1)
+        image_logits = {task: head(picture) for task, head in self.image_heads.items()}
         hidden_states = None
         if output_hidden_states:
             hidden_states = {"vision": vision.hidden_states, "qformer": qformer.hidden_states,
