@@ -1,0 +1,756 @@
+"""The serving benchmark behind the README's "Serving figures": Triton + the FastAPI gateway, one run.
+
+    python benchmarks/serving.py --student DIR --teacher DIR --data DIR --out benchmarks/results
+
+Exports both model folders into a temporary Triton model repository (`ServingSettings()`:
+max batch 32, preferred 8/16/32, queue delay 500 us, KIND_CPU), starts the bundled tritonserver
+on free loopback ports (as `adaudit triton` does), and starts the gateway (uvicorn, one worker,
+its own process, backend triton, a temporary SQLite decision log) once per traffic policy, one
+at a time:
+
+  teacher   primary teacher                      concurrency 1, 8, 32
+  student   primary student, shadow fraction 0   overhead (batch 1), concurrency 1, 8, 32, 8 (shadow baseline)
+  shadow    primary student, shadow fraction 1   concurrency 8, every ad mirrored to the teacher
+
+Load: real ads (image + copy) from DATA/test.jsonl, sent as JSON (`image_base64`) to
+`POST /v1/audits` by asyncio + httpx.AsyncClient (on this machine) with `c` requests in flight,
+a bounded number of requests per point and a time cap per point. Triton's side comes from its
+Prometheus endpoint, as deltas of its cumulative counters:
+
+  average batch size = d nv_inference_count / d nv_inference_exec_count     (over each point)
+
+Gateway overhead (goal < 3 ms): one request at a time (batch 1, concurrency 1); around each
+request the benchmark reads Triton's metrics endpoint (outside the timed request), so each
+request has its own Triton compute time: d nv_inference_compute_infer_duration_us (the request
+was the only execution: d nv_inference_exec_count = 1). Overhead = p50 of the client's
+end-to-end latency minus p50 of those compute times, over the same requests. Triton's queue
+(the dynamic batcher waits up to the queue delay for company) and the rest of its request time
+are outside "compute", so they count as overhead; both are reported beside it.
+
+Triton adds a batch's compute time to nv_inference_compute_infer_duration_us once per request in
+the batch, so for batched points the compute per execution comes from Triton's statistics API
+(/v2/models/<m>/stats, batch_stats), which counts each execution once and also gives the
+executions per batch size. CPU seconds of the load generator, the gateway and Triton (server and
+model stubs) are read from /proc for every point. Results: OUT/serving.json and OUT/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from adaudit.export.repository import ServingSettings, export_model
+from adaudit.export.server import TritonError, TritonServer
+from adaudit.files import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"gateway_overhead_ms": 3.0, "student_batching_lift": 3.0, "shadow_p99_increase_pct": 10.0}
+CONCURRENCIES = (1, 8, 32)
+HOST = "127.0.0.1"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind((HOST, 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def ratio(numerator, denominator) -> float | None:
+    return round(numerator / denominator, 3) if numerator is not None and denominator else None
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(np.asarray(values, dtype=float), q)), 3) if len(values) else None
+
+
+# --- the ads ------------------------------------------------------------------------------------
+def load_ads(data: Path, limit: int) -> list[bytes]:
+    """Request bodies for the first `limit` ads of DATA/test.jsonl (real images and copy), encoded once."""
+    path = data / "test.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist")
+    bodies = []
+    with open(path, encoding="utf-8") as stream:
+        for line in stream:
+            if not line.strip():
+                continue
+            ad = json.loads(line)
+            image = (data / ad["image"]).read_bytes()
+            bodies.append(json.dumps({"image_base64": base64.b64encode(image).decode(), "text": ad["text"],
+                                      "ad_id": ad["id"]}, ensure_ascii=False).encode())
+            if len(bodies) >= limit:
+                break
+    if not bodies:
+        raise SystemExit(f"error: {path} has no ads")
+    return bodies
+
+
+# --- Prometheus text and Triton's counters ----------------------------------------------------
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = SAMPLE.match(line)
+        if match:
+            samples.append((match[1], dict(LABEL.findall(match[2] or "")), float(match[3])))
+    return samples
+
+
+def metric(samples, name: str, **labels) -> float:
+    return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items()))
+
+
+def fetch(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return answer.read().decode()
+
+
+TRITON_COUNTERS = {
+    "success": "nv_inference_request_success", "executions": "nv_inference_exec_count",
+    "inferences": "nv_inference_count", "request_us": "nv_inference_request_duration_us",
+    "queue_us": "nv_inference_queue_duration_us", "input_us": "nv_inference_compute_input_duration_us",
+    "infer_us": "nv_inference_compute_infer_duration_us", "output_us": "nv_inference_compute_output_duration_us",
+}
+
+
+class TritonMetrics:
+    """Triton's Prometheus counters plus its statistics API's executions per batch size."""
+
+    def __init__(self, metrics_port: int, http_port: int):
+        self.url = f"http://{HOST}:{metrics_port}/metrics"
+        self.stats_url = f"http://{HOST}:{http_port}/v2/models/{{model}}/stats"
+
+    def counters(self, model: str) -> dict[str, float]:
+        samples = parse_metrics(fetch(self.url))
+        return {key: metric(samples, name, model=model) for key, name in TRITON_COUNTERS.items()}
+
+    def batches(self, model: str) -> dict[int, tuple[int, int]]:
+        """{batch size: (executions, compute_infer ns)} from /v2/models/<model>/stats (cumulative)."""
+        result: dict[int, tuple[int, int]] = {}
+        for entry in json.loads(fetch(self.stats_url.format(model=model)))["model_stats"]:
+            for batch in entry.get("batch_stats", []):
+                infer = batch.get("compute_infer", {})
+                count, ns = result.get(int(batch["batch_size"]), (0, 0))
+                result[int(batch["batch_size"])] = (count + int(infer.get("count", 0)), ns + int(infer.get("ns", 0)))
+        return result
+
+    def snapshot(self, model: str) -> dict:
+        return {**self.counters(model), "batches": self.batches(model)}
+
+    @staticmethod
+    def window(before: dict, after: dict) -> dict:
+        """Triton's view of one measured point: deltas of its cumulative counters."""
+        d = {key: after[key] - before[key] for key in TRITON_COUNTERS}
+        executions, requests = max(d["executions"], 1), max(d["success"], 1)
+        sizes = {size: (count - before["batches"].get(size, (0, 0))[0], ns - before["batches"].get(size, (0, 0))[1])
+                 for size, (count, ns) in after["batches"].items()}
+        sizes = {size: value for size, value in sorted(sizes.items()) if value[0] > 0}
+        batch_executions = sum(count for count, _ in sizes.values())
+        return {
+            "requests": int(d["success"]), "executions": int(d["executions"]),
+            "average_batch": round(d["inferences"] / executions, 2),
+            # per request: Triton adds a batch's durations once per request in it
+            "queue_ms_per_request": round(d["queue_us"] / requests / 1000, 3),
+            "compute_ms_per_request": round((d["input_us"] + d["infer_us"] + d["output_us"]) / requests / 1000, 3),
+            "request_ms_per_request": round(d["request_us"] / requests / 1000, 3),
+            # per execution: the statistics API counts each execution once
+            "compute_infer_ms_per_execution": round(sum(ns for _, ns in sizes.values()) / max(batch_executions, 1)
+                                                    / 1e6, 3),
+            "executions_by_batch_size": {str(size): count for size, (count, _) in sizes.items()},
+        }
+
+
+# --- the gateway, one process per traffic policy --------------------------------------------
+class GatewayProcess:
+    def __init__(self, name: str, workdir: Path, triton_url: str, **settings):
+        self.name, self.port = name, free_ports(1)[0]
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = workdir / f"gateway-{name}.log"
+        self.environment = {k: v for k, v in os.environ.items() if not k.startswith("ADAUDIT_")}
+        self.environment.update({
+            "ADAUDIT_BACKEND": "triton", "ADAUDIT_TRITON_URL": triton_url,
+            "ADAUDIT_DATABASE_URL": f"sqlite:///{workdir / f'decisions-{name}.db'}",
+            "ADAUDIT_REQUEST_TIMEOUT_S": "30",
+            **{f"ADAUDIT_{k.upper()}": str(v) for k, v in settings.items()}})
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> "GatewayProcess":
+        command = [sys.executable, "-m", "uvicorn", "adaudit.service.app:create_app", "--factory", "--host", HOST,
+                   "--port", str(self.port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+        with open(self.log_path, "ab") as output:
+            self.process = subprocess.Popen(command, env=self.environment, stdout=output, stderr=subprocess.STDOUT,
+                                            start_new_session=True, cwd=str(self.log_path.parent))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway {self.name} exited with code {self.process.returncode}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"gateway {self.name} was not ready after {timeout:.0f} s")
+
+    def metrics(self) -> list[tuple[str, dict, float]]:
+        return parse_metrics(fetch(f"{self.url}/metrics"))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+# --- CPU time ---------------------------------------------------------------------------------
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(session: int | None = None, pid: int | None = None) -> float:
+    """CPU seconds (user + system) of one process, or of every process of a session (Triton and its stubs)."""
+    total = 0.0
+    paths = [Path(f"/proc/{pid}/stat")] if pid is not None else Path("/proc").glob("[0-9]*/stat")
+    for path in paths:
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()  # from field 3 (state) on
+        except (OSError, IndexError):
+            continue
+        if pid is None and int(fields[3]) != session:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS  # user nice system idle iowait irq softirq steal
+
+
+class CpuClock:
+    """CPU seconds spent by the load generator (this process), the gateway, Triton, and everything else."""
+
+    def __init__(self, gateway_pid: int, triton_session: int):
+        self.gateway_pid, self.triton_session = gateway_pid, triton_session
+
+    def read(self) -> dict[str, float]:
+        return {"client": time.process_time(), "gateway": cpu_of(pid=self.gateway_pid),
+                "triton": cpu_of(session=self.triton_session), "machine": machine_busy()}
+
+    @staticmethod
+    def used(before: dict, after: dict, wall: float) -> dict:
+        cores = {f"{name}_cores": round((after[name] - before[name]) / wall, 2) for name in before}
+        ours = cores["client_cores"] + cores["gateway_cores"] + cores["triton_cores"]
+        cores["other_cores"] = round(max(cores.pop("machine_cores") - ours, 0.0), 2)  # other processes
+        return cores
+
+
+# --- load -----------------------------------------------------------------------------------
+HEADERS = {"content-type": "application/json"}
+
+
+def client_for(gateway: GatewayProcess, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=gateway.url, limits=limits, timeout=120)
+
+
+async def load(client: httpx.AsyncClient, bodies: list[bytes], concurrency: int, requests: int,
+               max_seconds: float) -> dict:
+    """`requests` POST /v1/audits with `concurrency` in flight (none issued after `max_seconds`)."""
+    latencies, server_total, server_inference, errors = [], [], [], []
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    async def worker():
+        nonlocal issued
+        while issued < requests and time.perf_counter() < deadline:
+            body = bodies[issued % len(bodies)]
+            issued += 1
+            sent = time.perf_counter()
+            try:
+                answer = await client.post("/v1/audits", content=body, headers=HEADERS)
+            except httpx.HTTPError as error:
+                errors.append(type(error).__name__)
+                continue
+            elapsed = time.perf_counter() - sent
+            if answer.status_code != 200:
+                errors.append(f"{answer.status_code} {answer.text[:200]}")
+                continue
+            latencies.append(elapsed * 1000)
+            timings = answer.json()["timings"]
+            server_total.append(timings["total_ms"])
+            server_inference.append(timings["inference_ms"])
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {
+        "concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
+        "first_errors": errors[:3], "wall_s": round(wall, 3),
+        "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99), "mean_ms": round(float(np.mean(latencies)), 3) if latencies else None,
+        "throughput_ads_per_s": round(len(latencies) / wall, 2),
+        "gateway_total_p50_ms": percentile(server_total, 50),
+        "gateway_inference_p50_ms": percentile(server_inference, 50),
+    }
+
+
+def measure(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, model: str, bodies: list[bytes],
+            concurrency: int, requests: int, max_seconds: float, label: str, also: str | None = None) -> dict:
+    """One point; `also`: another model whose Triton counters are read over the same window (the shadow)."""
+    async def go():
+        async with client_for(gateway, concurrency) as client:
+            # open the connections first (not measured), so no point pays for TCP handshakes
+            await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)))
+            other = triton.snapshot(also) if also else None
+            before, cpu_before = triton.snapshot(model), clock.read()
+            result = await load(client, bodies, concurrency, requests, max_seconds)
+            cpu_after, after = clock.read(), triton.snapshot(model)
+            if also:
+                result[f"triton_{also}"] = TritonMetrics.window(other, triton.snapshot(also))
+        return result, before, after, cpu_before, cpu_after
+
+    result, before, after, cpu_before, cpu_after = asyncio.run(go())
+    result["cpu"] = CpuClock.used(cpu_before, cpu_after, result["wall_s"])
+    result["triton"] = TritonMetrics.window(before, after)
+    errors = f", {result['errors']} ERRORS {result['first_errors']}" if result["errors"] else ""
+    log(f"  {label:<20} c={concurrency:<3} n={result['requests']:<4} p50 {result['p50_ms'] or 0:8.2f} ms  "
+        f"p99 {result['p99_ms'] or 0:8.2f} ms  {result['throughput_ads_per_s']:7.1f} ads/s  "
+        f"Triton batch {result['triton']['average_batch']:5.2f}, compute/exec "
+        f"{result['triton']['compute_infer_ms_per_execution']:6.2f} ms; CPU cores: client "
+        f"{result['cpu']['client_cores']:.2f}, gateway {result['cpu']['gateway_cores']:.2f}, Triton "
+        f"{result['cpu']['triton_cores']:.2f}, other processes {result['cpu']['other_cores']:.2f}{errors}")
+    return result
+
+
+def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, model: str, bodies: list[bytes],
+             requests: int, max_seconds: float) -> dict:
+    """One request at a time; Triton's counters read between requests give each request's own Triton times."""
+    e2e, compute, queue, in_triton, gateway_total, gateway_inference, differences = [], [], [], [], [], [], []
+    skipped, errors, healthz = 0, [], []
+
+    def settled(previous: dict) -> dict:
+        """Triton's counters once the last request is counted (they may land just after the response)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            now = triton.counters(model)
+            if now["success"] > previous["success"] and now["executions"] > previous["executions"] \
+                    or time.monotonic() > deadline:
+                return now
+            time.sleep(0.0005)
+
+    async def go():
+        nonlocal skipped
+        async with client_for(gateway, 1) as client:
+            for _ in range(min(requests, 100)):  # the HTTP floor: client, uvicorn and a route that does nothing
+                sent = time.perf_counter()
+                await client.get("/healthz")
+                healthz.append((time.perf_counter() - sent) * 1000)
+            previous = triton.counters(model)
+            started = time.perf_counter()
+            for index in range(requests):
+                if time.perf_counter() - started > max_seconds:
+                    break
+                sent = time.perf_counter()
+                answer = await client.post("/v1/audits", content=bodies[index % len(bodies)], headers=HEADERS)
+                elapsed = (time.perf_counter() - sent) * 1000
+                if answer.status_code != 200:
+                    errors.append(f"{answer.status_code} {answer.text[:200]}")
+                    previous = triton.counters(model)
+                    continue
+                now = settled(previous)
+                if now["executions"] - previous["executions"] != 1 or now["success"] - previous["success"] != 1:
+                    skipped += 1  # not exactly this one request in one execution: no clean reading
+                else:
+                    e2e.append(elapsed)
+                    compute.append((now["infer_us"] - previous["infer_us"]) / 1000)
+                    queue.append((now["queue_us"] - previous["queue_us"]) / 1000)
+                    in_triton.append((now["request_us"] - previous["request_us"]) / 1000)
+                    differences.append(e2e[-1] - compute[-1])
+                    timings = answer.json()["timings"]
+                    gateway_total.append(timings["total_ms"])
+                    gateway_inference.append(timings["inference_ms"])
+                previous = now
+
+    cpu_before, wall = clock.read(), time.perf_counter()
+    asyncio.run(go())
+    cpu = CpuClock.used(cpu_before, clock.read(), time.perf_counter() - wall)
+    result = {
+        "cpu": cpu, "requests": len(e2e), "skipped": skipped, "errors": len(errors), "first_errors": errors[:3],
+        "e2e_p50_ms": percentile(e2e, 50), "e2e_p99_ms": percentile(e2e, 99),
+        "triton_compute_infer_p50_ms": percentile(compute, 50), "triton_compute_infer_mean_ms":
+            round(float(np.mean(compute)), 3) if compute else None,
+        "triton_queue_p50_ms": percentile(queue, 50), "triton_request_p50_ms": percentile(in_triton, 50),
+        "gateway_total_p50_ms": percentile(gateway_total, 50),
+        "gateway_inference_p50_ms": percentile(gateway_inference, 50),
+        "per_request_difference_p50_ms": percentile(differences, 50),
+        "http_floor_p50_ms": percentile(healthz, 50),  # GET /healthz round trip, same client and connection
+    }
+    if e2e:
+        result["gateway_overhead_ms"] = round(result["e2e_p50_ms"] - result["triton_compute_infer_p50_ms"], 3)
+        result["outside_triton_ms"] = round(result["e2e_p50_ms"] - result["triton_request_p50_ms"], 3)
+    log(f"  {'overhead':<20} c=1   n={len(e2e):<4} e2e p50 {fmt(result['e2e_p50_ms'])} ms - Triton compute p50 "
+        f"{fmt(result['triton_compute_infer_p50_ms'])} ms = {fmt(result.get('gateway_overhead_ms'))} ms (Triton "
+        f"queue p50 {fmt(result['triton_queue_p50_ms'])} ms, whole Triton request p50 "
+        f"{fmt(result['triton_request_p50_ms'])} ms, GET /healthz p50 {fmt(result['http_floor_p50_ms'])} ms; "
+        f"{skipped} skipped, {len(errors)} errors; other processes {cpu['other_cores']:.2f} cores)")
+    return result
+
+
+def warm(gateway: GatewayProcess, bodies: list[bytes], concurrency: int, requests: int) -> None:
+    async def go():
+        async with client_for(gateway, concurrency) as client:
+            return await load(client, bodies, concurrency, requests, 120)
+
+    result = asyncio.run(go())
+    if result["errors"]:
+        raise RuntimeError(f"warm-up on gateway {gateway.name} failed: {result['first_errors']}")
+
+
+# --- the machine ----------------------------------------------------------------------------
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def describe_model(version_folder: Path, source: Path) -> dict:
+    """What was served: the source folder, parameter count and the weights' sha256 (as exported)."""
+    from safetensors import safe_open
+
+    weights = version_folder / "model" / "model.safetensors"
+    with safe_open(str(weights), "pt") as tensors:
+        params = sum(int(np.prod(tensors.get_slice(key).get_shape())) for key in tensors.keys())
+    checksums = json.loads((version_folder / "checksums.json").read_text())
+    return {"folder": str(source), "params": params, "sha256": checksums.get("model/model.safetensors")}
+
+
+def triton_version(http_port: int) -> str | None:
+    try:
+        return json.loads(fetch(f"http://{HOST}:{http_port}/v2"))["version"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+# --- report ---------------------------------------------------------------------------------
+def markdown(summary: dict) -> str:
+    a, m, g, mc = summary["achieved"], summary["met"], summary["goals"], summary["machine"]
+    sv = summary["serving"]
+    threads = f"{sv['triton_omp_num_threads']} (OMP_NUM_THREADS)" if sv["triton_omp_num_threads"] else \
+        "torch's default (no OMP_NUM_THREADS)"
+    yes = {True: "yes", False: "**no**"}
+    lines = [
+        "# Serving benchmark", "",
+        f"`{summary['command']}`", ""]
+    if summary["disturbed"]:
+        lines += [f"**Disturbed:** other processes used up to {summary['other_processes_max_cores']:.2f} cores "
+                  "during a measured point (last column): these figures are not a quiet-machine measurement.", ""]
+    lines += [
+        f"Student `{summary['student']}` ({summary['models']['student']['params'] / 1e6:.2f}M parameters), teacher "
+        f"`{summary['teacher']}` ({summary['models']['teacher']['params'] / 1e6:.2f}M). {mc['cpu']}, "
+        f"{mc['cores']} cores, torch {mc['torch']}, Triton {summary['triton_version']} (bundled by nvidia-pytriton, "
+        f"CPU, python backend), {summary['started_utc']} UTC, load average at start {mc['load_average_at_start'][0]}, "
+        f"{summary['wall_seconds']:.0f} s. Triton: max batch {sv['max_batch_size']}, preferred "
+        f"{sv['preferred_batch_sizes']}, queue delay {sv['max_queue_delay_microseconds']} us, one CPU instance per "
+        f"model, torch threads per model stub: {threads}. Gateway: one uvicorn worker, SQLite decision log. Load: "
+        f"{summary['distinct_ads']} real ads from `{summary['data']}/test.jsonl`, JSON with `image_base64`, "
+        f"asyncio + httpx on the same machine.", "",
+        "| goal | target | achieved | met |", "| --- | --- | --- | --- |",
+        f"| gateway overhead at batch 1: e2e p50 - Triton compute p50 | < {fmt(g['gateway_overhead_ms'], 'g')} ms | "
+        f"{fmt(a['gateway_overhead_ms'])} ms | {yes[m['gateway_overhead_ms']]} |",
+        f"| student throughput, concurrency 32 / concurrency 1 | >= {fmt(g['student_batching_lift'], 'g')}x | "
+        f"{fmt(a['student_batching_lift'])}x (Triton batch {fmt(a['student_average_batch_c32'], '.1f')}) | "
+        f"{yes[m['student_batching_lift']]} |",
+        f"| shadow 1.0 vs 0.0: primary p99 at concurrency 8 | < +{fmt(g['shadow_p99_increase_pct'], 'g')}% | "
+        f"{fmt(a['shadow_p99_increase_pct'], '+.1f')}% | {yes[m['shadow_p99_increase_pct']]} |", "",
+        "| primary | shadow | concurrency | requests | p50 ms | p99 ms | ads/s | Triton avg batch | "
+        "Triton compute / execution ms | CPU cores: client / gateway / Triton / other processes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for point in summary["points"]:
+        t, c = point["triton"], point["cpu"]
+        lines.append(f"| {point['primary']} | {point['shadow_fraction']:g} | {point['concurrency']} | "
+                     f"{point['requests']} | {fmt(point['p50_ms'])} | {fmt(point['p99_ms'])} | "
+                     f"{fmt(point['throughput_ads_per_s'], '.1f')} | {fmt(t['average_batch'])} | "
+                     f"{fmt(t['compute_infer_ms_per_execution'])} | {fmt(c['client_cores'])} / "
+                     f"{fmt(c['gateway_cores'])} / {fmt(c['triton_cores'])} / {fmt(c['other_cores'])} |")
+    o = summary["overhead"]
+    lines += ["", f"Gateway overhead, student, batch 1, one request at a time ({o['requests']} requests; p50 of each):",
+              "", "| end to end (client) | GET /healthz (HTTP floor) | in the gateway (server-side total) | "
+              "gateway's Triton call (gRPC) | Triton request | Triton queue | Triton compute | overhead |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |",
+              f"| {fmt(o['e2e_p50_ms'])} | {fmt(o['http_floor_p50_ms'])} | {fmt(o['gateway_total_p50_ms'])} | "
+              f"{fmt(o['gateway_inference_p50_ms'])} | "
+              f"{fmt(o['triton_request_p50_ms'])} | {fmt(o['triton_queue_p50_ms'])} | "
+              f"{fmt(o['triton_compute_infer_p50_ms'])} | {fmt(o['gateway_overhead_ms'])} |"]
+    s = summary["shadow"]
+    lines += ["", f"Shadow 1.0 (teacher), during the measured point: {fmt(s['comparisons'], '.0f')} mirrored ads "
+              f"compared, {fmt(s['dropped'], '.0f')} dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow "
+              f"failures; primary p50 {fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 {fmt(s['p99_off_ms'])} "
+              f"-> {fmt(s['p99_on_ms'])} ms, {fmt(s['throughput_off'], '.1f')} -> {fmt(s['throughput_on'], '.1f')} "
+              f"ads/s.", ""]
+    return "\n".join(lines)
+
+
+# --- the run --------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    started_utc = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    started = time.monotonic()
+    for folder in (args.student, args.teacher):
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"error: {folder} is not a model folder (no config.json)")
+    bodies = load_ads(args.data, args.ads)
+    log(f"{len(bodies)} ads from {args.data / 'test.jsonl'}; load average {load_at_start}")
+    workdir = Path(tempfile.mkdtemp(prefix="adaudit-serving-bench-"))
+    triton = gateway = None
+    points: list[dict] = []
+    try:
+        serving = ServingSettings()
+        repository = workdir / "repository"
+        models = {}
+        for name, folder in (("student", args.student), ("teacher", args.teacher)):
+            models[name] = describe_model(export_model(folder, repository, name, 1, serving), folder)
+        log("exported " + ", ".join(f"{name} ({m['params'] / 1e6:.2f}M parameters, sha256 {m['sha256'][:12]})"
+                                    for name, m in models.items()))
+        http, grpc, metrics_port = free_ports(3)
+        log(f"starting tritonserver (HTTP {http}, gRPC {grpc}, metrics {metrics_port})")
+        triton = TritonServer(repository, http, grpc, metrics_port, log_file=workdir / "triton.log", ready_timeout=300)
+        saved = os.environ.get("OMP_NUM_THREADS")
+        if args.triton_threads:  # torch's threads in each python-backend stub (default: torch's own choice)
+            os.environ["OMP_NUM_THREADS"] = str(args.triton_threads)
+        try:
+            triton.start()
+        except TritonError as error:
+            text = (workdir / "triton.log").read_text(errors="replace") if (workdir / "triton.log").exists() else ""
+            raise RuntimeError(f"{error}\n{text[-3000:]}") from None
+        finally:
+            if args.triton_threads:
+                os.environ.pop("OMP_NUM_THREADS", None) if saved is None else os.environ.update(OMP_NUM_THREADS=saved)
+        version = triton_version(http)
+        log(f"Triton {version} ready after {time.monotonic() - started:.0f} s")
+        tm = TritonMetrics(metrics_port, http)
+        n = {1: args.requests_c1, 8: args.requests_c8, 32: args.requests_c32}
+        teacher_n = {c: max(1, int(round(k * args.teacher_scale))) for c, k in n.items()}
+
+        def point(model: str, shadow: float, label: str, concurrency: int, requests: int, also=None) -> dict:
+            clock = CpuClock(gateway.process.pid, triton.process.pid)
+            result = measure(gateway, tm, clock, model, bodies, concurrency, requests, args.max_seconds, label, also)
+            result.update({"primary": model, "shadow_fraction": shadow, "label": label})
+            points.append(result)
+            return result
+
+        # 1. the teacher as primary
+        log("gateway: primary teacher, no shadow")
+        gateway = GatewayProcess("teacher", workdir, triton.url, primary_model="teacher", shadow_fraction=0.0).start()
+        warm(gateway, bodies, 1, args.warmup)
+        warm(gateway, bodies, 32, 64)
+        teacher = {c: point("teacher", 0.0, "teacher", c, teacher_n[c]) for c in CONCURRENCIES}
+        gateway.stop()
+
+        # 2. the student as primary: overhead, throughput, and the shadow baseline
+        log("gateway: primary student, shadow fraction 0")
+        gateway = GatewayProcess("student", workdir, triton.url, primary_model="student", shadow_model="teacher",
+                                 shadow_fraction=0.0).start()
+        warm(gateway, bodies, 1, args.warmup)
+        warm(gateway, bodies, 32, 64)
+        overhead_figures = overhead(gateway, tm, CpuClock(gateway.process.pid, triton.process.pid), "student", bodies,
+                                    args.requests_overhead, args.max_seconds)
+        student = {c: point("student", 0.0, "student", c, n[c]) for c in CONCURRENCIES}
+        shadow_off = point("student", 0.0, "student, shadow 0.0", 8, args.requests_shadow)
+        gateway.stop()
+
+        # 3. shadow 1.0: every ad mirrored to the teacher
+        log("gateway: primary student, shadow fraction 1.0 (teacher)")
+        gateway = GatewayProcess("shadow", workdir, triton.url, primary_model="student", shadow_model="teacher",
+                                 shadow_fraction=1.0).start()
+        warm(gateway, bodies, 8, 32)
+        deadline = time.monotonic() + 60  # let the warm-up's mirrored ads drain (not measured)
+        while metric(gateway.metrics(), "adaudit_shadow_queue_depth") > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shadow_before = gateway.metrics()
+        shadow_on = point("student", 1.0, "student, shadow 1.0", 8, args.requests_shadow, also="teacher")
+        shadow_after = gateway.metrics()
+        gateway.stop()
+        gateway = None
+
+        def moved(name: str, **labels) -> float:
+            return metric(shadow_after, name, **labels) - metric(shadow_before, name, **labels)
+
+        shadow = {"p50_off_ms": shadow_off["p50_ms"], "p50_on_ms": shadow_on["p50_ms"],
+                  "p99_off_ms": shadow_off["p99_ms"], "p99_on_ms": shadow_on["p99_ms"],
+                  "throughput_off": shadow_off["throughput_ads_per_s"],
+                  "throughput_on": shadow_on["throughput_ads_per_s"],
+                  "comparisons": moved("adaudit_shadow_comparisons_total"),
+                  "dropped": moved("adaudit_shadow_dropped_total"),
+                  "shadow_failed": moved("adaudit_errors_total", kind="shadow_failed"),
+                  "queue_depth_at_end": metric(shadow_after, "adaudit_shadow_queue_depth"),
+                  "teacher_in_triton_during_point": shadow_on["triton_teacher"]}
+        busiest = max([p["cpu"]["other_cores"] for p in points] + [overhead_figures["cpu"]["other_cores"]])
+        if busiest > args.other_limit:
+            log(f"WARNING: other processes used up to {busiest:.2f} cores during a point: figures disturbed")
+        shadow_ratio = ratio(shadow_on["p99_ms"], shadow_off["p99_ms"])
+        achieved = {
+            "gateway_overhead_ms": overhead_figures.get("gateway_overhead_ms"),
+            "student_batching_lift": ratio(student[32]["throughput_ads_per_s"], student[1]["throughput_ads_per_s"]),
+            "student_average_batch_c32": student[32]["triton"]["average_batch"],
+            "teacher_batching_lift": ratio(teacher[32]["throughput_ads_per_s"], teacher[1]["throughput_ads_per_s"]),
+            "teacher_average_batch_c32": teacher[32]["triton"]["average_batch"],
+            "student_over_teacher_throughput_c32": ratio(student[32]["throughput_ads_per_s"],
+                                                         teacher[32]["throughput_ads_per_s"]),
+            "teacher_over_student_p50_c1": ratio(teacher[1]["p50_ms"], student[1]["p50_ms"]),
+            "shadow_p99_increase_pct": round(100 * (shadow_ratio - 1), 2) if shadow_ratio is not None else None,
+        }
+        met = {"gateway_overhead_ms": achieved["gateway_overhead_ms"] is not None
+               and achieved["gateway_overhead_ms"] < GOALS["gateway_overhead_ms"],
+               "student_batching_lift": achieved["student_batching_lift"] is not None
+               and achieved["student_batching_lift"] >= GOALS["student_batching_lift"],
+               "shadow_p99_increase_pct": achieved["shadow_p99_increase_pct"] is not None
+               and achieved["shadow_p99_increase_pct"] < GOALS["shadow_p99_increase_pct"]}
+        return {
+            "command": args.command, "started_utc": started_utc, "wall_seconds": round(time.monotonic() - started, 1),
+            "machine": {**machine(), "load_average_at_start": load_at_start,
+                        "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}, "triton_version": version,
+            "serving": {**serving.__dict__, "triton_omp_num_threads": args.triton_threads},
+            "student": str(args.student), "teacher": str(args.teacher), "data": str(args.data), "models": models,
+            "distinct_ads": len(bodies),
+            "load": {"client": "asyncio + httpx.AsyncClient, one keep-alive connection per request in flight",
+                     "requests": {"overhead": args.requests_overhead, "student": n, "teacher": teacher_n,
+                                  "shadow": args.requests_shadow},
+                     "max_seconds_per_point": args.max_seconds, "warmup_requests": args.warmup},
+            "definitions": {
+                "gateway_overhead_ms": "p50 of the client's end-to-end latency of POST /v1/audits (JSON, "
+                                       "image_base64), batch 1, one request at a time, minus p50 of Triton's "
+                                       "compute for the same requests: per request, the delta of "
+                                       "nv_inference_compute_infer_duration_us read from Triton's metrics "
+                                       "endpoint before and after it (its execution was the only one: "
+                                       "d nv_inference_exec_count = 1)",
+                "average_batch": "d nv_inference_count / d nv_inference_exec_count over the point",
+                "per_request": "d <duration>_us / d nv_inference_request_success over the point (Triton adds a "
+                               "batch's durations once per request in it)",
+                "compute_infer_ms_per_execution": "statistics API (/v2/models/<m>/stats) batch_stats deltas: "
+                                                  "compute_infer ns / executions, each execution counted once",
+                "cpu": "CPU seconds / wall seconds of the point, from /proc: client = this process, gateway = "
+                       "the uvicorn process, Triton = tritonserver and its python-backend stubs, other = the rest of "
+                       "the machine's busy time (/proc/stat): the run is marked disturbed above --other-limit",
+            },
+            "other_processes_max_cores": busiest, "disturbed": busiest > args.other_limit,
+            "goals": GOALS, "achieved": achieved, "met": met, "overhead": overhead_figures, "shadow": shadow,
+            "points": points,
+        }
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if triton is not None:
+            log("stopping tritonserver")
+            triton.stop()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serving benchmark: Triton + the audit gateway, student vs "
+                                                 "teacher, dynamic batching and shadow traffic, in one run.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--student", type=Path, required=True, help="student model folder")
+    parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder")
+    parser.add_argument("--data", type=Path, required=True, help="data folder with test.jsonl and its images")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--ads", type=int, default=128, help="distinct ads to cycle through")
+    parser.add_argument("--requests-overhead", type=int, default=200, help="requests for the overhead figure")
+    parser.add_argument("--requests-c1", type=int, default=200, help="student requests at concurrency 1")
+    parser.add_argument("--requests-c8", type=int, default=300, help="student requests at concurrency 8")
+    parser.add_argument("--requests-c32", type=int, default=400, help="student requests at concurrency 32")
+    parser.add_argument("--teacher-scale", type=float, default=0.5, help="teacher request counts, as a fraction")
+    parser.add_argument("--requests-shadow", type=int, default=300, help="requests per shadow point (concurrency 8)")
+    parser.add_argument("--warmup", type=int, default=20, help="warm-up requests at concurrency 1 per gateway")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per point")
+    parser.add_argument("--triton-threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for Triton's model stubs (default: unset, torch's own choice)")
+    parser.add_argument("--other-limit", type=float, default=0.15,
+                        help="CPU cores other processes may use during a point before the run is marked disturbed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, repository)")
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/serving.py", *(sys.argv[1:] if argv is None else argv)])
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = run(args)
+    except KeyboardInterrupt:
+        log("interrupted: the gateway and Triton are stopped, nothing written")
+        sys.exit(130)
+    except (RuntimeError, TritonError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "serving.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(args.out / "serving.md", markdown(summary))
+    a, m = summary["achieved"], summary["met"]
+    log(f"gateway overhead {fmt(a['gateway_overhead_ms'])} ms (goal < 3 ms: {m['gateway_overhead_ms']}); "
+        f"student c32/c1 throughput {fmt(a['student_batching_lift'])}x at Triton batch "
+        f"{fmt(a['student_average_batch_c32'], '.1f')} (goal >= 3x: {m['student_batching_lift']}); "
+        f"shadow p99 {fmt(a['shadow_p99_increase_pct'], '+.1f')}% (goal < 10%: {m['shadow_p99_increase_pct']})")
+    if summary["disturbed"]:
+        log(f"WARNING: disturbed by other processes (up to {summary['other_processes_max_cores']:.2f} cores)")
+    log(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.md'} in {summary['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
