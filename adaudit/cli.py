@@ -117,7 +117,8 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
            gpu: Annotated[bool, typer.Option(help="KIND_GPU instances (production) instead of KIND_CPU")] = False,
            instances: Annotated[int, typer.Option(min=1)] = 1,
            keep_versions: Annotated[int, typer.Option(min=1, help="versions served side by side")] = 2,
-           precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16"):
+           precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16",
+           threads: Annotated[int, typer.Option(min=0, help="torch threads per model instance (0: all cores)")] = 0):
     """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
     from adaudit.export.repository import ServingSettings, export_model
 
@@ -130,7 +131,7 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
         log("error: --precision must be float16 or bfloat16 and preferred sizes at most --max-batch-size")
         raise typer.Exit(1)
     settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
-                               instances, keep_versions, precision)
+                               instances, keep_versions, precision, threads)
     for name, folder in (("student", student), ("teacher", teacher)):
         if folder is not None:
             written = export_model(folder, out, name, version, settings)

@@ -34,6 +34,7 @@ class ServingSettings:
     instance_count: int = 1
     keep_versions: int = 2
     precision: str = "float16"  # on GPU instances: float16 or bfloat16
+    threads: int = 0  # torch threads per model instance; 0: torch's default (all cores)
 
     def __post_init__(self):
         if not self.preferred_batch_sizes or max(self.preferred_batch_sizes) > self.max_batch_size:
@@ -64,6 +65,7 @@ dynamic_batching {{
 instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_kind} }} ]
 version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
+parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
 """
 
 

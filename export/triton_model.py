@@ -31,7 +31,11 @@ class TritonPythonModel:
         self.tasks = list(self.model.config.tasks)
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
-        precision = config.get("parameters", {}).get("precision", {}).get("string_value", "float16")
+        parameters = config.get("parameters", {})
+        precision = parameters.get("precision", {}).get("string_value", "float16")
+        threads = int(parameters.get("threads", {}).get("string_value", "0") or 0)
+        if threads > 0:  # several model processes on one CPU machine: share the cores instead of fighting
+            torch.set_num_threads(threads)
         self.dtype = getattr(torch, precision) if gpu else torch.float32
         self.model.to(self.device, self.dtype).eval()
 

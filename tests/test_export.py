@@ -19,6 +19,7 @@ def test_repository_layout_and_config(student, tmp_path):
     assert "preferred_batch_size: [ 4, 16 ]" in config and "kind: KIND_CPU" in config
     assert "version_policy: { latest: { num_versions: 2 } }" in config
     assert 'name: "violation" data_type: TYPE_FP32 dims: [ 8 ]' in config
+    assert 'key: "threads" value: { string_value: "0" }' in config
     assert "dims: [ 3, 32, 32 ]" in config  # the tiny student's image size
     checksums = json.loads((version / "checksums.json").read_text())
     assert set(checksums) == {"model.py", "model/config.json", "model/model.safetensors", "model/vocab.txt"}
