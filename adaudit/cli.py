@@ -127,11 +127,12 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
     except ValueError:
         log(f"error: --preferred-batch-sizes must be integers separated by commas, got {preferred_batch_sizes!r}")
         raise typer.Exit(1) from None
-    if precision not in ("float16", "bfloat16") or max(preferred) > max_batch_size:
-        log("error: --precision must be float16 or bfloat16 and preferred sizes at most --max-batch-size")
-        raise typer.Exit(1)
-    settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
-                               instances, keep_versions, precision, threads)
+    try:
+        settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
+                                   instances, keep_versions, precision, threads)
+    except ValueError as error:
+        log(f"error: {error}")
+        raise typer.Exit(1) from None
     for name, folder in (("student", student), ("teacher", teacher)):
         if folder is not None:
             written = export_model(folder, out, name, version, settings)

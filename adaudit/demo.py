@@ -12,13 +12,12 @@ import shlex
 from pathlib import Path
 
 from adaudit.compression.pipeline import compress
-from adaudit.compression.recipe import DEFAULT_RECIPE
+from adaudit.compression.recipe import TINY_RECIPE
 from adaudit.data.generator import make_dataset
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonServer
 from adaudit.teacher import train_teacher
 
-TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")
 TRITON_PORTS = (8000, 8001, 8002)
 
 

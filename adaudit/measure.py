@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 
 import numpy as np
@@ -55,3 +57,15 @@ def paired_latency(models: dict[str, AuditModel], split: EncodedSplit, rounds: i
 
 def profile(model: AuditModel, split: EncodedSplit) -> dict:
     return {"params": model.num_parameters(), "flops_per_ad": flops_per_ad(model, split), **latency(model, split)}
+
+
+def machine() -> dict:
+    """The machine a measurement was taken on, recorded beside the figures."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as stream:
+            cpu = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}

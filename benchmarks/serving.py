@@ -41,7 +41,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -60,6 +59,7 @@ import numpy as np
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
 from adaudit.files import atomic_write_text
+from adaudit.measure import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"gateway_overhead_ms": 3.0, "student_batching_lift": 3.0, "shadow_p99_increase_pct": 10.0}
@@ -451,20 +451,7 @@ def warm(gateway: GatewayProcess, bodies: list[bytes], concurrency: int, request
         raise RuntimeError(f"warm-up on gateway {gateway.name} failed: {result['first_errors']}")
 
 
-# --- the machine ----------------------------------------------------------------------------
-def machine() -> dict:
-    import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def describe_model(version_folder: Path, source: Path) -> dict:

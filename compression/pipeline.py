@@ -7,6 +7,7 @@ evaluated on the test split, so `report.json` shows what every stage cost and bo
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -17,7 +18,7 @@ import torch
 from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.evaluation import evaluate, predict_logits
 from adaudit.files import atomic_folder
-from adaudit.measure import paired_latency, profile
+from adaudit.measure import machine, paired_latency, profile
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -150,7 +151,7 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
         f"verdict accuracy {teacher_entry['accuracy']:.4f}")
 
     context = Context(recipe, train, cache, log)
-    model = AuditModel.from_pretrained(teacher_dir)
+    model = copy.deepcopy(teacher)  # the student starts as the teacher
     stages = []
     steps = [(stage.kind, functools.partial(RUNNERS[stage.kind], stage=stage)) for stage in recipe.stages]
     if recipe.final_epochs:
@@ -191,15 +192,3 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
-
-def machine() -> dict:
-    import os
-    import platform
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}

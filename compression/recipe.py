@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from adaudit.models.configuration import TOWERS, AuditModelConfig
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: tests and the `make run` demo
 
 TowerCounts = dict[Literal["vision", "qformer", "text"], PositiveInt]
 

@@ -40,6 +40,8 @@ class ServingSettings:
         if not self.preferred_batch_sizes or max(self.preferred_batch_sizes) > self.max_batch_size:
             raise ValueError(f"preferred batch sizes {self.preferred_batch_sizes} must be at most "
                              f"max_batch_size {self.max_batch_size}")
+        if self.precision not in ("float16", "bfloat16"):
+            raise ValueError(f"precision must be float16 or bfloat16, not {self.precision!r}")
 
 
 def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings) -> str:

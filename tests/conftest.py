@@ -10,11 +10,9 @@ import pytest
 import torch
 
 from adaudit.compression.pipeline import compress
-from adaudit.compression.recipe import load_recipe
+from adaudit.compression.recipe import TINY_RECIPE, load_recipe
 from adaudit.data.generator import make_dataset
 from adaudit.teacher import train_teacher
-
-TINY_RECIPE = Path(__file__).parents[1] / "compression" / "recipes" / "tiny.yaml"
 
 
 def quiet(message: str) -> None:
