@@ -1,17 +1,24 @@
 """`create_app(settings) -> FastAPI`: the audit gateway, assembled.
 
-Routers (routes_audits, routes_reviews, routes_ops), the JSON error handlers, the metrics
-middleware, and a lifespan that builds the `Gateway` (backend from settings, decision log,
-shadow workers) at start and closes it at stop. Run one uvicorn worker per process and one
-process per pod (see metrics.py): `uvicorn` with `factory=True` or `adaudit serve`.
+Routers (routes_audits, routes_reviews, routes_ops; every `/v1` route behind the API-key and
+rate-limit dependency of security.py), the JSON error handlers, the middleware (metrics
+outermost, then the in-flight limit of admission.py, then CORS only when `cors_origins` is set),
+and a lifespan that builds the `Gateway` (backend from settings, decision log, shadow workers)
+at start and closes it at stop. On SIGTERM uvicorn stops accepting connections and lets the
+requests in flight finish (each writes its decision before it answers); then the lifespan
+drains the shadow queue for up to `shutdown_drain_s` and closes the backend and the log. Run one
+uvicorn worker per process and one process per pod (see metrics.py): `adaudit serve`, or
+`uvicorn` with `factory=True`.
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from .admission import AdmissionLimit
 from .backends import make_backend
 from .decision_log import DecisionLog
 from .errors import install_error_handlers
@@ -21,6 +28,7 @@ from .middleware import GatewayMiddleware
 from .routes_audits import router as audits_router
 from .routes_ops import router as ops_router
 from .routes_reviews import router as reviews_router
+from .security import Guard, authenticate
 from .settings import GatewaySettings
 
 DESCRIPTION = """Audits ads (an image and Chinese copy): approve or reject, the violation and the
@@ -35,7 +43,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        gateway = Gateway(settings, make_backend(settings), DecisionLog(settings.database_url), metrics)
+        decision_log = DecisionLog(settings.database_url, lock_timeout_s=settings.request_timeout_s)
+        gateway = Gateway(settings, make_backend(settings), decision_log, metrics)
         await gateway.start()
         app.state.gateway = gateway
         try:
@@ -46,9 +55,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="adaudit audit gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.gateway = settings, metrics, None
+    app.state.guard = Guard(settings)
     install_error_handlers(app)
-    app.include_router(audits_router)
-    app.include_router(reviews_router)
+    app.include_router(audits_router, dependencies=[Depends(authenticate)])
+    app.include_router(reviews_router, dependencies=[Depends(authenticate)])
     app.include_router(ops_router)
+    if settings.cors_origins:  # off by default: browsers may not call the gateway from other origins
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(AdmissionLimit, limit=settings.max_in_flight, metrics=metrics)
     app.add_middleware(GatewayMiddleware, metrics=metrics)
     return app

@@ -57,6 +57,8 @@ def parse_json(body: bytes):
     except json.JSONDecodeError as error:
         raise bad_request("invalid_json", f"the body is not valid JSON: {error.msg} at line {error.lineno} "
                           f"column {error.colno}") from None
+    except RecursionError:  # `[[[[...` thousands deep: the parser's recursion limit, not a server error
+        raise bad_request("invalid_json", "the JSON body is nested too deeply") from None
 
 
 def image_from_base64(value: str, field: str, max_image_bytes: int) -> bytes:

@@ -1,7 +1,8 @@
 """The decision log (SQLAlchemy): every decision, reviewer feedback, and shadow disagreements.
 
     decisions(request_id PK, created_at, ad_id, model, version, arm, verdict, violation,
-              violation_score, outputs JSON {labels, scores}, latency_ms, shadowed)
+              violation_score, outputs JSON {labels, scores}, latency_ms, shadowed,
+              caller: the API key's name, or "anonymous" when no keys are configured)
     feedback(id PK, request_id FK -> decisions, task, label, predicted, correct, reviewer, created_at)
               one row per reviewed task, unique (request_id, task)
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
@@ -9,18 +10,25 @@
 
 SQLite file by default (WAL journal, synchronous=NORMAL: a commit costs tens of microseconds,
 not an fsync), PostgreSQL by URL (`postgresql+psycopg://...`, install the driver) when several
-replicas share one log. Tables are created at start if missing. Per-model reviewed accuracy is
-a join of feedback with decisions, grouped by model, version and task.
+replicas share one log. Tables are created at start if missing (and `decisions.caller` added to
+a log written before it existed). Per-model reviewed accuracy is a join of feedback with
+decisions, grouped by model, version and task. Every query is built by SQLAlchemy with bound
+parameters; no SQL text is ever made from request data.
+
+Waiting is bounded by `lock_timeout_s` (the gateway's request timeout): SQLite's busy timeout,
+PostgreSQL's connect timeout and the pool's checkout timeout. A database that is down or locked
+past it raises `SQLAlchemyError`, which the gateway answers with a 503 (see gateway.py).
 
 The methods are synchronous; the gateway calls them with `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, cast,
-                        create_engine, event, func, select)
+                        create_engine, event, func, inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
@@ -44,6 +52,7 @@ class DecisionRow(Base):
     outputs: Mapped[dict] = mapped_column(JSON)
     latency_ms: Mapped[float] = mapped_column(Float)
     shadowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    caller: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class FeedbackRow(Base):
@@ -89,11 +98,13 @@ def utc(moment: datetime) -> datetime:
 
 
 class DecisionLog:
-    def __init__(self, url: str):
+    def __init__(self, url: str, lock_timeout_s: float = 10.0):
         sqlite = url.startswith("sqlite")
-        options = {"pool_pre_ping": True}
+        options = {"pool_pre_ping": True, "pool_timeout": lock_timeout_s}
+        if url.startswith("postgresql"):
+            options["connect_args"] = {"connect_timeout": max(1, math.ceil(lock_timeout_s))}
         if sqlite:
-            options = {"connect_args": {"check_same_thread": False, "timeout": 10}}
+            options = {"connect_args": {"check_same_thread": False, "timeout": lock_timeout_s}}
             if url in ("sqlite://", "sqlite:///:memory:"):  # one in-memory database shared by every thread
                 options["poolclass"] = StaticPool
         self.engine = create_engine(url, **options)
@@ -102,6 +113,9 @@ class DecisionLog:
 
     def create_tables(self) -> None:
         Base.metadata.create_all(self.engine)
+        if "caller" not in {column["name"] for column in inspect(self.engine).get_columns("decisions")}:
+            with self.engine.begin() as connection:  # a log written before callers were recorded
+                connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -122,7 +136,7 @@ class DecisionLog:
                     "verdict": row.verdict, "verdict_score": scores["verdict"], "violation": row.violation,
                     "violation_score": row.violation_score, "scores": scores, "latency_ms": row.latency_ms,
                     "attributes": {t: l for t, l in labels.items() if t not in ("verdict", "violation")},
-                    "feedback": {f.task: f.label for f in feedback} or None}
+                    "caller": row.caller, "feedback": {f.task: f.label for f in feedback} or None}
 
     def add_feedback(self, request_id: str, labels: dict[str, str], reviewer: str | None) -> tuple[dict, dict]:
         """Store the reviewer's labels; returns (the decision, {task: correct})."""

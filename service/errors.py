@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, kind: str, message: str):
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
 
 
 def bad_request(kind: str, message: str) -> ApiError:
@@ -33,13 +33,14 @@ def unprocessable(kind: str, message: str) -> ApiError:
     return ApiError(422, kind, message)
 
 
-def error_response(status: int, kind: str, message: str, request: Request | None = None) -> JSONResponse:
+def error_response(status: int, kind: str, message: str, request: Request | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     if request is not None:
         request.state.error_kind = kind
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.errors.labels(kind).inc()
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = {"Retry-After": "1", **(headers or {})} if status in (429, 503) else headers
     return JSONResponse({"error": message, "kind": kind}, status_code=status, headers=headers)
 
 
@@ -56,7 +57,7 @@ def validation_message(error: RequestValidationError | Exception) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
-        return error_response(error.status, error.kind, error.message, request)
+        return error_response(error.status, error.kind, error.message, request, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError):

@@ -9,9 +9,12 @@
    so a newly rolled-out version is picked up);
 3. a canary that fails falls back to the primary (counted as `canary_failed`); a primary that
    fails is a 503;
-4. every decision is written to the decision log (a log failure is counted and logged, the
-   answer still goes out) and counted in `adaudit_predictions_total`;
-5. the ads the policy mirrors are offered to the shadow queue, after the answer is computed.
+4. every decision is written to the decision log, with the caller's name, before anything is
+   answered: if the log cannot take it (database down, locked past `request_timeout_s`) the
+   request fails with 503 `decision_log_unavailable` and the client retries, so no answer ever
+   goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
+   restart). Answered ads are counted in `adaudit_predictions_total`;
+5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Gateway:
 
     async def stop(self) -> None:
         if self.shadow:
-            await self.shadow.stop()
+            await self.shadow.stop(self.settings.shutdown_drain_s)
         await self.backend.close()
         await asyncio.to_thread(self.log.close)
 
@@ -110,7 +113,7 @@ class Gateway:
             raise ApiError(503, error.kind, error.message) from None
 
     # --- the audit path ---------------------------------------------------------------------
-    async def audit(self, ads: list[Ad], received: float, decode_s: float) -> list[dict]:
+    async def audit(self, ads: list[Ad], received: float, decode_s: float, caller: str | None = None) -> list[dict]:
         groups: dict[Target, list[int]] = {}
         for index, ad in enumerate(ads):
             groups.setdefault(self.policy.target(ad.ad_id), []).append(index)
@@ -130,11 +133,12 @@ class Gateway:
         total_ms = round((time.perf_counter() - received) * 1000, 3)
         for result in results:
             result["timings"]["total_ms"] = total_ms
-            rows.append(self._row(result))
+            rows.append({**self._row(result), "caller": caller})
+        await self._log(rows)
+        for result in results:
             for task, label in {"verdict": result["verdict"], "violation": result["violation"],
                                 **result["attributes"]}.items():
                 self.metrics.predictions.labels(result["model"], result["version"], task, label).inc()
-        await self._log(rows)
         for job in jobs:
             self.shadow.offer(job)
         return results
@@ -181,7 +185,9 @@ class Gateway:
     async def _log(self, rows: list[dict]) -> None:
         try:
             await asyncio.to_thread(self.log.add_decisions, rows)
-        except Exception as error:  # the answer still goes out; the gap is counted and logged
-            self.metrics.errors.labels("decision_log").inc()
-            log.error("decision log write failed for %d decisions: %s", len(rows), error)
+        except Exception as error:  # no answer without its row: the client gets a 503 and retries
+            log.error("decision log write failed for %d decisions (answered 503): %s", len(rows),
+                      type(error).__name__)
+            raise ApiError(503, "decision_log_unavailable", "the decision log cannot record the decision; "
+                           "nothing was answered, retry shortly") from None
 

@@ -21,6 +21,7 @@ from .errors import ApiError, unprocessable
 from .gateway import Gateway
 from .intake import decode_ads
 from .schemas import AuditRequest, AuditResult, BatchResponse, Decision, ErrorBody, FeedbackRequest, FeedbackResponse
+from .security import ANONYMOUS
 
 router = APIRouter(prefix="/v1", tags=["audits"])
 
@@ -28,9 +29,12 @@ JSON, MULTIPART = "application/json", "multipart/form-data"
 FEEDBACK_BODY_LIMIT = 64 * 1024
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in {
     400: "not an image, a truncated image, text not UTF-8 or empty, malformed JSON",
+    401: "no valid API key (when api_keys are configured)",
     413: "body, image or batch over the limit, decompression bomb",
     415: "wrong Content-Type", 422: "a field missing or invalid, text too long",
-    503: "the model backend is unreachable or the model is not ready"}.items()}
+    429: "the caller is over its rate limit (Retry-After)",
+    503: "overloaded (max_in_flight), the model backend unreachable or the model not ready, or the decision "
+         "log unavailable (Retry-After)"}.items()}
 MULTIPART_SCHEMA = {"type": "object", "required": ["image", "text"], "properties": {
     "image": {"type": "string", "format": "binary"}, "text": {"type": "string"},
     "ad_id": {"type": "string", "maxLength": 128}}}
@@ -41,6 +45,10 @@ def request_body(*content: tuple[str, dict]) -> dict:
 
 
 RequestId = Path(min_length=1, max_length=64, description="the request_id an audit returned")
+
+
+def caller_of(request: Request) -> str:
+    return getattr(request.state, "caller", ANONYMOUS)  # set by security.authenticate on every /v1 route
 
 
 async def checked_ads(raw, gateway: Gateway):
@@ -63,7 +71,7 @@ async def create_audit(request: Request, gateway: Gateway = Depends(get_gateway)
         raw = bodies.audit_from_multipart(body, request.headers["content-type"])
     ads, decode_s = await checked_ads([raw], gateway)
     request.state.model = gateway.policy.primary.model
-    (result,) = await gateway.audit(ads, received, decode_s)
+    (result,) = await gateway.audit(ads, received, decode_s, caller_of(request))
     request.state.model = result["model"]
     return result
 
@@ -81,7 +89,7 @@ async def create_audits(request: Request, gateway: Gateway = Depends(get_gateway
     raw = bodies.batch_from_json(bodies.parse_json(body), settings.max_batch, settings.max_image_bytes)
     ads, decode_s = await checked_ads(raw, gateway)
     request.state.model = gateway.policy.primary.model
-    return {"items": await gateway.audit(ads, received, decode_s)}
+    return {"items": await gateway.audit(ads, received, decode_s, caller_of(request))}
 
 
 @router.get("/audits/{request_id}", response_model=Decision, responses={404: {"model": ErrorBody}},

@@ -76,6 +76,7 @@ class FeedbackResponse(BaseModel):
 class Decision(AuditLabels):
     created_at: datetime
     latency_ms: float
+    caller: str | None = Field(None, description="the API key's name that asked (anonymous without keys)")
     feedback: dict[str, str] | None = Field(None, description="the reviewer's labels, once given")
 
 

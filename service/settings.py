@@ -9,19 +9,24 @@ without a model folder) are refused at start-up with a message naming the settin
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict,
+                               YamlConfigSettingsSource)
+
+from .security import parse_api_keys
 
 SETTINGS_FILE_VARIABLE = "ADAUDIT_SETTINGS_FILE"
 
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADAUDIT_", extra="forbid", protected_namespaces=(),
-                                      coerce_numbers_to_str=True)  # YAML `primary_version: 2`
+                                      coerce_numbers_to_str=True,  # YAML `primary_version: 2`
+                                      hide_input_in_errors=True)  # a bad key entry or database URL is no secret leak
 
     backend: Literal["triton", "embedded"] = "triton"
     triton_url: str = "127.0.0.1:8001"  # host:grpc_port
@@ -45,7 +50,30 @@ class GatewaySettings(BaseSettings):
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(25_000_000, ge=1)  # width x height; larger is a decompression bomb
     max_body_bytes: int | None = Field(None, ge=1)  # cap; by default the room the ads need at the limits
-    request_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(5.0, gt=0)  # per backend call, and the decision log's wait for a lock
+
+    # security: API keys as "name:sha256 hex digest of the key" (comma-separated or a JSON list); none: open
+    api_keys: Annotated[list[str], NoDecode] = []
+    rate_limit_per_s: float = Field(0.0, ge=0)  # requests per second per caller (token bucket); 0: no limit
+    rate_limit_burst: int = Field(0, ge=0)  # the bucket's size; 0: max(1, rate_limit_per_s)
+    cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed; none: CORS off
+    # overload and shutdown
+    max_in_flight: int = Field(64, ge=1)  # /v1 requests served at once; more are answered 503 at once
+    shutdown_drain_s: float = Field(10.0, ge=0)  # at stop, how long the shadow queue may take to drain
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _list(cls, value):
+        if isinstance(value, str):  # from the environment: a JSON list or comma-separated
+            value = value.strip()
+            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",")]
+        return [str(v).strip() for v in value if str(v).strip()]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        parse_api_keys(value)  # refuses a malformed entry, naming it by position (never echoing a secret)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "GatewaySettings":

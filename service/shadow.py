@@ -49,7 +49,14 @@ class ShadowMirror:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"adaudit-shadow-{i}") for i in range(self.workers)]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Let the queued jobs finish for up to `drain_s` seconds (graceful shutdown), then stop the workers."""
+        if drain_s > 0 and self._tasks:
+            try:
+                await asyncio.wait_for(self.queue.join(), drain_s)
+            except asyncio.TimeoutError:
+                log.warning("shadow queue not drained after %.1f s: %d mirrored ads not compared", drain_s,
+                            self.queue.qsize())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
