@@ -1,0 +1,122 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "adaudit.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "adaudit.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "adaudit.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "adaudit.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>", component in gateway|triton */}}
+{{- define "adaudit.componentName" -}}
+{{- printf "%s-%s" (include "adaudit.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "adaudit.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "adaudit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "adaudit.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "adaudit.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "adaudit.componentLabels" -}}
+{{ include "adaudit.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "adaudit.image" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{/* Secret holding the database URL (and the API keys when given as a value). */}}
+{{- define "adaudit.secretName" -}}
+{{- printf "%s-secrets" (include "adaudit.fullname" .) -}}
+{{- end -}}
+
+{{/* Triton's gRPC host:port for the gateway. */}}
+{{- define "adaudit.tritonUrl" -}}
+{{- if .Values.triton.enabled -}}
+{{- printf "%s:%v" (include "adaudit.componentName" (dict "root" . "component" "triton")) .Values.triton.ports.grpc -}}
+{{- else -}}
+{{- required "triton.externalUrl is required when triton.enabled is false (host:grpc_port)" .Values.triton.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Models Triton loads: triton.models, or the gateway's primary, canary and active shadow models. */}}
+{{- define "adaudit.tritonModels" -}}
+{{- $settings := .Values.gateway.settings -}}
+{{- $models := .Values.triton.models -}}
+{{- if not $models -}}
+{{- $models = list $settings.primary_model -}}
+{{- if and $settings.canary_model (gt (float64 $settings.canary_fraction) 0.0) -}}
+{{- $models = append $models $settings.canary_model -}}
+{{- end -}}
+{{- if and $settings.shadow_model (gt (float64 $settings.shadow_fraction) 0.0) -}}
+{{- $models = append $models $settings.shadow_model -}}
+{{- end -}}
+{{- end -}}
+{{- uniq $models | join "," -}}
+{{- end -}}
+
+{{/* Container security context (restricted Pod Security Standard). */}}
+{{- define "adaudit.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .readOnlyRootFilesystem }}
+runAsNonRoot: {{ .runAsNonRoot }}
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsGroup }}
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Checks the schema cannot express; each fails the install with one message naming the values. */}}
+{{- define "adaudit.validate" -}}
+{{- $repository := .Values.triton.modelRepository -}}
+{{- if and .Values.triton.enabled (not (or $repository.url $repository.pvc.claimName)) -}}
+{{- fail "triton.modelRepository: set pvc.claimName or url (s3://, gs://, as://)" -}}
+{{- end -}}
+{{- if and .Values.triton.enabled $repository.url $repository.pvc.claimName -}}
+{{- fail "triton.modelRepository: set either pvc.claimName or url, not both (set pvc.claimName to \"\")" -}}
+{{- end -}}
+{{- $settings := .Values.gateway.settings -}}
+{{- if and (gt (float64 $settings.canary_fraction) 0.0) (not $settings.canary_model) -}}
+{{- fail "gateway.settings.canary_fraction > 0 needs gateway.settings.canary_model" -}}
+{{- end -}}
+{{- if and (gt (float64 $settings.shadow_fraction) 0.0) (not $settings.shadow_model) -}}
+{{- fail "gateway.settings.shadow_fraction > 0 needs gateway.settings.shadow_model" -}}
+{{- end -}}
+{{- if and (not .Values.database.existingSecret) (not .Values.database.url) -}}
+{{- fail "database: set url or existingSecret" -}}
+{{- end -}}
+{{- if and .Values.apiKeys.enabled (not (or .Values.apiKeys.value .Values.apiKeys.existingSecret)) -}}
+{{- fail "apiKeys.enabled needs apiKeys.value or apiKeys.existingSecret" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A setting as an environment value: whole numbers without an exponent (YAML numbers arrive as float64). */}}
+{{- define "adaudit.settingValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
