@@ -13,6 +13,9 @@ RUNS ?= runs
 $(INSTALLED): pyproject.toml
 	@fc-list 2>/dev/null | grep -qi wqy || ( $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends fonts-wqy-microhei fontconfig )
+	# promtool and prometheus: tests/test_deploy.py checks the rules and scrapes the gateway
+	@command -v promtool >/dev/null || ( $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first, so no dependency pulls in a CUDA build

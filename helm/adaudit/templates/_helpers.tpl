@@ -107,14 +107,16 @@ seccompProfile:
 {{- if and (not .Values.database.existingSecret) (not .Values.database.url) -}}
 {{- fail "database: set url or existingSecret" -}}
 {{- end -}}
-{{- if and .Values.apiKeys.enabled (not (or .Values.apiKeys.value .Values.apiKeys.existingSecret)) -}}
-{{- fail "apiKeys.enabled needs apiKeys.value or apiKeys.existingSecret" -}}
+{{- if and .Values.apiKeys.enabled (not (or .Values.apiKeys.entries .Values.apiKeys.existingSecret)) -}}
+{{- fail "apiKeys.enabled needs apiKeys.entries or apiKeys.existingSecret" -}}
 {{- end -}}
 {{- end -}}
 
-{{/* A setting as an environment value: whole numbers without an exponent (YAML numbers arrive as float64). */}}
+{{/* A setting as an environment value: lists comma-separated, whole numbers without an exponent (YAML numbers arrive as float64). */}}
 {{- define "adaudit.settingValue" -}}
-{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- if kindIs "slice" . -}}
+{{- join "," . -}}
+{{- else if and (kindIs "float64" .) (eq . (floor .)) -}}
 {{- int64 . -}}
 {{- else -}}
 {{- . -}}
