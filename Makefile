@@ -13,6 +13,9 @@ RUNS ?= runs
 $(INSTALLED): pyproject.toml
 	@fc-list 2>/dev/null | grep -qi wqy || ( $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends fonts-wqy-microhei fontconfig )
+	# PostgreSQL for the decision-log test against a throwaway cluster (tests/test_reliability.py)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ( $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends postgresql )
 	# promtool and prometheus: tests/test_deploy.py checks the rules and scrapes the gateway
 	@command -v promtool >/dev/null || ( $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
