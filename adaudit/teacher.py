@@ -28,7 +28,11 @@ SCHEDULES = {
     "tiny": Schedule(epochs=6, batch_size=32, learning_rate=2e-3),
     "small": Schedule(epochs=6, batch_size=32, learning_rate=5e-4),
     "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
+    # pretrained towers (models/pretrained.py): a few epochs at a fine-tuning learning rate
+    "pretrained": Schedule(epochs=3, batch_size=32, learning_rate=2e-4),
 }
+PRETRAINED = "pretrained"
+FROZEN_BLOCKS = 6  # pretrained preset: the lower blocks of each pretrained tower keep their weights
 MODALITIES = ("both", "text", "image")
 METRICS_FILE = "metrics.json"
 
@@ -47,19 +51,35 @@ def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) ->
     return split
 
 
+def new_teacher(preset_name: str) -> AuditModel:
+    if preset_name == PRETRAINED:
+        from adaudit.models.pretrained import pretrained_model
+
+        return pretrained_model()
+    return AuditModel(preset(preset_name, len(build_vocabulary())))
+
+
+def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
+    """Keep the pretrained towers' embeddings and lowest `blocks` blocks fixed; returns the parameters frozen."""
+    frozen = [model.vision.embeddings, model.text.embeddings.word_embeddings]
+    frozen += [model.blocks(tower)[i] for tower in ("vision", "text") for i in range(blocks)]
+    count = 0
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+            count += parameter.numel()
+    return count
+
+
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
                   log=print) -> dict:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead."""
     started = time.perf_counter()
     out = Path(out)
-    config = preset(preset_name, len(build_vocabulary()))
+    if preset_name not in SCHEDULES:
+        preset(preset_name, 0)  # raises the readable ConfigError naming the presets
     schedule = replace(SCHEDULES[preset_name], seed=seed, **({"epochs": epochs} if epochs else {}))
-    processor = AuditProcessor(config)
-    train = blank_modality(encode_split(data_dir, "train", processor, config.tasks, limit), modality, processor)
-    test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
-    log(f"teacher '{preset_name}': {len(train)} training and {len(test)} test ads")
-
     checkpoint = checkpoint_folder(out)
     state, optimizer_state = TrainingState(), None
     if resume and checkpoint.exists():
@@ -67,8 +87,16 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
         log(f"resuming from {checkpoint} after epoch {state.epoch}")
     else:
         torch.manual_seed(seed)
-        model = AuditModel(config)
+        model = new_teacher(preset_name)
+    if preset_name == PRETRAINED:
+        frozen = freeze_lower_blocks(model, FROZEN_BLOCKS)
+        log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {FROZEN_BLOCKS} blocks)")
     log(f"{model.num_parameters() / 1e6:.2f}M parameters")
+    config = model.config
+    processor = AuditProcessor(config, model.tokenizer)
+    train = blank_modality(encode_split(data_dir, "train", processor, config.tasks, limit), modality, processor)
+    test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
+    log(f"teacher '{preset_name}': {len(train)} training and {len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
         save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name})

@@ -26,6 +26,7 @@ from .distillation import TeacherCache, cache_teacher, distil, mean_distillation
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, WidthsStage, load_recipe
 from .structure import remove_blocks, shrink_hidden, shrink_widths
+from .vocabulary import prune_data_vocabulary
 
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.json"
@@ -153,6 +154,12 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
     context = Context(recipe, train, cache, log)
     model = copy.deepcopy(teacher)  # the student starts as the teacher
     stages = []
+    if recipe.vocabulary.prune and model.tokenizer is not None:  # the input dimension: the vocabulary
+        stage_start = time.perf_counter()
+        model, train, test, summary = prune_data_vocabulary(model, data_dir, train, test, recipe.vocabulary, log)
+        context = Context(recipe, train, cache, log)
+        stages.append(stage_entry("vocabulary", model, test, teacher_predictions,
+                                  {"seconds": time.perf_counter() - stage_start, **summary}))
     steps = [(stage.kind, functools.partial(RUNNERS[stage.kind], stage=stage)) for stage in recipe.stages]
     if recipe.final_epochs:
         steps.append(("final", lambda model, context: context.distil(model, recipe.final_epochs, "final")))

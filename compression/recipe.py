@@ -74,8 +74,17 @@ class HiddenStage(Strict):
 Stage = Annotated[Union[BlocksStage, WidthsStage, HiddenStage], Field(discriminator="kind")]
 
 
+class VocabularySettings(Strict):
+    """Input dimension: for a model with a tokenizer.json, keep only the tokens of the training copy."""
+
+    prune: bool = True
+    characters: Literal["gb2312", "none"] = Field(
+        "gb2312", description="also keep the single-character pieces of GB2312 + ASCII, so unseen copy is not <unk>")
+
+
 class Recipe(Strict):
     distillation: DistillationSettings = DistillationSettings()
+    vocabulary: VocabularySettings = VocabularySettings()  # runs first; a no-op for vocab.txt models
     calibration_samples: PositiveInt = 256
     stages: list[Stage]
     final_epochs: int = Field(2, ge=0)

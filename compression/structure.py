@@ -27,6 +27,9 @@ from adaudit.models.modeling import BLOCK_ANATOMY, AuditModel
 BLOCK_PARAMETER = re.compile(r"^(vision|qformer|text)\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 
 
+VOCABULARY = "text.vocabulary"  # the rows of the word embeddings: one per token of the tokenizer
+
+
 def hidden(tower: str) -> str:
     return f"{tower}.hidden"
 
@@ -77,6 +80,8 @@ def dimension_roles(name: str, ndim: int) -> tuple[str | None, ...]:
         return roles if kind == "weight" else roles[:1]
     if name == "vision.embeddings.patch_embeddings.projection.weight":
         return (hidden("vision"), None, None, None)
+    if name == "text.embeddings.word_embeddings.weight":
+        return (VOCABULARY, hidden("text"))
     if name.startswith("projector."):
         return (hidden("text"), hidden("qformer"))[:ndim]
     if name.startswith(("heads.", "image_heads.")):
@@ -117,6 +122,7 @@ def cut(model: AuditModel, config: AuditModelConfig, keep: dict[str, torch.Tenso
         new_state[name] = tensor.clone()
     new_model.load_state_dict(new_state)
     new_model.train(model.training)
+    new_model.tokenizer = model.tokenizer  # a cut that changes the vocabulary replaces it (vocabulary.py)
     return new_model
 
 

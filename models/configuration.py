@@ -112,11 +112,19 @@ class AuditModelConfig:
         return cls.from_dict(data)
 
 
-PRESETS = ("tiny", "small", "base")
+PRESETS = ("tiny", "small", "base", "pretrained")
 
 
 def preset(name: str, vocab_size: int) -> AuditModelConfig:
-    """Teacher presets: `tiny` trains in seconds for tests, `base` is the benchmark teacher."""
+    """Teacher presets: `tiny` trains in seconds for tests, `base` is the benchmark teacher.
+
+    `pretrained`: the shape of DINOv2-small + multilingual-e5-small (models/pretrained.py, which
+    also loads their weights).
+    """
+    if name == "pretrained":
+        from .pretrained import pretrained_config
+
+        return pretrained_config(vocab_size=vocab_size)
 
     if name == "tiny":
         return AuditModelConfig(

@@ -25,7 +25,7 @@ from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormer
 from adaudit.files import atomic_folder
 
 from .configuration import AuditModelConfig, BlockShape, ConfigError, TowerConfig
-from .tokenizer import VOCABULARY_FILE, write_vocabulary
+from .tokenizer import has_tokenizer, save_tokenizer, saved_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 INITIALIZER_RANGE = 0.02
@@ -182,6 +182,7 @@ class AuditModel(nn.Module):
         self.image_heads = nn.ModuleDict({
             task: _new_linear(config.text.hidden_size, len(config.tasks[task])) for task in IMAGE_TASKS
         })
+        self.tokenizer = None  # a tokenizer.json tokenizer (pretrained towers); None: the generated vocab.txt
 
     def tower(self, name: str) -> nn.Module:
         return getattr(self, name)
@@ -219,21 +220,22 @@ class AuditModel(nn.Module):
 
     # --- safetensors + JSON -----------------------------------------------------------
     def save_pretrained(self, folder: Path) -> None:
-        """Write config.json, model.safetensors and vocab.txt; atomically (no half-written folder)."""
+        """Write config.json, model.safetensors and the tokenizer; atomically (no half-written folder)."""
         with atomic_folder(folder) as staging:
             self.config.save(staging)
             state = {name: tensor.detach().contiguous() for name, tensor in self.state_dict().items()}
             save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-            write_vocabulary(staging)
+            save_tokenizer(staging, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> "AuditModel":
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(f"model folder {folder} does not exist")
-        for name in (WEIGHTS_FILE, VOCABULARY_FILE):
-            if not (folder / name).is_file():
-                raise ModelFolderError(f"{folder / name} is missing: not a complete model folder")
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise ModelFolderError(f"{folder / WEIGHTS_FILE} is missing: not a complete model folder")
+        if not has_tokenizer(folder):
+            raise ModelFolderError(f"{folder} has neither vocab.txt nor tokenizer.json: not a complete model folder")
         try:
             config = AuditModelConfig.load(folder)
         except ConfigError as error:
@@ -252,4 +254,5 @@ class AuditModel(nn.Module):
                        else f"shape mismatch in {wrong[:3]}")
             raise ModelFolderError(f"{folder / WEIGHTS_FILE} does not match its config.json: {problem}")
         model.load_state_dict(state)
+        model.tokenizer = saved_tokenizer(folder)
         return model.eval()

@@ -1,4 +1,4 @@
-"""A character-level Chinese tokenizer that works offline.
+"""The model's tokenizer: a generated character-level Chinese WordPiece, or a saved tokenizer.json.
 
 The vocabulary is generated, not downloaded: the special tokens, printable ASCII (with
 WordPiece "##" continuations for letters and digits), common full-width punctuation and
@@ -6,16 +6,22 @@ every character of the GB2312 set (6,763 hanzi plus symbols). transformers' BERT
 tokenizer (backed by the `tokenizers` library) splits Chinese into single characters,
 so each hanzi is one token. The vocabulary file is saved in every model folder, so a
 model and its tokenizer always travel together.
+
+A model built from pretrained weights (models/pretrained.py) brings its own tokenizer instead,
+for example XLM-R's SentencePiece (Unigram) `tokenizer.json`: such a folder holds
+`tokenizer.json` (with transformers' `tokenizer_config.json`) and no `vocab.txt`, and
+`load_tokenizer` returns a `PreTrainedTokenizerFast` for it.
 """
 
 from pathlib import Path
 
-from transformers import BertTokenizer
+from transformers import BertTokenizer, PreTrainedTokenizerFast
 from transformers.models.bert.tokenization_bert import load_vocab
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 FULL_WIDTH_PUNCTUATION = "，。！？；：、“”‘’（）《》【】…—·￥％"
 VOCABULARY_FILE = "vocab.txt"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def gb2312_characters() -> list[str]:
@@ -55,9 +61,29 @@ def make_tokenizer(vocabulary: list[str] | None = None) -> BertTokenizer:
                          do_lower_case=True, tokenize_chinese_chars=True)
 
 
-def load_tokenizer(folder: Path) -> BertTokenizer:
-    """The tokenizer saved in a model folder (its vocab.txt)."""
-    path = Path(folder) / VOCABULARY_FILE
+def has_tokenizer(folder: Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in (TOKENIZER_FILE, VOCABULARY_FILE))
+
+
+def save_tokenizer(folder: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
+    """Write the tokenizer into a model folder: `tokenizer`'s files, or (None) the generated vocab.txt."""
+    if tokenizer is None:
+        write_vocabulary(folder)
+    else:
+        tokenizer.save_pretrained(str(folder))
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer saved in a model folder: its tokenizer.json if there is one, else its vocab.txt."""
+    folder = Path(folder)
+    if (folder / TOKENIZER_FILE).is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    path = folder / VOCABULARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: not a model folder")
     return make_tokenizer(list(load_vocab(str(path))))
+
+
+def saved_tokenizer(folder: Path) -> PreTrainedTokenizerFast | None:
+    """What `save_tokenizer` needs to write this folder's tokenizer again (None: the generated vocabulary)."""
+    return load_tokenizer(folder) if (Path(folder) / TOKENIZER_FILE).is_file() else None
