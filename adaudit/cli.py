@@ -76,11 +76,14 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
 def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
              data: Annotated[Path, typer.Option(help="data set folder")],
              out: Annotated[Path, typer.Option(help="student folder to write")],
-             recipe: Annotated[Optional[Path], typer.Option(help="recipe YAML (default: the AntGMM recipe)")] = None):
+             recipe: Annotated[Optional[str], typer.Option(
+                 help="recipe YAML, or default / auto (searched per-layer policy) / tiny / tiny-auto")] = None,
+             target_speedup: Annotated[Optional[float], typer.Option(
+                 help="for a searched recipe: the student's batch-1 latency budget is the teacher's / this")] = None):
     """Prune and distil the teacher into a student, stage by stage; writes OUT/report.json."""
     from adaudit.compression.pipeline import compress as run
 
-    report = run(teacher, data, out, recipe, log=log)
+    report = run(teacher, data, out, recipe, log=log, target_speedup=target_speedup)
     log(f"student written to {out}: {report['compression_ratio']:.1f}x fewer parameters, "
         f"{report['speedup']:.1f}x lower batch-1 latency, verdict accuracy "
         f"{report['teacher']['accuracy']:.4f} -> {report['student']['accuracy']:.4f}, "

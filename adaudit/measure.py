@@ -24,7 +24,8 @@ def flops_per_ad(model: AuditModel, split: EncodedSplit) -> int:
 @torch.inference_mode()
 def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughput_batch: int = 32,
             throughput_repeats: int = 6) -> dict:
-    """p50/p95 of batch-1 calls over `repeats` ads, and ads per second at batch `throughput_batch`."""
+    """p50/p95 of batch-1 calls over `repeats` ads, and ads per second at batch `throughput_batch`
+    (not measured when `throughput_repeats` is 0)."""
     model.eval()
     single = [split.inputs(torch.tensor([i % len(split)])) for i in range(repeats)]
     for inputs in single[:5]:
@@ -34,14 +35,16 @@ def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughpu
         start = time.perf_counter()
         model(**inputs)
         timings.append((time.perf_counter() - start) * 1000)
+    result = {"latency_ms_p50": float(np.percentile(timings, 50)), "latency_ms_p95": float(np.percentile(timings, 95))}
+    if not throughput_repeats:
+        return result
     batch = split.inputs(torch.arange(throughput_batch) % len(split))
     model(**batch)
     start = time.perf_counter()
     for _ in range(throughput_repeats):
         model(**batch)
     elapsed = time.perf_counter() - start
-    return {"latency_ms_p50": float(np.percentile(timings, 50)), "latency_ms_p95": float(np.percentile(timings, 95)),
-            "throughput_per_s": throughput_batch * throughput_repeats / elapsed}
+    return {**result, "throughput_per_s": throughput_batch * throughput_repeats / elapsed}
 
 
 def paired_latency(models: dict[str, AuditModel], split: EncodedSplit, rounds: int = 5) -> dict[str, dict]:

@@ -106,6 +106,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
     metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
+               "frozen_blocks": FROZEN_BLOCKS if preset_name == PRETRAINED else 0,
                "wall_seconds": time.perf_counter() - started}
     model.save_pretrained(out)
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")

@@ -24,7 +24,8 @@ from adaudit.models.preprocessing import AuditProcessor
 
 from .distillation import TeacherCache, cache_teacher, distil, mean_distillation_loss
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
-from .recipe import BlocksStage, HiddenStage, Recipe, WidthsStage, load_recipe
+from .recipe import BlocksStage, HiddenStage, Recipe, RecipeError, WidthsStage, load_recipe, per_block
+from .search import LatencyModel, plot_search, policy_recipe, search_policy
 from .structure import remove_blocks, shrink_hidden, shrink_widths
 from .vocabulary import prune_data_vocabulary
 
@@ -53,17 +54,29 @@ class Context:
 
 
 def run_blocks(model: AuditModel, stage: BlocksStage, context: Context) -> AuditModel:
-    while any(len(model.blocks(t)) > keep for t, keep in stage.keep.items()):
-        towers = [t for t, keep in stage.keep.items() if len(model.blocks(t)) > keep]
+    """Remove blocks `per_step` at a time, least influential first, down to a count or a given set."""
+    teacher_numbers = {t: list(range(len(model.blocks(t)))) for t in stage.keep}  # position -> teacher block
+
+    def removable(tower: str) -> list[int]:
+        keep = stage.keep[tower]
+        if isinstance(keep, list):
+            return [i for i, number in enumerate(teacher_numbers[tower]) if number not in keep]
+        return list(range(len(model.blocks(tower)))) if len(model.blocks(tower)) > keep else []
+
+    while any(removable(t) for t in stage.keep):
+        towers = [t for t in stage.keep if removable(t)]
         influence = block_influence(model, context.calibration, towers)
         kept = {}
         for tower in towers:
-            depth = len(model.blocks(tower))
-            drop = min(stage.per_step, depth - stage.keep[tower])
-            kept[tower] = top_indices(influence[tower], depth - drop).tolist()
-            removed = sorted(set(range(depth)) - set(kept[tower]))
-            context.log(f"  {tower}: removing blocks {removed} (influence "
+            candidates = removable(tower)
+            keep = stage.keep[tower]
+            surplus = len(candidates) if isinstance(keep, list) else len(model.blocks(tower)) - keep
+            order = sorted(candidates, key=lambda i: (influence[tower][i].item(), i))
+            removed = sorted(order[:min(stage.per_step, surplus)])
+            kept[tower] = [i for i in range(len(model.blocks(tower))) if i not in removed]
+            context.log(f"  {tower}: removing teacher blocks {[teacher_numbers[tower][i] for i in removed]} (influence "
                         f"{', '.join(f'{influence[tower][i]:.3f}' for i in removed)})")
+            teacher_numbers[tower] = [teacher_numbers[tower][i] for i in kept[tower]]
         model = remove_blocks(model, kept)
         context.distil(model, stage.epochs_per_step, "blocks")
     return model
@@ -71,12 +84,16 @@ def run_blocks(model: AuditModel, stage: BlocksStage, context: Context) -> Audit
 
 def run_widths(model: AuditModel, stage: WidthsStage, context: Context) -> AuditModel:
     scores = taylor_unit_scores(model, context.calibration, context.calibration_cache, context.recipe.distillation)
-    kept_heads = {t: [top_indices(m.grad, keep) for m in scores.heads[t]] for t, keep in stage.heads.items()}
-    kept_neurons = {t: [top_indices(m.grad, keep) for m in scores.neurons[t]] for t, keep in stage.ffn.items()}
+    def kept(masks: list[torch.Tensor], widths, where: str) -> list[torch.Tensor]:
+        return [top_indices(m.grad, width) for m, width in zip(masks, per_block(widths, len(masks), where))]
+
+    kept_heads = {t: kept(scores.heads[t], keep, f"{t} heads") for t, keep in stage.heads.items()}
+    kept_neurons = {t: kept(scores.neurons[t], keep, f"{t} ffn") for t, keep in stage.ffn.items()}
     kept_cross = None
     if stage.cross_attention_heads:
-        kept_cross = [top_indices(m.grad, stage.cross_attention_heads) if m is not None else None
-                      for m in scores.cross_heads]
+        image_attending = [m for m in scores.cross_heads if m is not None]
+        chosen = iter(kept(image_attending, stage.cross_attention_heads, "cross-attention heads"))
+        kept_cross = [next(chosen) if m is not None else None for m in scores.cross_heads]
 
     # soft masks: the units about to be pruned fade out while the rest learns to do without them
     masks = UnitMasks(model)
@@ -132,16 +149,26 @@ def _shape_summary(model: AuditModel) -> dict:
             for tower in ("vision", "qformer", "text")}
 
 
-def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | None = None, log=print) -> dict:
+def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
+             target_speedup: float | None = None) -> dict:
+    """Teacher folder -> student folder (config, weights, vocabulary, recipe.json, report.json).
+
+    A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
+    a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
     recipe = load_recipe(recipe_path)
+    if recipe.search and not target_speedup:
+        raise RecipeError("a recipe with a search section needs a target speedup (--target-speedup)")
+    if target_speedup is not None and target_speedup <= 1:
+        raise RecipeError(f"the target speedup must be above 1, not {target_speedup}")
     teacher = AuditModel.from_pretrained(teacher_dir)
     recipe.check_against(teacher.config)
     torch.manual_seed(recipe.seed)
     processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
-    train = encode_split(data_dir, "train", processor, teacher.config.tasks)
+    full_train = encode_split(data_dir, "train", processor, teacher.config.tasks)
     generator = torch.Generator().manual_seed(recipe.seed)
-    train = train.subset(torch.randperm(len(train), generator=generator)[:recipe.distillation.samples])
+    order = torch.randperm(len(full_train), generator=generator)
+    train = full_train.subset(order[:recipe.distillation.samples])
     test = encode_split(data_dir, "test", processor, teacher.config.tasks)
     log(f"distilling on {len(train)} training ads, evaluating on {len(test)} test ads")
 
@@ -150,6 +177,12 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
     teacher_entry = stage_entry("teacher", teacher, test, teacher_predictions)
     log(f"teacher: {teacher_entry['params'] / 1e6:.2f}M params, {teacher_entry['latency_ms_p50']:.2f} ms, "
         f"verdict accuracy {teacher_entry['accuracy']:.4f}")
+    searched = None
+    if recipe.search:
+        searched = search_policy(teacher, full_train, order, recipe, teacher_entry["latency_ms_p50"] / target_speedup,
+                                 log)
+        recipe = policy_recipe(recipe, searched["policy"])
+        recipe.check_against(teacher.config)
 
     context = Context(recipe, train, cache, log)
     model = copy.deepcopy(teacher)  # the student starts as the teacher
@@ -193,9 +226,15 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | N
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
     }
+    if searched:
+        searched["student_latency_ms_predicted"] = LatencyModel(**searched["latency_model"]).predict(model.config)
+        searched["student_latency_ms_measured"] = student["latency_ms_p50"]
+        report["search"] = searched
     with atomic_folder(out) as staging:
         model.save_pretrained(staging)  # nested atomic write into the staging folder
         (staging / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2) + "\n")
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        if searched:
+            plot_search(searched, staging)
     return report
 

@@ -2,10 +2,11 @@
 
 A recipe is a list of stages, run in order, each followed by distillation:
 
-    blocks:  keep N blocks per tower, removing `per_step` of the least influential at a time
+    blocks:  keep N blocks per tower, removing `per_step` of the least influential at a time;
+             or keep a list of the teacher's block numbers (a searched policy, search.py)
     widths:  keep H heads and F FFN neurons in every block (first-order Taylor importance),
              shrinking the pruned units' soft masks `soft_steps` times by `mask_decay`
-             before the hard cut
+             before the hard cut; a list gives one width per block (a searched policy)
     hidden:  shrink a tower's hidden size in `steps` equal steps to `size`
 
 `RecipeError` carries one readable line for a recipe that is malformed or cannot be applied
@@ -24,8 +25,12 @@ from adaudit.models.configuration import TOWERS, AuditModelConfig
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: tests and the `make run` demo
+NAMED_RECIPES = ("default", "tiny", "auto", "tiny-auto")  # `--recipe auto`: recipes/auto.yaml
 
-TowerCounts = dict[Literal["vision", "qformer", "text"], PositiveInt]
+Tower = Literal["vision", "qformer", "text"]
+TowerCounts = dict[Tower, PositiveInt]
+BlockNumbers = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+PerBlock = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class RecipeError(ValueError):
@@ -48,16 +53,16 @@ class DistillationSettings(Strict):
 
 class BlocksStage(Strict):
     kind: Literal["blocks"]
-    keep: TowerCounts
+    keep: dict[Tower, PositiveInt | BlockNumbers]  # a count, or the teacher's block numbers to keep
     per_step: PositiveInt = 1
     epochs_per_step: int = Field(1, ge=0)
 
 
 class WidthsStage(Strict):
     kind: Literal["widths"]
-    heads: TowerCounts = {}
-    ffn: TowerCounts = {}
-    cross_attention_heads: PositiveInt | None = None
+    heads: dict[Tower, PositiveInt | PerBlock] = {}  # one width for every block, or one per block
+    ffn: dict[Tower, PositiveInt | PerBlock] = {}
+    cross_attention_heads: PositiveInt | PerBlock | None = None  # a list: one per image-attending block
     soft_steps: int = Field(3, ge=0)
     mask_decay: float = Field(0.3, ge=0, lt=1)
     epochs_per_step: int = Field(1, ge=0)
@@ -74,6 +79,23 @@ class HiddenStage(Strict):
 Stage = Annotated[Union[BlocksStage, WidthsStage, HiddenStage], Field(discriminator="kind")]
 
 
+class SearchSettings(Strict):
+    """The per-layer policy search (search.py) that writes the blocks and widths stages."""
+    strategy: Literal["evolution", "uniform"] = "evolution"  # uniform: one keep ratio everywhere (the baseline)
+    samples: PositiveInt = 64  # search samples, from the training split
+    held_out_samples: int = Field(256, ge=0)  # other training ads, only to report the generalization gap
+    population: PositiveInt = 16
+    generations: PositiveInt = 10
+    elites: PositiveInt = 4
+    mutations: PositiveInt = 2  # edits per child
+    generalization_weight: float = Field(8.0, ge=0)  # eta in fitness = -loss - eta * complexity / sqrt(samples)
+    projector_steps: int = Field(20, ge=0)  # projector + query tuning steps between generations (0: off)
+    projector_learning_rate: float = Field(1e-3, gt=0)
+    latency_band: float = Field(0.9, gt=0, le=1)  # candidates use between band x budget and the budget
+    ffn_step: PositiveInt = 64  # FFN widths move in multiples of this
+    calibration_models: int = Field(24, ge=12)  # random students timed to fit the latency model
+
+
 class VocabularySettings(Strict):
     """Input dimension: for a model with a tokenizer.json, keep only the tokens of the training copy."""
 
@@ -83,6 +105,7 @@ class VocabularySettings(Strict):
 
 
 class Recipe(Strict):
+    search: SearchSettings | None = None  # present: `compress` first searches the blocks and widths stages
     distillation: DistillationSettings = DistillationSettings()
     vocabulary: VocabularySettings = VocabularySettings()  # runs first; a no-op for vocab.txt models
     calibration_samples: PositiveInt = 256
@@ -98,6 +121,11 @@ class Recipe(Strict):
             where = f"stage {number} ({stage.kind})"
             if isinstance(stage, BlocksStage):
                 for tower, keep in stage.keep.items():
+                    if isinstance(keep, list):
+                        if len(set(keep)) != len(keep) or max(keep) >= depth[tower]:
+                            raise RecipeError(f"{where} keeps {tower} blocks {keep}: block numbers must be distinct "
+                                              f"and below the {depth[tower]} blocks the model has")
+                        keep = len(keep)
                     if keep > depth[tower]:
                         raise RecipeError(f"{where} keeps {keep} {tower} blocks but the model has {depth[tower]}")
                     depth[tower] = keep
@@ -106,11 +134,12 @@ class Recipe(Strict):
                     for tower, keep in counts.items():
                         blocks = config.tower(tower).blocks
                         widest = min(b.heads if field == "heads" else b.intermediate_size for b in blocks)
-                        if keep > widest:
-                            raise RecipeError(f"{where} keeps {keep} {field} per {tower} block but a block has "
-                                              f"only {widest}: widths can only shrink")
+                        for width in per_block(keep, depth[tower], f"{where}: {tower} {field}"):
+                            if width > widest:
+                                raise RecipeError(f"{where} keeps {width} {field} in a {tower} block but a block "
+                                                  f"has only {widest}: widths can only shrink")
                 cross = [b.cross_attention_heads for b in config.qformer.blocks if b.cross_attention_heads]
-                if stage.cross_attention_heads and stage.cross_attention_heads > min(cross):
+                if stage.cross_attention_heads and max(per_block(stage.cross_attention_heads, None, where)) > min(cross):
                     raise RecipeError(f"{where} keeps {stage.cross_attention_heads} cross-attention heads but a "
                                       f"Q-Former block has only {min(cross)}")
             else:
@@ -121,7 +150,19 @@ class Recipe(Strict):
                     hidden[tower] = size
 
 
-def load_recipe(path: Path | None = None) -> Recipe:
+def per_block(width: int | list[int], blocks: int | None, where: str) -> list[int]:
+    """One width per block: a single width repeated, or a list that must have one entry per block."""
+    if not isinstance(width, list):
+        return [width] * (blocks or 1)
+    if blocks is not None and len(width) != blocks:
+        raise RecipeError(f"{where}: {len(width)} widths given for {blocks} blocks")
+    return width
+
+
+def load_recipe(path: Path | str | None = None) -> Recipe:
+    """A recipe from a YAML file, or one of the packaged ones by name (NAMED_RECIPES)."""
+    if path is not None and str(path) in NAMED_RECIPES:
+        path = DEFAULT_RECIPE.with_name(f"{path}.yaml")
     path = Path(path) if path else DEFAULT_RECIPE
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")

@@ -1,0 +1,124 @@
+"""The per-layer policy search (compression/search.py) on the tiny teacher: the budget holds,
+the same seed gives the same policy, the policy round-trips into `compress`, and the
+complexity term falls as the teacher is pruned harder."""
+
+import json
+
+import pytest
+import torch
+
+from adaudit.compression.distillation import cache_teacher
+from adaudit.compression.importance import block_influence, taylor_unit_scores
+from adaudit.compression.pipeline import compress
+from adaudit.compression.recipe import RecipeError, load_recipe
+from adaudit.compression.search import (LatencyModel, Space, block_weight_norm, calibration_configs, complexity,
+                                        one_shot, policy_config, search_policy)
+from adaudit.data.encoding import encode_split
+from adaudit.models.configuration import TOWERS, preset
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+
+from conftest import quiet
+
+
+@pytest.fixture(scope="module")
+def setting(teacher, dataset):
+    model = AuditModel.from_pretrained(teacher)
+    train = encode_split(dataset, "train", AuditProcessor.from_folder(model.config, teacher), model.config.tasks)
+    recipe = load_recipe("tiny-auto")
+    # one latency model for the whole module, so repeated searches see the same budget check
+    latency_model = LatencyModel.calibrate(calibration_configs(model, recipe, 12, 0), train.subset(torch.arange(16)),
+                                           quiet)
+    return model, train, recipe, latency_model
+
+
+def run_search(setting, budget_ms, **overrides):
+    model, train, recipe, latency_model = setting
+    recipe = recipe.model_copy(update={"search": recipe.search.model_copy(update=overrides)})
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return search_policy(model, train, order, recipe, budget_ms, quiet, latency_model)
+
+
+def budget_between_extremes(setting) -> float:
+    model, _, recipe, latency_model = setting
+    from adaudit.compression.search import final_hidden_sizes
+    smallest = policy_config(model.config, {t: [[0, 1, 16, 1 if t == "qformer" else 0]] for t in TOWERS},
+                             final_hidden_sizes(recipe))
+    largest = policy_config(model.config, {}, final_hidden_sizes(recipe))
+    return (latency_model.predict(smallest) + latency_model.predict(largest)) / 2
+
+
+def test_every_candidate_and_the_choice_fit_the_budget(setting):
+    budget = budget_between_extremes(setting)
+    section = run_search(setting, budget)
+    assert section["chosen"]["latency_ms"] <= budget + 1e-9
+    assert all(candidate["latency_ms"] <= budget + 1e-9 for candidate in section["candidates"])
+    assert len(section["trace"]) == setting[2].search.generations
+    best = [generation["best_fitness"] for generation in section["trace"]]
+    assert section["chosen"]["fitness"] == best[-1]
+
+
+def test_the_same_seed_gives_the_same_policy(setting):
+    budget = budget_between_extremes(setting)
+    first = run_search(setting, budget, population=4, generations=2)
+    second = run_search(setting, budget, population=4, generations=2)
+    assert first["policy"] == second["policy"]
+    assert [t["best_fitness"] for t in first["trace"]] == pytest.approx([t["best_fitness"] for t in second["trace"]])
+
+
+def test_the_uniform_strategy_keeps_one_ratio(setting):
+    section = run_search(setting, budget_between_extremes(setting), strategy="uniform")
+    assert len(section["trace"]) == 1
+    assert section["chosen"]["loss"] == pytest.approx(section["uniform"]["loss"])
+
+
+def test_complexity_falls_as_the_teacher_is_pruned_harder(setting):
+    model, train, recipe, _ = setting
+    split = train.subset(torch.arange(16))
+    scores = taylor_unit_scores(model, split, cache_teacher(model, split), recipe.distillation)
+    influence = block_influence(model, split, TOWERS)
+    space = Space(model, recipe.search, influence, lambda policy: 0.0, float("inf"))
+    norm = block_weight_norm(model)
+    values = [complexity(one_shot(model, space.scaled(ratio), scores), norm) for ratio in (1.0, 0.7, 0.4, 0.1)]
+    assert values[0] == pytest.approx(1.0)
+    assert values == sorted(values, reverse=True) and values[-1] < values[0]
+
+
+def test_the_searched_policy_round_trips_into_compress(teacher, dataset, tmp_path):
+    quick = load_recipe("tiny-auto")  # short stages: the round trip, not the accuracy, is under test
+    quick.search = quick.search.model_copy(update={"generations": 2, "population": 4})
+    quick.distillation.samples, quick.final_epochs = 48, 0
+    quick.stages = quick.stages[:2]
+    recipe = tmp_path / "quick.json"
+    recipe.write_text(quick.model_dump_json())
+    out = tmp_path / "student"
+    report = compress(teacher, dataset, out, recipe, log=quiet, target_speedup=1.5)
+    policy = report["search"]["policy"]
+    saved = load_recipe(out / "recipe.json")  # the file `adaudit compress --recipe FILE` accepts
+    assert saved.search is None
+    assert saved.stages[0].keep == {t: [b[0] for b in policy[t]] for t in TOWERS}
+    student = AuditModel.from_pretrained(out)
+    for tower in TOWERS:
+        shapes = student.config.tower(tower).blocks
+        assert [s.heads for s in shapes] == [b[1] for b in policy[tower]]
+        assert [s.intermediate_size for s in shapes] == [b[2] for b in policy[tower]]
+    assert (out / "search_fitness.png").stat().st_size > 0 and (out / "search_candidates.png").stat().st_size > 0
+    assert json.loads((out / "report.json").read_text())["search"]["budget_ms"] > 0
+
+
+def test_a_search_recipe_without_a_target_is_refused(teacher, dataset, tmp_path):
+    with pytest.raises(RecipeError, match="target speedup"):
+        compress(teacher, dataset, tmp_path / "student", "tiny-auto", log=quiet)
+    assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize("stages, message", [
+    ("- {kind: blocks, keep: {text: [0, 9]}}", "block numbers"),
+    ("- {kind: blocks, keep: {text: [0, 1]}}\n  - {kind: widths, heads: {text: [2, 2, 2]}}", "3 widths given for 2 blocks"),
+    ("- {kind: widths, ffn: {vision: [64, 64, 999]}}", "widths can only shrink"),
+])
+def test_a_bad_policy_is_refused_with_one_line(tmp_path, stages, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"stages:\n  {stages}\n")
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path).check_against(preset("tiny", 100))
