@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUNS ?= runs
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-peers clean
 
 $(INSTALLED): pyproject.toml
 	@fc-list 2>/dev/null | grep -qi wqy || ( $(SUDO) apt-get update -qq && \
@@ -40,6 +40,11 @@ test: install
 # The benchmark teacher and the default recipe, as committed in benchmarks/results/.
 bench: install
 	benchmarks/compression.sh
+
+# adaudit's student against Torch-Pruning, training from scratch, layer dropping and int8
+# quantization from the same teacher and budget (needs `make bench`'s runs/bench first)
+bench-peers: bench
+	$(BIN)/python benchmarks/peers.py --run $(RUNS)/bench --work $(RUNS)/peers --results benchmarks/results
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,156 @@
+"""adaudit's compression against what a user would pick instead, in one run.
+
+Same teacher, same distillation ads, same number of distillation epochs as the default
+recipe spends in total, same test split, same batch-1 latency target (the AntGMM student's).
+Every final model is evaluated on the test split and then timed together with the others in
+alternating rounds, so the latency figures are comparable. Also the physical limit: the
+student's FLOPs over the machine's peak matmul rate.
+
+Usage: python benchmarks/peers.py [--run runs/bench] [--work runs/peers] [--results benchmarks/results]
+(`make bench-peers`). Methods live in peer_methods.py; results go to RESULTS/peers.{json,md} and
+RESULTS/pareto.png, the models each method built to WORK/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from adaudit.compression.distillation import cache_teacher
+from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary
+from adaudit.compression.recipe import Recipe
+from adaudit.data.encoding import encode_split
+from adaudit.evaluation import evaluate, predict_logits
+from adaudit.files import atomic_write_text
+from adaudit.measure import flops_per_ad, machine, paired_latency
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+
+from peer_methods import METHODS, Built, Setting, check_outputs, distillation_epochs
+from peer_report import goals, markdown, pareto_front, plot
+from physical_limit import floor_ms, peak_matmul
+
+STUDENT_KEY = "antgmm"
+
+
+def megabytes(model: torch.nn.Module) -> float:
+    """Bytes of a model's weights (int8 weights count one byte each), in MB."""
+    def size(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(size(v) for v in value)
+        return 0
+    return sum(size(v) for v in model.state_dict().values()) / 1e6
+
+
+def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir: Path, work: Path, results: Path,
+              methods: list[str] | None = None, epochs: int | None = None, rounds: int = 5,
+              pruning_steps: int = 20, command: str = "", log=print) -> dict:
+    started = time.perf_counter()
+    log(f"machine: {machine()}")
+    teacher = AuditModel.from_pretrained(teacher_dir)
+    recipe = Recipe.model_validate_json((student_dir / RECIPE_FILE).read_text())
+    processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
+    train = encode_split(data_dir, "train", processor, teacher.config.tasks)
+    generator = torch.Generator().manual_seed(recipe.seed)  # the very ads the AntGMM student was distilled on
+    train = train.subset(torch.randperm(len(train), generator=generator)[:recipe.distillation.samples])
+    test = encode_split(data_dir, "test", processor, teacher.config.tasks)
+    log(f"{len(train)} distillation ads, {len(test)} test ads; caching the teacher's outputs")
+    cache = cache_teacher(teacher, train)
+    teacher_predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
+
+    limit = peak_matmul()
+    log(f"peak matmul: {limit['gflops_single_thread']:.0f} GFLOP/s on one thread, "
+        f"{limit['gflops_all_threads']:.0f} on {limit['threads']}")
+    target = paired_latency({"student": AuditModel.from_pretrained(student_dir)}, test, rounds=3)["student"]
+    setting = Setting(teacher, student_dir, searched_dir, train, test, cache, recipe,
+                      epochs if epochs is not None else distillation_epochs(recipe, teacher.config),
+                      target["latency_ms_p50"], work, log, pruning_steps)
+    log(f"target batch-1 p50 {setting.target_ms:.2f} ms; budget {setting.epochs} distillation epochs per method")
+
+    built: dict[str, Built] = {}
+    entries = [measure_entry("teacher", f"teacher ({teacher_dir.name})", "reference",
+                             Built(teacher, 0.0, teacher_dir, notes=[]), test, teacher_predictions)]
+    pending = []
+    chosen = [m for m in METHODS if methods is None or m.key in methods]
+    for number, method in enumerate(chosen, 1):
+        log(f"[{number}/{len(chosen)}] {method.label}")
+        result = method.build(setting)
+        if result is None:
+            pending.append({"key": method.key, "label": method.label, "reason": "no model folder with report.json yet"})
+            log("  pending: no model yet")
+            continue
+        check_outputs(result.model, test)
+        built[method.key] = result
+        entries.append(measure_entry(method.key, method.label, method.group, result, test, teacher_predictions))
+        e = entries[-1]
+        log(f"  built in {result.seconds / 60:.1f} min: {e['params'] / 1e6:.2f}M params, verdict accuracy "
+            f"{e['accuracy']:.4f}, violation F1 {e['violation_macro_f1']:.4f}")
+
+    log(f"timing all {len(entries)} models together, {rounds} alternating rounds")
+    models = {"teacher": teacher, **{key: result.model for key, result in built.items()}}
+    timings = paired_latency(models, test, rounds=rounds)
+    for entry in entries:
+        entry.update(timings[entry["key"]])
+        entry["floor_ms"] = floor_ms(entry["flops_per_ad"], limit["gflops_all_threads"])
+        entry["latency_over_floor"] = entry["latency_ms_p50"] / entry["floor_ms"]
+
+    wall = time.perf_counter() - started
+    student_key = STUDENT_KEY if STUDENT_KEY in built else entries[-1]["key"]
+    summary = {
+        "command": command, "teacher": str(teacher_dir), "data": str(data_dir),
+        "distillation_samples": len(train), "test_samples": len(test), "epochs": setting.epochs,
+        "target_ms": setting.target_ms, "physical_limit": limit, "student_key": student_key,
+        "entries": entries, "pending": pending, "pareto_front": sorted(pareto_front(entries)),
+        "wall_seconds": wall, "machine": machine(),
+    }
+    # the whole benchmark: this run plus the compression of the reused AntGMM student (teacher training excluded)
+    reused = built[STUDENT_KEY].seconds if STUDENT_KEY in built else 0.0
+    summary["goals"] = goals(entries, student_key, wall + reused)
+    summary["goals"]["includes_reused_student_seconds"] = reused
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / "peers.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / "peers.md", markdown(summary))
+    plot(entries, set(summary["pareto_front"]), setting.target_ms, results / "pareto.png")
+    log(f"done in {wall / 60:.1f} min: {results / 'peers.md'}")
+    return summary
+
+
+def measure_entry(key: str, label: str, group: str, result: Built, test, teacher_predictions) -> dict:
+    float_model = result.float_model or result.model
+    metrics = evaluate(result.model, test, teacher_predictions)
+    return {"key": key, "label": label, "group": group, "params": float_model.num_parameters(),
+            "megabytes": megabytes(result.model), "flops_per_ad": flops_per_ad(float_model, test), **metrics,
+            "wall_seconds": result.seconds, "reloadable": result.folder is not None,
+            "folder": str(result.folder) if result.folder else None,
+            "shape": _shape_summary(result.model) if result.folder else None,
+            "notes": result.notes, "details": result.details}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/bench"), help="folder with data/, teacher/, student/")
+    parser.add_argument("--work", type=Path, default=Path("runs/peers"), help="where the methods' models go")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--methods", help="comma-separated method keys (default: all)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
+    args = parser.parse_args()
+    console = Console(stderr=False, log_path=False)
+    for name in ("data", "teacher", "student"):
+        if not (args.run / name).is_dir():
+            print(f"error: {args.run / name} does not exist: run `make bench` first", file=sys.stderr)
+            sys.exit(1)
+    run_peers(args.run / "teacher", args.run / "data", args.run / "student", args.run / "searched", args.work,
+              args.results, args.methods.split(",") if args.methods else None, rounds=args.rounds,
+              command="python " + " ".join(sys.argv), log=console.log)
+
+
+if __name__ == "__main__":
+    main()
