@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 EQUAL_LATENCY = 0.05  # peers within 5% of the student's latency (or faster) count as "at equal latency"
 FLOOR_GOAL = 3.0  # student latency within 3x of the FLOPs floor
@@ -103,25 +104,29 @@ def markdown(summary: dict) -> str:
 
 
 def plot(entries: list[dict], front: set[str], target_ms: float, path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
     colours = {"ours": "tab:blue", "peer": "tab:orange", "reference": "tab:grey"}
+    markers = "os^vDP*Xph<>"
     for axis, metric, title in ((axes[0], "accuracy", "verdict accuracy"),
                                 (axes[1], "violation_macro_f1", "violation macro-F1")):
-        for e in entries:
-            axis.scatter(e["latency_ms_p50"], 100 * e[metric], color=colours[e["group"]], s=40,
+        for number, e in enumerate(entries):
+            axis.scatter(e["latency_ms_p50"], 100 * e[metric], color=colours[e["group"]], s=60,
+                         marker=markers[number % len(markers)], label=e["label"] + (" (front)" if e["key"] in front else ""),
                          edgecolor="black" if e["key"] in front else "none", zorder=3)
-            axis.annotate(e["label"], (e["latency_ms_p50"], 100 * e[metric]), fontsize=7,
-                          xytext=(4, 3), textcoords="offset points")
         if metric == "accuracy":
             on_front = sorted((e for e in entries if e["key"] in front), key=lambda e: e["latency_ms_p50"])
             axis.step([e["latency_ms_p50"] for e in on_front], [100 * e[metric] for e in on_front], where="post",
-                      color="black", linewidth=0.8, label="Pareto front")
-            axis.legend(loc="lower right", fontsize=8)
+                      color="black", linewidth=0.8, zorder=2)
         axis.axvline(target_ms, color="tab:red", linestyle="--", linewidth=0.8)
         axis.set_xscale("log")
-        axis.set_xlabel("batch-1 p50 latency (ms, log scale); dashed: target")
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_xlabel("batch-1 p50 latency (ms, log scale); red dashed: the target")
         axis.set_ylabel(f"{title} (%)")
         axis.set_title(f"{title} vs latency (blue: adaudit, orange: peers)")
-    figure.tight_layout()
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
