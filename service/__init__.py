@@ -13,5 +13,7 @@
     decision_log.py   SQLAlchemy: decisions, feedback, shadow disagreements, reviewed accuracy
     metrics.py        the adaudit_* Prometheus metrics (one process per pod)
     middleware.py     in-flight gauge, request latency, last-resort 503 guard
+    admission.py      the in-flight limit: over max_in_flight, an immediate 503 `overloaded`
+    security.py       API keys (stored as SHA-256 digests), the caller's name, per-caller rate limits
     errors.py         ApiError and the JSON error handlers
 """
