@@ -28,6 +28,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -155,7 +156,7 @@ def environment_of(docs: list[dict]) -> dict[str, str]:
     return {name: value for name, value in environment.items() if name.startswith("ADAUDIT_")}
 
 
-@pytest.mark.parametrize("values_file", ["default", "canary"])
+@pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch):
     values = values_of(values_file)
     values.setdefault("database", {})["existingSecret"] = ""  # the chart's own Secret, to read it back
@@ -358,37 +359,63 @@ def test_rules_reference_only_recorded_or_gateway_metrics():
             assert name in recorded | gateway or name.startswith("nv_inference_"), f"{name} in {expr}"
 
 
-# --- a real Triton: its metric names and health routes --------------------------------------------
+# --- a real Triton with the chart's arguments: probes, explicit model loading, metric names ---------
+
+def status_of(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status
+    except urllib.error.HTTPError as error:
+        return error.code
+
 
 @pytest.fixture(scope="module")
-def triton_metrics(tmp_path_factory):
+def triton_run(tmp_path_factory):
+    """The bundled tritonserver started with the arguments the chart gives Triton (values gpu-off,
+    ports and paths aside) on a repository holding a student and a teacher: what its probes,
+    its models' readiness and its metrics port answer."""
     from adaudit.export.repository import ServingSettings, export_model
     from adaudit.export.server import TritonError, TritonServer
 
-    folder = tmp_path_factory.mktemp("triton-metrics")
-    torch.manual_seed(0)
-    AuditModel(preset("tiny", len(build_vocabulary()))).save_pretrained(folder / "student")
-    export_model(folder / "student", folder / "repo", "student", 1,
-                 ServingSettings(max_batch_size=8, preferred_batch_sizes=[8], threads=1))
-    server = TritonServer(folder / "repo", free_port(), free_port(), free_port(), log_file=folder / "log")
+    folder = tmp_path_factory.mktemp("triton-chart")
+    for seed, name in enumerate(("student", "teacher")):
+        torch.manual_seed(seed)
+        AuditModel(preset("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
+        export_model(folder / name, folder / "repo", name, 1,
+                     ServingSettings(max_batch_size=8, preferred_batch_sizes=[8], threads=1))
+    container = find(render(values_of("gpu-off")), "Deployment", "adaudit-triton")["spec"]["template"]["spec"]
+    own = ("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
+    chart_arguments = [a for a in container["containers"][0]["args"] if not a.startswith(own)]
+
+    class ChartTriton(TritonServer):
+        def command(self) -> list[str]:
+            return super().command() + chart_arguments
+
+    server = ChartTriton(folder / "repo", free_port(), free_port(), free_port(), log_file=folder / "log")
     try:
         server.start()
     except (TritonError, OSError) as error:
         pytest.skip(f"tritonserver cannot run here: {error}")
+    http = f"http://127.0.0.1:{server.http_port}"
     try:
-        health = {path: urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=5).status
-                  for path in TRITON_PROBES}
+        health = {path: status_of(http + path) for path in TRITON_PROBES}
+        models = {name: status_of(f"{http}/v2/models/{name}/ready") for name in ("student", "teacher")}
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     finally:
         server.stop()
     # the series names as Prometheus stores them (prometheus-client's parser would add _total to counters)
-    return health, set(re.findall(r"^([a-zA-Z_:][\w:]*)[{ ]", text, flags=re.MULTILINE))
+    names = set(re.findall(r"^([a-zA-Z_:][\w:]*)[{ ]", text, flags=re.MULTILINE))
+    return {"arguments": chart_arguments, "health": health, "models": models, "metric names": names}
 
 
-def test_dashboard_analysis_and_adapter_use_only_exported_metrics(triton_metrics):
-    health, triton = triton_metrics
-    assert health == {path: 200 for path in TRITON_PROBES}  # the chart's Triton probes
-    exported = exported_by_registry() | triton
+def test_triton_runs_with_the_chart_arguments(triton_run):
+    assert "--model-control-mode=explicit" in triton_run["arguments"]
+    assert triton_run["health"] == {path: 200 for path in TRITON_PROBES}  # the chart's Triton probes
+    # explicit model control: only the model the gateway uses is loaded (no shadow traffic by default)
+    assert triton_run["models"] == {"student": 200, "teacher": 400}
+
+
+def test_dashboard_analysis_and_adapter_use_only_exported_metrics(triton_run):
+    exported = exported_by_registry() | triton_run["metric names"]
     used = set()
     for expr in dashboard_expressions() + analysis_expressions() + adapter_expressions() + rule_expressions():
         used |= {name for name in metric_names(substituted(expr)) if ":" not in name}
