@@ -194,6 +194,26 @@ def test_probes_point_at_routes_the_gateway_and_triton_serve():
 
 TRITON_PROBES = {"/v2/health/live", "/v2/health/ready"}
 
+
+def test_images_hold_the_package_and_run_what_the_chart_asks():
+    import tomllib
+
+    import typer
+
+    from adaudit.cli import app
+
+    folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    for dockerfile in (ROOT / "Dockerfile", DEPLOY / "triton.Dockerfile"):
+        copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile.read_text(), flags=re.MULTILINE))
+        assert folders <= copied, f"{dockerfile.name} misses {folders - copied}"
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE).group(1))
+    gateway = find(render({}), "Deployment", "adaudit-gateway")["spec"]["template"]["spec"]["containers"][0]
+    command = typer.main.get_command(app)
+    assert entrypoint == ["adaudit"] and gateway["args"][0] in command.commands
+    options = {o for p in command.commands[gateway["args"][0]].params for o in p.opts}
+    assert {a for a in gateway["args"] if a.startswith("--")} <= options
+    assert gateway["args"][gateway["args"].index("--port") + 1] == str(gateway["ports"][0]["containerPort"])
+
 BAD_VALUES = [
     ({"gateway": {"settings": {"shadow_fraction": 2}}}, "shadow_fraction"),
     ({"gateway": {"settings": {"canary_fraction": -0.1}}}, "canary_fraction"),
