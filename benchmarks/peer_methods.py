@@ -89,22 +89,28 @@ def distillation_epochs(recipe: Recipe, config: AuditModelConfig) -> int:
     return total
 
 
-def reuse(folder: Path) -> Built | None:
+def reuse(folder: Path, teacher_config: AuditModelConfig) -> Built | None:
     """A model adaudit already compressed, with the wall time its own report recorded."""
     report_file = folder / "report.json"
     if not report_file.is_file():
         return None
     report = json.loads(report_file.read_text())
-    return Built(AuditModel.from_pretrained(folder), report["wall_seconds"], folder,
-                 notes=[f"reused from {folder}; wall time from its report"])
+    model = AuditModel.from_pretrained(folder)
+    notes = [f"reused from {folder}; wall time from its report"]
+    recipe_file = folder / "recipe.json"
+    if recipe_file.is_file():
+        recipe = Recipe.model_validate_json(recipe_file.read_text())
+        notes.append(f"its recipe: {distillation_epochs(recipe, teacher_config)} distillation epochs on "
+                     f"{recipe.distillation.samples} ads")
+    return Built(model, report["wall_seconds"], folder, notes=notes)
 
 
 def antgmm(setting: Setting) -> Built | None:
-    return reuse(setting.student_dir)
+    return reuse(setting.student_dir, setting.teacher.config)
 
 
 def searched(setting: Setting) -> Built | None:
-    return reuse(setting.searched_dir)
+    return reuse(setting.searched_dir, setting.teacher.config)
 
 
 def save_and_reload(model: AuditModel, folder: Path) -> AuditModel:
@@ -204,7 +210,7 @@ def teacher_int8(setting: Setting) -> Built:
 
 
 def student_int8(setting: Setting) -> Built | None:
-    student = reuse(setting.student_dir)
+    student = reuse(setting.student_dir, setting.teacher.config)
     return quantized(student.model) if student else None
 
 

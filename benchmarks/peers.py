@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
               methods: list[str] | None = None, epochs: int | None = None, rounds: int = 5,
               pruning_steps: int = 20, command: str = "", log=print) -> dict:
     started = time.perf_counter()
-    log(f"machine: {machine()}")
+    load_start = os.getloadavg()
+    log(f"machine: {machine()}; load average {load_start[0]:.2f}")
     teacher = AuditModel.from_pretrained(teacher_dir)
     recipe = Recipe.model_validate_json((student_dir / RECIPE_FILE).read_text())
     processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
@@ -110,6 +112,8 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
         "target_ms": setting.target_ms, "physical_limit": limit, "student_key": student_key,
         "entries": entries, "pending": pending, "pareto_front": sorted(pareto_front(entries)),
         "wall_seconds": wall, "machine": machine(),
+        # other jobs on the machine during the run (1-minute load average; 2 cores here)
+        "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
     }
     # the whole benchmark: this run plus the compression of the reused AntGMM student (teacher training excluded)
     reused = built[STUDENT_KEY].seconds if STUDENT_KEY in built else 0.0
@@ -139,6 +143,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/bench"), help="folder with data/, teacher/, student/")
     parser.add_argument("--work", type=Path, default=Path("runs/peers"), help="where the methods' models go")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--searched", type=Path, help="adaudit's searched student (default: RUN/searched, "
+                        "else RUN/search/searched/student)")
     parser.add_argument("--methods", help="comma-separated method keys (default: all)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
     args = parser.parse_args()
@@ -147,7 +153,9 @@ def main() -> None:
         if not (args.run / name).is_dir():
             print(f"error: {args.run / name} does not exist: run `make bench` first", file=sys.stderr)
             sys.exit(1)
-    run_peers(args.run / "teacher", args.run / "data", args.run / "student", args.run / "searched", args.work,
+    searched = args.searched or next((folder for folder in (args.run / "searched", args.run / "search/searched/student")
+                                      if (folder / "report.json").is_file()), args.run / "searched")
+    run_peers(args.run / "teacher", args.run / "data", args.run / "student", searched, args.work,
               args.results, args.methods.split(",") if args.methods else None, rounds=args.rounds,
               command="python " + " ".join(sys.argv), log=console.log)
 
