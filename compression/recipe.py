@@ -88,7 +88,7 @@ class SearchSettings(Strict):
     generations: PositiveInt = 10
     elites: PositiveInt = 4
     mutations: PositiveInt = 2  # edits per child
-    generalization_weight: float = Field(8.0, ge=0)  # eta in fitness = -loss - eta * complexity / sqrt(samples)
+    generalization_weight: float = Field(40.0, ge=0)  # eta in fitness = -loss - eta * complexity / sqrt(samples)
     projector_steps: int = Field(20, ge=0)  # projector + query tuning steps between generations (0: off)
     projector_learning_rate: float = Field(1e-3, gt=0)
     latency_band: float = Field(0.9, gt=0, le=1)  # candidates use between band x budget and the budget
