@@ -45,7 +45,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from serving import GatewayProcess, cpu_of, free_ports, load_ads, log
+from serving import GatewayProcess, cpu_of, free_ports, load_ads, log, machine_busy
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
@@ -224,6 +224,7 @@ def decision_log_check(database: Path, records: list[list]) -> dict:
 # --- the run ----------------------------------------------------------------------------------
 def run(args) -> dict:
     started, started_utc = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="adaudit-reliability-"))
     bodies = load_ads(args.data, args.ads)
     (workdir / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
@@ -262,13 +263,15 @@ def run(args) -> dict:
             log(f"  {result['saturation']}")
             for name, share in (("steady", 0.8), ("overload", 1.5)):
                 log(f"{name}: {share:.0%} of {rate}/s for {args.seconds:.0f} s, {args.users} users")
-                mark, cpu = time.time(), (cpu_of(pid=main.process.pid), cpu_of(session=triton.process.pid))
+                mark, cpu = time.time(), (cpu_of(pid=main.process.pid), cpu_of(session=triton.process.pid),
+                                          machine_busy())
                 records = run_load(main.url, workdir, name, args.users, share * rate / args.users, args.seconds)
                 wall = time.time() - mark
                 all_records += records
                 result[name] = {**figures(records), "target_per_s": round(share * rate, 1),
                                 "gateway_cores": round((cpu_of(pid=main.process.pid) - cpu[0]) / wall, 2),
                                 "triton_cores": round((cpu_of(session=triton.process.pid) - cpu[1]) / wall, 2),
+                                "machine_busy_cores": round((machine_busy() - cpu[2]) / wall, 2),
                                 "gateway_memory": memory([s for s in rss.rss if mark <= s[0] <= mark + wall])}
                 log(f"  {result[name]}")
             log("shadow: off (baseline)")
@@ -307,7 +310,8 @@ def run(args) -> dict:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return {"command": args.command, "started_utc": started_utc, "wall_seconds": round(time.monotonic() - started),
-            "machine": machine(), "settings": {"max_in_flight": args.max_in_flight,
+            "machine": machine(), "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "settings": {"max_in_flight": args.max_in_flight,
                                                "request_timeout_s": args.request_timeout, "users": args.users,
                                                "phase_seconds": args.seconds, "triton_threads_per_model": 1},
             "student": str(args.student), "teacher": str(args.teacher), "distinct_ads": len(bodies),
@@ -339,9 +343,18 @@ def markdown(summary: dict) -> str:
     kill, term = summary["triton_kill"], summary["sigterm"]
     logs = "; ".join(f"{name}: {v['accepted']} accepted, {v['rows']} rows, {v['lost']} lost, {v['doubled']} doubled, "
                      f"{v['extra_rows']} rows without an answer" for name, v in summary["decision_log"].items())
+    load = summary["load_average_at_start"][0]
+    disturbed = (f"\n**Disturbed run**: other jobs were using the machine (load average {load} at the start, "
+                 f"{summary['load_average_at_end'][0]} at the end, on {summary['machine'].get('cores')} cores): "
+                 "every latency and rate below is of a shared, overloaded machine.\n" if load > 1.0 else "")
+    after = summary["sigterm"]["after_sigterm"]
+    refused = sum(n for kind, n in after.items() if kind == "0 ConnectionRefusedError")
+    cut = sum(n for kind, n in after.items() if kind.startswith("0 ") and kind != "0 ConnectionRefusedError")
     return f"""# Reliability benchmark
 
-`{summary['command']}` (under `flock /tmp/adaudit-cpu.lock`), {summary['started_utc']}, {summary['wall_seconds']} s.
+`{summary['command']}`, {summary['started_utc']}, {summary['wall_seconds']} s (meant to run under
+`flock /tmp/adaudit-cpu.lock`, alone on the machine).
+{disturbed}
 Real Triton (bundled tritonserver, CPU, one torch thread per model) + the gateway (one uvicorn process,
 `max_in_flight` {summary['settings']['max_in_flight']}, API keys on, SQLite decision log) + locust, all on
 loopback on the same {summary['machine'].get('cores')}-core machine: the load generator, the gateway and
@@ -352,6 +365,11 @@ Triton share the cores. Latencies are of accepted (200) requests only, from locu
 {chr(10).join(rows)}
 
 Refused requests by status and kind: steady {summary['steady']['refused']}, overload {summary['overload']['refused']}.
+CPU cores busy (whole machine) / gateway / Triton: steady {summary['steady']['machine_busy_cores']} /
+{summary['steady']['gateway_cores']} / {summary['steady']['triton_cores']}, overload
+{summary['overload']['machine_busy_cores']} / {summary['overload']['gateway_cores']} / {summary['overload']['triton_cores']}
+(the rest is locust and any other process); load average at start {summary['load_average_at_start']}, at end
+{summary['load_average_at_end']}.
 Gateway memory over the load phases: {memory(summary['gateway_memory_series'])}.
 
 Shadow at 0.5 X: off p50/p99 {shadow['off']['p50_ms']}/{shadow['off']['p99_ms']} ms; teacher down (not served)
@@ -366,9 +384,11 @@ Triton killed (SIGKILL, server and model processes) under load and restarted on 
 ({', '.join(kill['failed_kinds'])}), the slowest after {kill['slowest_failure_ms']} ms (request timeout
 {kill['request_timeout_s']} s, no hang: {kill['no_hang']}).
 
-SIGTERM to the gateway under load: exit code {term['exit_code']} after {term['shutdown_s']} s; {term['in_flight_at_sigterm']}
-requests in flight, {term['in_flight_answered_200']} answered 200, {term['in_flight_cut']} cut; after the signal:
-{term['after_sigterm']}.
+SIGTERM to the gateway under load: it exited (code {term['exit_code']}: uvicorn re-raises the signal after a clean
+shutdown) {term['shutdown_s']} s after the signal; {term['in_flight_at_sigterm']} requests were in flight at the signal
+({term['in_flight_answered_200']} answered 200, {term['in_flight_cut']} cut); of the requests sent after it,
+{after.get('200', 0)} were still answered 200 (already on an open connection), {refused} found the port closed
+(connection refused: the client may retry elsewhere) and {cut} were cut mid-request.
 
 Decision log: {logs}.
 
