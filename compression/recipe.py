@@ -94,6 +94,7 @@ class SearchSettings(Strict):
     latency_band: float = Field(0.9, gt=0, le=1)  # candidates use between band x budget and the budget
     ffn_step: PositiveInt = 64  # FFN widths move in multiples of this
     calibration_models: int = Field(24, ge=12)  # random students timed to fit the latency model
+    time_candidates: bool = True  # time each generation's elites and the choice, refitting the latency model
 
 
 class VocabularySettings(Strict):

@@ -34,7 +34,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -86,14 +86,27 @@ def latency_features(config: AuditModelConfig) -> np.ndarray:
                      sum(s.cross_attention_heads for s in config.qformer.blocks)], dtype=float)
 
 
+def time_config(config: AuditModelConfig, split: EncodedSplit) -> float:
+    """Measured batch-1 p50 of a fresh model of `config` (random weights: latency does not depend on them)."""
+    return latency(AuditModel(config), split, repeats=25, throughput_repeats=0)["latency_ms_p50"]
+
+
 @dataclass
 class LatencyModel:
     """Batch-1 milliseconds as a non-negative linear function of `latency_features`."""
     coefficients: list[float]
     fit: dict  # r2 and mean relative error on the calibration and on held-out students
+    timed: list = field(default_factory=list)  # [features..., measured ms] of every student timed
 
     def predict(self, config: AuditModelConfig) -> float:
         return float(latency_features(config) @ np.array(self.coefficients))
+
+    def learn(self, config: AuditModelConfig, measured_ms: float) -> None:
+        """Add a timed student and refit: the search times its elites, so the model is corrected
+        where the search actually looks (a linear fit on random shapes misjudges its corners)."""
+        self.timed.append([*latency_features(config).tolist(), measured_ms])
+        data = np.array(self.timed)
+        self.coefficients = nnls(data[:, :-1], data[:, -1])[0].tolist()
 
     @classmethod
     def calibrate(cls, configs: list[AuditModelConfig], split: EncodedSplit, log=print) -> "LatencyModel":
@@ -102,7 +115,7 @@ class LatencyModel:
         features, measured = [], []
         for number, config in enumerate(configs, 1):
             features.append(latency_features(config))
-            measured.append(latency(AuditModel(config), split, repeats=25, throughput_repeats=0)["latency_ms_p50"])
+            measured.append(time_config(config, split))
             if number % 8 == 0:
                 log(f"  latency model: timed {number}/{len(configs)} students")
         features, measured = np.array(features), np.array(measured)
@@ -117,7 +130,8 @@ class LatencyModel:
                     "mean_relative_error": float(np.mean(np.abs(predicted / measured[rows] - 1)))}
 
         return cls(coefficients.tolist(), {"calibration": quality(slice(0, fitted)),
-                                           "held_out": quality(slice(fitted, None)), "students_timed": len(configs)})
+                                           "held_out": quality(slice(fitted, None)), "students_timed": len(configs)},
+                   np.column_stack([features, measured]).tolist())
 
 
 # --- the search space -------------------------------------------------------------------------
@@ -325,6 +339,7 @@ class Candidate:
     fitness: float
     accuracy: float  # verdict accuracy on the search samples
     latency_ms: float  # predicted
+    measured_ms: float | None = None  # timed, for the elites and the choice
 
 
 def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: TeacherCache, held_out: EncodedSplit,
@@ -333,6 +348,7 @@ def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: Teache
     """Evolve policies under `budget_ms`; returns the chosen policy and the trace, as a report section."""
     started = time.perf_counter()
     settings = recipe.search
+    latency_model = copy.deepcopy(latency_model)  # it learns from the students timed below
     rng = np.random.default_rng(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     hidden_sizes = final_hidden_sizes(recipe)
@@ -351,18 +367,34 @@ def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: Teache
         return Candidate(policy, loss, weight, -loss - penalty * weight, verdict_accuracy(model, search_split),
                          space.latency(policy)), model
 
+    def measured_latency(candidate: Candidate) -> float:
+        """Time the candidate's final shape; teach the latency model, so later repairs respect it."""
+        config = policy_config(supernet.config, candidate.policy, hidden_sizes)
+        candidate.measured_ms = time_config(config, search_split)
+        latency_model.learn(config, candidate.measured_ms)
+        return candidate.measured_ms
+
     uniform = space.uniform()
     population = [uniform] if settings.strategy == "uniform" else [uniform] + [
         space.fit_budget(space.scaled(float(rng.uniform(0.1, 0.9)), rng), rng) for _ in range(settings.population - 1)]
     generations = 1 if settings.strategy == "uniform" else settings.generations
     trace, candidates = [], []
     for generation in range(generations):
+        # the latency model may have learnt since these were repaired: keep every one within the budget
+        population = [policy if space.fits(policy) else space.fit_budget(policy, rng) for policy in population]
         scored = {}
         for policy in population:
             key = policy_key(policy)
             if key not in scored:
                 scored[key] = evaluate(policy)
         ranked = sorted(scored.values(), key=lambda pair: -pair[0].fitness)
+        if not settings.time_candidates:
+            pass
+        elif generation == generations - 1:  # the choice: the fittest whose *measured* latency fits
+            ranked = [pair for pair in ranked if measured_latency(pair[0]) <= budget_ms * 1.02] or ranked
+        else:
+            for candidate, _ in ranked[:settings.elites]:
+                measured_latency(candidate)
         best, best_model = ranked[0]
         held_out_loss = (mean_distillation_loss(best_model, held_out, held_out_cache, recipe.distillation)
                          if len(held_out) else float("nan"))
