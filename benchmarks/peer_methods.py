@@ -222,14 +222,14 @@ class Method:
     build: Callable[[Setting], Built | None]
 
 
-METHODS = [
+METHODS = [  # cheapest first, so an interrupted run has measured the most methods
     Method("antgmm", "adaudit AntGMM recipe", "ours", antgmm),
     Method("searched", "adaudit searched policy", "ours", searched),
-    Method("torch_pruning", "Torch-Pruning (Taylor) + distillation", "peer", torch_pruning),
-    Method("from_scratch", "student architecture from scratch", "peer", from_scratch),
-    Method("layer_dropping", "layer dropping (block influence) + distillation", "peer", layer_dropping),
-    Method("teacher_int8", "teacher, dynamic int8", "peer", teacher_int8),
     Method("student_int8", "AntGMM student + dynamic int8", "ours", student_int8),
+    Method("teacher_int8", "teacher, dynamic int8", "peer", teacher_int8),
+    Method("from_scratch", "student architecture from scratch", "peer", from_scratch),
+    Method("torch_pruning", "Torch-Pruning (Taylor) + distillation", "peer", torch_pruning),
+    Method("layer_dropping", "layer dropping (block influence) + distillation", "peer", layer_dropping),
 ]
 
 

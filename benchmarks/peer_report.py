@@ -78,8 +78,9 @@ def markdown(summary: dict) -> str:
              f"Teacher `{summary['teacher']}`, {summary['distillation_samples']} distillation ads, "
              f"{summary['epochs']} distillation epochs per method (the default recipe's total), "
              f"{summary['test_samples']} test ads; target batch-1 p50 latency {summary['target_ms']:.2f} ms "
-             "(the AntGMM student's, measured at the start of this run). Latency and throughput of all models "
-             "were measured together in alternating rounds at the end of the run.", ""]
+             "(the AntGMM student's, measured at the start of this run).", "",
+             f"Timing: {summary['timing']}. Load average (1 min, {summary['machine']['cores']} cores) "
+             f"{summary['load_average_start']:.1f} at the start, {summary['load_average_end']:.1f} at the end.", ""]
     lines += table(entries, front)
     lines += ["", "Notes per method:", ""]
     lines += [f"- **{e['label']}**: " + "; ".join(e["notes"]) for e in entries if e["notes"]]

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
-from adaudit.compression.distillation import cache_teacher
+from adaudit.compression.distillation import TeacherCache, cache_teacher
 from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary
 from adaudit.compression.recipe import Recipe
 from adaudit.data.encoding import encode_split
 from adaudit.evaluation import evaluate, predict_logits
 from adaudit.files import atomic_write_text
-from adaudit.measure import flops_per_ad, machine, paired_latency
+from adaudit.measure import flops_per_ad, latency, machine, paired_latency
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -65,8 +66,7 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     train = train.subset(torch.randperm(len(train), generator=generator)[:recipe.distillation.samples])
     test = encode_split(data_dir, "test", processor, teacher.config.tasks)
     log(f"{len(train)} distillation ads, {len(test)} test ads; caching the teacher's outputs")
-    cache = cache_teacher(teacher, train)
-    teacher_predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
+    cache, teacher_predictions = teacher_outputs(teacher, train, test, work / "teacher_outputs.safetensors")
 
     limit = peak_matmul()
     log(f"peak matmul: {limit['gflops_single_thread']:.0f} GFLOP/s on one thread, "
@@ -80,11 +80,18 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     built: dict[str, Built] = {}
     entries = [measure_entry("teacher", f"teacher ({teacher_dir.name})", "reference",
                              Built(teacher, 0.0, teacher_dir, notes=[]), test, teacher_predictions)]
+    entries[0].update(latency(teacher, test, repeats=30, throughput_repeats=1))
     pending = []
     chosen = [m for m in METHODS if methods is None or m.key in methods]
+    summary = {
+        "command": command, "teacher": str(teacher_dir), "data": str(data_dir),
+        "distillation_samples": len(train), "test_samples": len(test), "epochs": setting.epochs,
+        "target_ms": setting.target_ms, "physical_limit": limit, "entries": entries, "pending": pending,
+        "timing": "provisional: each model timed alone right after it was built; the paired timing is still to come",
+    }
     for number, method in enumerate(chosen, 1):
         log(f"[{number}/{len(chosen)}] {method.label}")
-        result = method.build(setting)
+        result = build_or_resume(method, setting)
         if result is None:
             pending.append({"key": method.key, "label": method.label, "reason": "no model folder with report.json yet"})
             log("  pending: no model yet")
@@ -93,38 +100,72 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
         built[method.key] = result
         entries.append(measure_entry(method.key, method.label, method.group, result, test, teacher_predictions))
         e = entries[-1]
+        e.update(latency(result.model, test, repeats=30, throughput_repeats=1))
         log(f"  built in {result.seconds / 60:.1f} min: {e['params'] / 1e6:.2f}M params, verdict accuracy "
-            f"{e['accuracy']:.4f}, violation F1 {e['violation_macro_f1']:.4f}")
+            f"{e['accuracy']:.4f}, violation F1 {e['violation_macro_f1']:.4f}, p50 {e['latency_ms_p50']:.2f} ms (alone)")
+        write_results(summary, built, results, time.perf_counter() - started, load_start)  # what is measured so far
 
     log(f"timing all {len(entries)} models together, {rounds} alternating rounds")
     models = {"teacher": teacher, **{key: result.model for key, result in built.items()}}
     timings = paired_latency(models, test, rounds=rounds)
     for entry in entries:
         entry.update(timings[entry["key"]])
-        entry["floor_ms"] = floor_ms(entry["flops_per_ad"], limit["gflops_all_threads"])
-        entry["latency_over_floor"] = entry["latency_ms_p50"] / entry["floor_ms"]
+    summary["timing"] = f"paired: all models timed together at the end, {rounds} alternating rounds"
+    write_results(summary, built, results, time.perf_counter() - started, load_start)
+    log(f"done in {(time.perf_counter() - started) / 60:.1f} min: {results / 'peers.md'}")
+    return summary
 
-    wall = time.perf_counter() - started
+
+def teacher_outputs(teacher: AuditModel, train, test, path: Path) -> tuple[TeacherCache, dict]:
+    """The teacher's cached outputs on the distillation ads and its test predictions; kept in `path`
+    so that an interrupted run does not compute them again."""
+    if path.is_file():
+        saved = load_file(str(path))
+        logits = {key.removeprefix("logits."): v for key, v in saved.items() if key.startswith("logits.")}
+        predictions = {key.removeprefix("test."): v for key, v in saved.items() if key.startswith("test.")}
+        return TeacherCache(logits, saved["pooled"]), predictions
+    cache = cache_teacher(teacher, train)
+    predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"pooled": cache.pooled.contiguous(), **{f"logits.{t}": v.contiguous() for t, v in cache.logits.items()},
+               **{f"test.{t}": v.contiguous() for t, v in predictions.items()}}, str(path))
+    return cache, predictions
+
+
+def write_results(summary: dict, built: dict[str, Built], results: Path, wall: float, load_start) -> None:
+    entries = summary["entries"]
+    for entry in entries:
+        entry["floor_ms"] = floor_ms(entry["flops_per_ad"], summary["physical_limit"]["gflops_all_threads"])
+        entry["latency_over_floor"] = entry["latency_ms_p50"] / entry["floor_ms"]
     student_key = STUDENT_KEY if STUDENT_KEY in built else entries[-1]["key"]
-    summary = {
-        "command": command, "teacher": str(teacher_dir), "data": str(data_dir),
-        "distillation_samples": len(train), "test_samples": len(test), "epochs": setting.epochs,
-        "target_ms": setting.target_ms, "physical_limit": limit, "student_key": student_key,
-        "entries": entries, "pending": pending, "pareto_front": sorted(pareto_front(entries)),
-        "wall_seconds": wall, "machine": machine(),
-        # other jobs on the machine during the run (1-minute load average; 2 cores here)
-        "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
-    }
     # the whole benchmark: this run plus the compression of the reused AntGMM student (teacher training excluded)
     reused = built[STUDENT_KEY].seconds if STUDENT_KEY in built else 0.0
-    summary["goals"] = goals(entries, student_key, wall + reused)
-    summary["goals"]["includes_reused_student_seconds"] = reused
+    summary.update({
+        "student_key": student_key, "pareto_front": sorted(pareto_front(entries)), "wall_seconds": wall,
+        "machine": machine(),
+        # other jobs on the machine during the run (1-minute load average; 2 cores here)
+        "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
+        "goals": {**goals(entries, student_key, wall + reused), "includes_reused_student_seconds": reused},
+    })
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "peers.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(results / "peers.md", markdown(summary))
-    plot(entries, set(summary["pareto_front"]), setting.target_ms, results / "pareto.png")
-    log(f"done in {wall / 60:.1f} min: {results / 'peers.md'}")
-    return summary
+    plot(entries, set(summary["pareto_front"]), summary["target_ms"], results / "pareto.png")
+
+
+def build_or_resume(method, setting: Setting) -> Built | None:
+    """Build a method's model, or reload it if an interrupted run of this benchmark already saved it."""
+    marker = setting.out / f"{method.key}.json"
+    if marker.is_file():
+        saved = json.loads(marker.read_text())
+        setting.log(f"  resumed from {saved['folder']}")
+        return Built(AuditModel.from_pretrained(Path(saved["folder"])), saved["seconds"], Path(saved["folder"]),
+                     notes=saved["notes"] + ["resumed from an interrupted run"], details=saved["details"])
+    result = method.build(setting)
+    if result is not None and result.folder is not None and result.folder.parent == setting.out:
+        atomic_write_text(marker, json.dumps({"folder": str(result.folder), "seconds": result.seconds,
+                                              "notes": result.notes, "details": result.details}) + "\n")
+    return result
 
 
 def measure_entry(key: str, label: str, group: str, result: Built, test, teacher_predictions) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 
 @torch.inference_mode()
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = 8) -> float:
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 20) -> float:
     """Best float32 GFLOP/s of a size x size matmul over `repeats` calls with `threads` threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
