@@ -46,7 +46,7 @@ from adaudit.measure import latency
 from adaudit.models.configuration import TOWERS, AuditModelConfig, BlockShape
 from adaudit.models.modeling import AuditModel
 
-from .distillation import TeacherCache, distillation_loss, mean_distillation_loss
+from .distillation import TeacherCache, cache_teacher, distillation_loss, mean_distillation_loss
 from .importance import block_influence, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, SearchSettings, WidthsStage
 from .structure import BLOCK_PARAMETER, attention, cross_attention, cut, ffn, head_channels
@@ -388,11 +388,12 @@ def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: Teache
             if key not in scored:
                 scored[key] = evaluate(policy)
         ranked = sorted(scored.values(), key=lambda pair: -pair[0].fitness)
-        if not settings.time_candidates:
-            pass
-        elif generation == generations - 1:  # the choice: the fittest whose *measured* latency fits
-            ranked = [pair for pair in ranked if measured_latency(pair[0]) <= budget_ms * 1.02] or ranked
-        else:
+        if settings.time_candidates and generation == generations - 1:
+            # the choice: the fittest whose *measured* latency fits (timed in order, until one does)
+            fitting = next((i for i, (c, _) in enumerate(ranked) if measured_latency(c) <= budget_ms * 1.02), None)
+            if fitting is not None:
+                ranked = ranked[fitting:]
+        elif settings.time_candidates:
             for candidate, _ in ranked[:settings.elites]:
                 measured_latency(candidate)
         best, best_model = ranked[0]
@@ -446,7 +447,6 @@ def policy_recipe(recipe: Recipe, policy: Policy) -> Recipe:
               "cross_attention_heads": [b[3] for b in policy["qformer"] if b[3]]}
     stages = list(recipe.stages)
     block_stages = [i for i, s in enumerate(stages) if isinstance(s, BlocksStage)]
-    width_stages = [i for i, s in enumerate(stages) if isinstance(s, WidthsStage)]
     if block_stages:
         stages[block_stages[0]] = stages[block_stages[0]].model_copy(update={"keep": blocks})
     else:
@@ -473,8 +473,6 @@ def search_policy(teacher: AuditModel, train: EncodedSplit, order: torch.Tensor,
             calibration_configs(teacher, recipe, settings.calibration_models, recipe.seed), search_split, log)
         log(f"  held-out students: r2 {latency_model.fit['held_out']['r2']:.3f}, mean error "
             f"{100 * latency_model.fit['held_out']['mean_relative_error']:.1f}%")
-    from .distillation import cache_teacher  # the teacher's outputs on the search and held-out ads
-
     log(f"searching per-layer policies under {budget_ms:.2f} ms on {len(search_split)} training ads "
         f"({settings.strategy})")
     return search(teacher, search_split, cache_teacher(teacher, search_split), held_out,
