@@ -47,13 +47,16 @@ def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughpu
     return {**result, "throughput_per_s": throughput_batch * throughput_repeats / elapsed}
 
 
-def paired_latency(models: dict[str, AuditModel], split: EncodedSplit, rounds: int = 5) -> dict[str, dict]:
+def paired_latency(models: dict[str, AuditModel], split: EncodedSplit | dict[str, EncodedSplit],
+                   rounds: int = 5) -> dict[str, dict]:
     """Latency of several models measured in alternating rounds, so a change of machine load
-    during the measurement affects them all alike; the figures to take ratios from."""
+    during the measurement affects them all alike; the figures to take ratios from. `split`: one
+    for all, or one per model (a student with a pruned vocabulary takes its own token ids)."""
+    splits = split if isinstance(split, dict) else {name: split for name in models}
     samples: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            samples[name].append(latency(model, split, repeats=30, throughput_repeats=3))
+            samples[name].append(latency(model, splits[name], repeats=30, throughput_repeats=3))
     return {name: {key: float(np.median([s[key] for s in runs])) for key in runs[0]}
             for name, runs in samples.items()}
 

@@ -21,10 +21,11 @@ from adaudit.compression.distillation import TeacherCache, distil
 from adaudit.compression.importance import block_influence
 from adaudit.compression.recipe import BlocksStage, HiddenStage, Recipe, WidthsStage
 from adaudit.compression.structure import remove_blocks
-from adaudit.data.encoding import EncodedSplit
+from adaudit.data.encoding import EncodedSplit, tokenised_for
 from adaudit.measure import latency
 from adaudit.models.configuration import TOWERS, AuditModelConfig
 from adaudit.models.modeling import AuditModel
+from adaudit.models.tokenizer import saved_tokenizer
 from adaudit.training import Schedule, fit, label_loss
 
 from peer_pruning import TaylorPruner, all_logits, as_audit_model
@@ -44,8 +45,14 @@ class Setting:
     epochs: int  # distillation epochs the recipe spends in total
     target_ms: float  # batch-1 p50 latency to reach (the AntGMM student's)
     out: Path  # where methods save their models
+    data_dir: Path  # the ads' folder, to tokenise them again for a model with its own tokenizer
     log: Callable[[str], None] = print
     pruning_steps: int = 20  # Torch-Pruning: equal steps up to its ratio limit
+
+    def split_for(self, model: nn.Module, name: str) -> EncodedSplit:
+        """The train or test split as `model` takes it (a pruned-vocabulary student has its own token ids)."""
+        split = self.train if name == "train" else self.test
+        return tokenised_for(model, split, self.data_dir, name) if getattr(model, "tokenizer", None) else split
 
     @property
     def calibration(self) -> tuple[EncodedSplit, TeacherCache]:
@@ -185,11 +192,12 @@ def from_scratch(setting: Setting) -> Built:
     started = time.perf_counter()
     torch.manual_seed(setting.recipe.seed)
     model = AuditModel(AuditModelConfig.load(setting.student_dir))
+    model.tokenizer = saved_tokenizer(setting.student_dir)  # the student's vocabulary, pruned or not
+    train = setting.split_for(model, "train")
     settings = setting.recipe.distillation
     schedule = Schedule(epochs=setting.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         seed=setting.recipe.seed)
-    losses = fit(model, len(setting.train), lambda m, index: label_loss(m, setting.train, index), schedule,
-                 "from scratch")
+    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule, "from scratch")
     setting.log(f"  from scratch: {setting.epochs} epochs, label loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     folder = setting.out / "from-scratch"
     return Built(save_and_reload(model, folder), time.perf_counter() - started, folder,

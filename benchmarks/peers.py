@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from adaudit.compression.distillation import TeacherCache, cache_teacher
 from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary
 from adaudit.compression.recipe import Recipe
-from adaudit.data.encoding import encode_split
+from adaudit.data.encoding import encode_split, tokenised_for
 from adaudit.evaluation import evaluate, predict_logits
 from adaudit.files import atomic_write_text
 from adaudit.measure import flops_per_ad, latency, machine, paired_latency
@@ -71,10 +71,11 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     limit = peak_matmul()
     log(f"peak matmul: {limit['gflops_single_thread']:.0f} GFLOP/s on one thread, "
         f"{limit['gflops_all_threads']:.0f} on {limit['threads']}")
-    target = paired_latency({"student": AuditModel.from_pretrained(student_dir)}, test, rounds=3)["student"]
+    student = AuditModel.from_pretrained(student_dir)
+    target = paired_latency({"student": student}, tokenised_for(student, test, data_dir, "test"), rounds=3)["student"]
     setting = Setting(teacher, student_dir, searched_dir, train, test, cache, recipe,
                       epochs if epochs is not None else distillation_epochs(recipe, teacher.config),
-                      target["latency_ms_p50"], work, log, pruning_steps)
+                      target["latency_ms_p50"], work, data_dir, log, pruning_steps)
     log(f"target batch-1 p50 {setting.target_ms:.2f} ms; budget {setting.epochs} distillation epochs per method")
 
     built: dict[str, Built] = {}
@@ -96,18 +97,20 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
             pending.append({"key": method.key, "label": method.label, "reason": "no model folder with report.json yet"})
             log("  pending: no model yet")
             continue
-        check_outputs(result.model, test)
+        own_test = setting.split_for(result.model, "test")
+        check_outputs(result.model, own_test)
         built[method.key] = result
-        entries.append(measure_entry(method.key, method.label, method.group, result, test, teacher_predictions))
+        entries.append(measure_entry(method.key, method.label, method.group, result, own_test, teacher_predictions))
         e = entries[-1]
-        e.update(latency(result.model, test, repeats=30, throughput_repeats=1))
+        e.update(latency(result.model, own_test, repeats=30, throughput_repeats=1))
         log(f"  built in {result.seconds / 60:.1f} min: {e['params'] / 1e6:.2f}M params, verdict accuracy "
             f"{e['accuracy']:.4f}, violation F1 {e['violation_macro_f1']:.4f}, p50 {e['latency_ms_p50']:.2f} ms (alone)")
         write_results(summary, built, results, time.perf_counter() - started, load_start)  # what is measured so far
 
     log(f"timing all {len(entries)} models together, {rounds} alternating rounds")
     models = {"teacher": teacher, **{key: result.model for key, result in built.items()}}
-    timings = paired_latency(models, test, rounds=rounds)
+    timings = paired_latency(models, {key: setting.split_for(model, "test") for key, model in models.items()},
+                             rounds=rounds)
     for entry in entries:
         entry.update(timings[entry["key"]])
     summary["timing"] = f"paired: all models timed together at the end, {rounds} alternating rounds"

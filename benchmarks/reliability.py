@@ -162,9 +162,7 @@ def triton_kill(triton: TritonServer, gateway: GatewayProcess, workdir: Path, ra
     with Sampler(gateway.process.pid, gateway.url, every=0.05) as sampler:
         time.sleep(kill_after)
         killed = time.time()
-        os.killpg(triton.process.pid, signal.SIGKILL)
-        triton.process.wait()
-        triton.stop()  # removes the shared memory the killed processes left
+        triton.kill()  # SIGKILL to the server and its stubs; waits for them and removes their shared memory
         restarting = time.time()
         triton.start()
         triton_ready = time.time()
@@ -236,7 +234,7 @@ def run(args) -> dict:
     triton = TritonServer(repo, http, grpc, metrics_port, log_file=workdir / "triton.log")
     gateways: list[GatewayProcess] = []
     settings = {"api_keys": f"bench:{digest(KEY)}", "max_in_flight": args.max_in_flight,
-                "request_timeout_s": args.request_timeout, "shadow_model": "teacher"}
+                "request_timeout_s": args.request_timeout, "shadow_model": "teacher", "model_repository": repo}
 
     def gateway(name: str, **extra) -> GatewayProcess:
         process = GatewayProcess(name, workdir, triton.url, **{**settings, **extra}).start()
@@ -301,6 +299,10 @@ def run(args) -> dict:
                                     'adaudit_errors_total{kind="shadow_failed"}'))}}
             result["decision_log"][name] = decision_log_check(workdir / f"decisions-{name}.db", records)
             log(f"  {result['shadow'][name]}")
+    except TritonError:
+        log_tail = (workdir / "triton.log").read_text(errors="replace").splitlines()[-15:]
+        print("tritonserver's last log lines:\n" + "\n".join(log_tail), file=sys.stderr)
+        raise
     finally:
         for process in gateways:
             process.stop()

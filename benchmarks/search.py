@@ -24,7 +24,7 @@ from adaudit.compression.pipeline import compress
 from adaudit.compression.recipe import load_recipe
 from adaudit.compression.search import (LatencyModel, calibration_configs, plot_search, policy_recipe,
                                         search_policy)
-from adaudit.data.encoding import encode_split
+from adaudit.data.encoding import encode_split, tokenised_for
 from adaudit.evaluation import evaluate, predict_logits
 from adaudit.files import atomic_write_text
 from adaudit.measure import latency, machine, paired_latency
@@ -93,12 +93,13 @@ def main() -> None:
     log("timing every student in alternating rounds and evaluating on the test split")
     models = {"teacher": teacher, "default_recipe": AuditModel.from_pretrained(run / "student")}
     models |= {name: AuditModel.from_pretrained(folder / name / "student") for name in VARIANTS}
-    timings = paired_latency(models, test)
+    tests = {name: tokenised_for(model, test, run / "data", "test") for name, model in models.items()}
+    timings = paired_latency(models, tests)
     teacher_predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
     rows = {}
     for name, model in models.items():
         searched = json.loads((folder / name / "search.json").read_text()) if name in VARIANTS else None
-        rows[name] = {**evaluate(model, test, teacher_predictions), **timings[name], "params": model.num_parameters(),
+        rows[name] = {**evaluate(model, tests[name], teacher_predictions), **timings[name], "params": model.num_parameters(),
                       "predicted_latency_ms": searched["chosen"]["latency_ms"] if searched else None,
                       "search_loss": searched["chosen"]["loss"] if searched else None,
                       "held_out_loss": searched["chosen_held_out_loss"] if searched else None,

@@ -581,7 +581,8 @@ def run(args: argparse.Namespace) -> dict:
 
         # 1. the teacher as primary
         log("gateway: primary teacher, no shadow")
-        gateway = GatewayProcess("teacher", workdir, triton.url, primary_model="teacher", shadow_fraction=0.0).start()
+        gateway = GatewayProcess("teacher", workdir, triton.url, model_repository=repository, primary_model="teacher",
+                                 shadow_fraction=0.0).start()
         warm(gateway, bodies, 1, args.warmup)
         warm(gateway, bodies, 32, 64)
         teacher = {c: point("teacher", 0.0, "teacher", c, teacher_n[c]) for c in CONCURRENCIES}
@@ -589,8 +590,8 @@ def run(args: argparse.Namespace) -> dict:
 
         # 2. the student as primary: overhead, throughput, and the shadow baseline
         log("gateway: primary student, shadow fraction 0")
-        gateway = GatewayProcess("student", workdir, triton.url, primary_model="student", shadow_model="teacher",
-                                 shadow_fraction=0.0).start()
+        gateway = GatewayProcess("student", workdir, triton.url, model_repository=repository, primary_model="student",
+                                 shadow_model="teacher", shadow_fraction=0.0).start()
         warm(gateway, bodies, 1, args.warmup)
         warm(gateway, bodies, 32, 64)
         overhead_figures = overhead(gateway, tm, CpuClock(gateway.process.pid, triton.process.pid), "student", bodies,
@@ -601,8 +602,8 @@ def run(args: argparse.Namespace) -> dict:
 
         # 3. shadow 1.0: every ad mirrored to the teacher
         log("gateway: primary student, shadow fraction 1.0 (teacher)")
-        gateway = GatewayProcess("shadow", workdir, triton.url, primary_model="student", shadow_model="teacher",
-                                 shadow_fraction=1.0).start()
+        gateway = GatewayProcess("shadow", workdir, triton.url, model_repository=repository, primary_model="student",
+                                 shadow_model="teacher", shadow_fraction=1.0).start()
         warm(gateway, bodies, 8, 32)
         deadline = time.monotonic() + 60  # let the warm-up's mirrored ads drain (not measured)
         while metric(gateway.metrics(), "adaudit_shadow_queue_depth") > 0 and time.monotonic() < deadline:

@@ -58,14 +58,39 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
 
 
 def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
-           epochs: int, description: str, seed: int = 0) -> list[float]:
+           epochs: int, description: str, seed: int = 0, on_epoch_end=None) -> list[float]:
     """Train `model` toward the teacher for `epochs` epochs; returns the mean loss per epoch."""
     if epochs <= 0:
         return []
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
     return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
-               schedule, description)
+               schedule, description, on_epoch_end=on_epoch_end)
+
+
+class BestEpoch:
+    """Early stopping without stopping: after each epoch, the held-out distillation loss; the best
+    epoch's weights are kept and put back at the end (`restore`)."""
+
+    def __init__(self, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings):
+        self.split, self.cache, self.settings = split, cache, settings
+        self.losses: list[float] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, model: AuditModel, optimizer, state, training_loss: float) -> None:
+        loss = mean_distillation_loss(model, self.split, self.cache, self.settings)
+        if not self.losses or loss < min(self.losses):
+            self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        self.losses.append(loss)
+
+    @property
+    def best_epoch(self) -> int:
+        return 1 + min(range(len(self.losses)), key=self.losses.__getitem__)
+
+    def restore(self, model: AuditModel) -> AuditModel:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return model.eval()
 
 
 @torch.inference_mode()

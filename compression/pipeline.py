@@ -22,7 +22,7 @@ from adaudit.measure import machine, paired_latency, profile
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
-from .distillation import TeacherCache, cache_teacher, distil, mean_distillation_loss
+from .distillation import BestEpoch, TeacherCache, cache_teacher, distil, mean_distillation_loss
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, RecipeError, WidthsStage, load_recipe, per_block
 from .search import LatencyModel, plot_search, policy_recipe, search_policy
@@ -37,11 +37,18 @@ class Context:
     """What every stage needs: the distillation and calibration samples and the teacher's cached outputs."""
 
     def __init__(self, recipe: Recipe, train: EncodedSplit, cache: TeacherCache, log):
-        self.recipe, self.train, self.cache, self.log = recipe, train, cache, log
+        self.recipe, self.log = recipe, log
+        held_out = min(recipe.distillation.validation_samples, len(train) - 1)
+        if held_out:  # the last `validation_samples` of the distillation ads pick the final stage's best epoch
+            kept, validation = torch.arange(len(train) - held_out), torch.arange(len(train) - held_out, len(train))
+            self.validation, self.validation_cache = train.subset(validation), subset_cache(cache, validation)
+            train, cache = train.subset(kept), subset_cache(cache, kept)
+        else:
+            self.validation = self.validation_cache = None
+        self.train, self.cache = train, cache
         calibration = torch.arange(min(recipe.calibration_samples, len(train)))
         self.calibration = train.subset(calibration)
-        self.calibration_cache = TeacherCache({t: v[calibration] for t, v in cache.logits.items()},
-                                              cache.pooled[calibration])
+        self.calibration_cache = subset_cache(cache, calibration)
         self.steps = 0
 
     def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
@@ -51,6 +58,23 @@ class Context:
         if losses:
             self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
         return model
+
+    def distil_keeping_the_best_epoch(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
+        """`distil`, then back to the epoch with the lowest held-out loss (when ads are held out)."""
+        if self.validation is None:
+            return self.distil(model, epochs, description)
+        self.steps += 1
+        best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
+        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
+                        seed=self.recipe.seed + self.steps, on_epoch_end=best)
+        if losses:
+            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}; held-out loss "
+                     f"{' '.join(f'{x:.3f}' for x in best.losses)}: keeping epoch {best.best_epoch}")
+        return best.restore(model)
+
+
+def subset_cache(cache: TeacherCache, index: torch.Tensor) -> TeacherCache:
+    return TeacherCache({task: logits[index] for task, logits in cache.logits.items()}, cache.pooled[index])
 
 
 def run_blocks(model: AuditModel, stage: BlocksStage, context: Context) -> AuditModel:
@@ -169,7 +193,7 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     generator = torch.Generator().manual_seed(recipe.seed)
     order = torch.randperm(len(full_train), generator=generator)
     train = full_train.subset(order[:recipe.distillation.samples])
-    test = encode_split(data_dir, "test", processor, teacher.config.tasks)
+    test = teacher_test = encode_split(data_dir, "test", processor, teacher.config.tasks)
     log(f"distilling on {len(train)} training ads, evaluating on {len(test)} test ads")
 
     cache = cache_teacher(teacher, train)
@@ -187,7 +211,7 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     context = Context(recipe, train, cache, log)
     model = copy.deepcopy(teacher)  # the student starts as the teacher
     stages = []
-    if recipe.vocabulary.prune and model.tokenizer is not None:  # the input dimension: the vocabulary
+    if recipe.vocabulary.prune:  # the input dimension: the vocabulary
         stage_start = time.perf_counter()
         model, train, test, summary = prune_data_vocabulary(model, data_dir, train, test, recipe.vocabulary, log)
         context = Context(recipe, train, cache, log)
@@ -195,21 +219,22 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
                                   {"seconds": time.perf_counter() - stage_start, **summary}))
     steps = [(stage.kind, functools.partial(RUNNERS[stage.kind], stage=stage)) for stage in recipe.stages]
     if recipe.final_epochs:
-        steps.append(("final", lambda model, context: context.distil(model, recipe.final_epochs, "final")))
+        steps.append(("final", lambda model, context: context.distil_keeping_the_best_epoch(
+            model, recipe.final_epochs, "final")))
     for number, (name, run_stage) in enumerate(steps, 1):
         stage_start = time.perf_counter()
         log(f"stage {number}: {name}")
         model = run_stage(model, context=context)
         entry = stage_entry(name, model, test, teacher_predictions, {
             "seconds": time.perf_counter() - stage_start,
-            "distillation_loss": mean_distillation_loss(model, train, cache, recipe.distillation)})
+            "distillation_loss": mean_distillation_loss(model, context.train, context.cache, recipe.distillation)})
         stages.append(entry)
         log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
             f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f}")
 
     student = dict(stages[-1] if stages else teacher_entry)
     log("measuring teacher and student latency in alternating rounds")
-    paired = paired_latency({"teacher": teacher, "student": model}, test)
+    paired = paired_latency({"teacher": teacher, "student": model}, {"teacher": teacher_test, "student": test})
     teacher_entry.update(paired["teacher"])
     student.update(paired["student"])
     report = {
@@ -222,7 +247,8 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
         "flops_ratio": teacher_entry["flops_per_ad"] / student["flops_per_ad"],
         "accuracy_drop_points": 100 * (teacher_entry["accuracy"] - student["accuracy"]),
         "violation_f1_drop_points": 100 * (teacher_entry["violation_macro_f1"] - student["violation_macro_f1"]),
-        "distillation_samples": len(train),
+        "distillation_samples": len(train),  # the validation ads included: all the training ads it used
+        "validation_samples": 0 if context.validation is None else len(context.validation),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from adaudit.models.configuration import TOWERS, AuditModelConfig
 
@@ -49,6 +49,15 @@ class DistillationSettings(Strict):
     kl_weight: float = Field(1.0, ge=0)
     label_weight: float = Field(0.5, ge=0)
     pooled_weight: float = Field(0.0, ge=0)
+    validation_samples: int = Field(0, ge=0, description="of `samples`, held out of distillation to keep the final "
+                                                         "stage's best epoch (lowest held-out distillation loss)")
+
+    @model_validator(mode="after")
+    def _room_to_distil(self) -> "DistillationSettings":
+        if self.validation_samples >= self.samples:
+            raise ValueError(f"validation_samples ({self.validation_samples}) must be fewer than samples "
+                             f"({self.samples})")
+        return self
 
 
 class BlocksStage(Strict):
@@ -98,17 +107,19 @@ class SearchSettings(Strict):
 
 
 class VocabularySettings(Strict):
-    """Input dimension: for a model with a tokenizer.json, keep only the tokens of the training copy."""
+    """Input dimension: keep only the tokens of the training copy (and a character set); the student
+    gets a tokenizer.json either way (the generated vocab.txt is converted first)."""
 
     prune: bool = True
-    characters: Literal["gb2312", "none"] = Field(
-        "gb2312", description="also keep the single-character pieces of GB2312 + ASCII, so unseen copy is not <unk>")
+    characters: Literal["gb2312", "common", "none"] = Field(
+        "gb2312", description="also keep the single-character pieces of GB2312 (common: its punctuation, numerals and "
+                              "3,755 common hanzi) + ASCII, so unseen copy is not <unk>")
 
 
 class Recipe(Strict):
     search: SearchSettings | None = None  # present: `compress` first searches the blocks and widths stages
     distillation: DistillationSettings = DistillationSettings()
-    vocabulary: VocabularySettings = VocabularySettings()  # runs first; a no-op for vocab.txt models
+    vocabulary: VocabularySettings = VocabularySettings()  # runs first
     calibration_samples: PositiveInt = 256
     stages: list[Stage]
     final_epochs: int = Field(2, ge=0)

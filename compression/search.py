@@ -367,14 +367,24 @@ def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: Teache
         return Candidate(policy, loss, weight, -loss - penalty * weight, verdict_accuracy(model, search_split),
                          space.latency(policy)), model
 
+    def timed(policy: Policy) -> float:
+        """Time the policy's final shape; teach the latency model, so later repairs respect it."""
+        config = policy_config(supernet.config, policy, hidden_sizes)
+        measured_ms = time_config(config, search_split)
+        latency_model.learn(config, measured_ms)
+        return measured_ms
+
     def measured_latency(candidate: Candidate) -> float:
-        """Time the candidate's final shape; teach the latency model, so later repairs respect it."""
-        config = policy_config(supernet.config, candidate.policy, hidden_sizes)
-        candidate.measured_ms = time_config(config, search_split)
-        latency_model.learn(config, candidate.measured_ms)
+        candidate.measured_ms = timed(candidate.policy)
         return candidate.measured_ms
 
     uniform = space.uniform()
+    if settings.time_candidates and settings.strategy == "uniform":
+        # the uniform ratio is compared at equal *measured* latency too: re-bisect until it fits
+        for _ in range(4):
+            if timed(uniform) <= budget_ms * 1.02:
+                break
+            uniform = space.uniform()
     population = [uniform] if settings.strategy == "uniform" else [uniform] + [
         space.fit_budget(space.scaled(float(rng.uniform(0.1, 0.9)), rng), rng) for _ in range(settings.population - 1)]
     generations = 1 if settings.strategy == "uniform" else settings.generations

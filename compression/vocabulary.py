@@ -33,10 +33,9 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from adaudit.data.dataset import read_split
-from adaudit.data.encoding import EncodedSplit
+from adaudit.data.encoding import EncodedSplit, tokenised_for
 from adaudit.models.modeling import AuditModel
-from adaudit.models.preprocessing import AuditProcessor
-from adaudit.models.tokenizer import build_vocabulary
+from adaudit.models.tokenizer import build_vocabulary, fast_tokenizer, gb2312_characters
 
 from .structure import VOCABULARY, cut
 
@@ -48,9 +47,15 @@ class VocabularyError(ValueError):
     """A tokenizer whose vocabulary this module cannot prune."""
 
 
-def corpus_characters() -> list[str]:
-    """The characters ad copy is written in here: GB2312 (hanzi, symbols), ASCII, full-width punctuation."""
-    return [token for token in build_vocabulary() if len(token) == 1]
+def corpus_characters(characters: str = "gb2312") -> list[str]:
+    """The pieces ad copy is written in here, kept so that unseen copy is not unknown: ASCII (with its
+    WordPiece "##" continuations), full-width punctuation and GB2312 ("gb2312": all of it; "common": its
+    punctuation, numerals, full-width ASCII and 3,755 common hanzi; "none": nothing beyond the training copy)."""
+    if characters == "none":
+        return []
+    left_out = set(gb2312_characters()) - set(gb2312_characters(common_only=True)) if characters == "common" else set()
+    return [token for token in build_vocabulary()
+            if (len(token) == 1 or (token.startswith("##") and len(token) == 3)) and token not in left_out]
 
 
 def kept_tokens(tokenizer: PreTrainedTokenizerFast, texts: list[str], characters: list[str] = ()) -> torch.Tensor:
@@ -108,13 +113,15 @@ def prune_tokenizer(tokenizer: PreTrainedTokenizerFast, kept: torch.Tensor) -> P
 def prune_vocabulary(model: AuditModel, texts: list[str], characters: list[str] = ()
                      ) -> tuple[AuditModel, torch.Tensor]:
     """A model whose tokenizer and word embeddings hold only the corpus's tokens; returns it and the kept ids."""
-    if model.tokenizer is None:
-        raise VocabularyError("the model uses the generated character vocabulary (vocab.txt): nothing to prune")
-    kept = kept_tokens(model.tokenizer, texts, characters)
+    # the generated vocabulary (vocab.txt) becomes the same WordPiece in a tokenizer.json, pruned like any other
+    tokenizer = model.tokenizer or fast_tokenizer()
+    if len(tokenizer) != model.config.vocab_size:
+        raise VocabularyError(f"the tokenizer has {len(tokenizer)} tokens but the model {model.config.vocab_size}")
+    kept = kept_tokens(tokenizer, texts, characters)
     config = copy.deepcopy(model.config)
     config.vocab_size = len(kept)
     pruned = cut(model, config, keep={VOCABULARY: kept})
-    pruned.tokenizer = prune_tokenizer(model.tokenizer, kept)
+    pruned.tokenizer = prune_tokenizer(tokenizer, kept)
     return pruned, kept
 
 
@@ -139,13 +146,12 @@ def prune_data_vocabulary(model: AuditModel, data_dir: Path, train: EncodedSplit
     test_copy = [texts[ad] for ad in test.ids]
     training_copy = [record.text for record in read_split(Path(data_dir), "train")]
     before = model.config.vocab_size
-    characters = corpus_characters() if settings.characters == "gb2312" else []
-    pruned, kept = prune_vocabulary(model, training_copy, characters)
+    pruned, kept = prune_vocabulary(model, training_copy, corpus_characters(settings.characters))
+    old_tokenizer = model.tokenizer or fast_tokenizer()
     train = replace(train, input_ids=remap_ids(train.input_ids, kept, before))
-    input_ids, attention_mask = AuditProcessor(pruned.config, pruned.tokenizer).texts(test_copy)
     new_id = {old: new for new, old in enumerate(kept.tolist())}
     changed = sum([new_id.get(i) for i in old] != new for old, new in zip(
-        model.tokenizer(test_copy)["input_ids"], pruned.tokenizer(test_copy)["input_ids"]))
+        old_tokenizer(test_copy)["input_ids"], pruned.tokenizer(test_copy)["input_ids"]))
     log(f"  vocabulary: {before} -> {len(kept)} tokens; {changed} of {len(test)} test ads tokenised differently")
     summary = {"vocabulary_before": before, "vocabulary_after": len(kept), "test_ads_retokenised": changed}
-    return pruned, train, replace(test, input_ids=input_ids, attention_mask=attention_mask), summary
+    return pruned, train, tokenised_for(pruned, test, data_dir, "test"), summary

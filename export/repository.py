@@ -2,12 +2,15 @@
 
     REPO/<name>/config.pbtxt
     REPO/<name>/<version>/model.py        (export/triton_model.py)
-    REPO/<name>/<version>/model/          (config.json, model.safetensors, vocab.txt)
+    REPO/<name>/<version>/model/          (config.json, model.safetensors, vocab.txt or tokenizer.json)
     REPO/<name>/<version>/checksums.json  (sha256 of every file above, checked at load)
 
 Each model gets dynamic batching, an instance group (KIND_CPU here, KIND_GPU in production)
 and a version policy that serves the latest `keep_versions` versions, so a new student
-version can roll out beside the old one: export again with `--version N+1`.
+version can roll out beside the old one: export again with `--version N+1`. The `tokenizer`
+parameter says whether the model takes the generated vocabulary or brings its own tokenizer
+(a pruned vocabulary), which a gateway reads from REPO/<name>/<version>/model/ (its
+`model_repository` setting).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from adaudit.files import atomic_folder
 from adaudit.models.modeling import AuditModel
+from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
 CHECKSUMS_FILE = "checksums.json"
@@ -44,7 +48,8 @@ class ServingSettings:
             raise ValueError(f"precision must be float16 or bfloat16, not {self.precision!r}")
 
 
-def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings) -> str:
+def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings,
+                 tokenizer: str = GENERATED_TOKENIZER) -> str:
     config = model.config
     outputs = "\n".join(
         f'  {{ name: "{task}" data_type: TYPE_FP32 dims: [ {len(classes)} ] }},' for task, classes in config.tasks.items()
@@ -68,6 +73,7 @@ instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_ki
 version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
+parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
 """
 
 
@@ -109,5 +115,5 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
         shutil.copytree(model_folder, staging / "model",
                         ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
         (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
-    (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings))
+    (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings, tokenizer_kind(model_folder)))
     return version_folder

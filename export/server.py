@@ -85,6 +85,19 @@ def shared_memory_of(session: int) -> set[str]:
     return regions
 
 
+def session_alive(session: int) -> bool:
+    """Whether any process of the session is still alive (not a zombie)."""
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(session) and fields[0] != "Z":
+            return True
+    return False
+
+
 def clean_shared_memory(regions: set[str] | None = None) -> None:
     """Remove the given regions; None: every python-backend region (only when no other server runs)."""
     for region in glob.glob(SHM_PREFIX + "*") if regions is None else regions:
@@ -153,6 +166,21 @@ class TritonServer:
             time.sleep(0.25)
         self.stop()
         raise TritonError(f"tritonserver was not ready after {self.ready_timeout:.0f} s")
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the server and its model stubs (a crash, for fault tests); wait until every one of them
+        is gone and remove the shared memory they mapped, so the same ports and repository can start again."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        session = self.process.pid
+        regions = shared_memory_of(session)
+        os.killpg(session, signal.SIGKILL)
+        self.process.wait()
+        deadline = time.monotonic() + timeout
+        while session_alive(session) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop()
+        clean_shared_memory(regions)
 
     def stop(self) -> None:
         regions: set[str] = set()

@@ -15,6 +15,7 @@ for example XLM-R's SentencePiece (Unigram) `tokenizer.json`: such a folder hold
 
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertTokenizer, PreTrainedTokenizerFast
 from transformers.models.bert.tokenization_bert import load_vocab
 
@@ -24,10 +25,13 @@ VOCABULARY_FILE = "vocab.txt"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def gb2312_characters() -> list[str]:
-    """Every character of GB2312 rows 0xA1-0xF7, in code order."""
+def gb2312_characters(common_only: bool = False) -> list[str]:
+    """Every character of GB2312 rows 0xA1-0xF7 (symbols and hanzi), in code order. `common_only`: the rows
+    a Chinese ad is written in: punctuation, numerals, full-width ASCII (0xA1-0xA3) and the 3,755 common
+    hanzi (level 1, 0xB0-0xD7); not kana, Greek, Cyrillic, phonetic, box drawing or the 3,008 rare hanzi."""
+    rows = [*range(0xA1, 0xA4), *range(0xB0, 0xD8)] if common_only else range(0xA1, 0xF8)
     characters = []
-    for high in range(0xA1, 0xF8):
+    for high in rows:
         for low in range(0xA1, 0xFF):
             try:
                 character = bytes((high, low)).decode("gb2312")
@@ -59,6 +63,33 @@ def make_tokenizer(vocabulary: list[str] | None = None) -> BertTokenizer:
     vocabulary = vocabulary or build_vocabulary()
     return BertTokenizer(vocab={token: index for index, token in enumerate(vocabulary)},
                          do_lower_case=True, tokenize_chinese_chars=True)
+
+
+def fast_tokenizer(vocabulary: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """`make_tokenizer`'s WordPiece as a `tokenizers` one (what a tokenizer.json holds): same ids, same splits
+    (lower case, accents stripped, every CJK character a word of its own)."""
+    vocabulary = vocabulary or build_vocabulary()
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    backend = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                    lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+# Triton's config.pbtxt says which tokenizer a model takes, so a gateway can refuse to feed it the wrong ids
+TOKENIZER_PARAMETER = "tokenizer"
+GENERATED_TOKENIZER = "generated"  # the generated vocab.txt, which the gateway can rebuild itself
+
+
+def tokenizer_kind(folder: Path) -> str:
+    """"generated" for a folder with the generated vocabulary, else the name of the file it brings."""
+    return TOKENIZER_FILE if (Path(folder) / TOKENIZER_FILE).is_file() else GENERATED_TOKENIZER
 
 
 def has_tokenizer(folder: Path) -> bool:

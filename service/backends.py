@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from adaudit.models.labels import TASKS
+from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, has_tokenizer
 
 from .encoding import ModelSpec
 
@@ -144,8 +145,9 @@ INPUT_TYPES = {"pixel_values": "FP32", "input_ids": "INT64", "attention_mask": "
 class TritonBackend:
     name = "triton"
 
-    def __init__(self, url: str, timeout_s: float = 5.0):
+    def __init__(self, url: str, timeout_s: float = 5.0, repository: Path | None = None):
         self.url, self.timeout_s = url, timeout_s
+        self.repository = Path(repository) if repository is not None else None
         self._client = None
 
     def client(self):
@@ -193,8 +195,22 @@ class TritonBackend:
             tasks[task] = TASKS[task]
         if not {"verdict", "violation"} <= set(tasks):
             raise not_ready(f"Triton model {model} has no verdict and violation outputs")
-        return ModelSpec(model, version, image_size, max_text_length, tasks,
+        return ModelSpec(model, version, image_size, max_text_length, tasks, self._tokenizer_folder(model, version, config),
                          max_batch_size=int(config.get("max_batch_size", 0)))
+
+    def _tokenizer_folder(self, model: str, version: str, config: dict) -> Path | None:
+        """Where this version's tokenizer is (None: the generated vocabulary), from the model repository."""
+        tokenizer = config.get("parameters", {}).get(TOKENIZER_PARAMETER, {}).get("string_value", GENERATED_TOKENIZER)
+        if self.repository is None:
+            if tokenizer != GENERATED_TOKENIZER:
+                raise not_ready(f"Triton model {model} has its own tokenizer ({tokenizer}): set model_repository "
+                                "(ADAUDIT_MODEL_REPOSITORY) to the model repository Triton serves")
+            return None
+        folder = self.repository / model / version / "model"
+        if not has_tokenizer(folder):
+            raise not_ready(f"model {model} version {version}: no tokenizer in {folder} (model_repository "
+                            f"{self.repository} is not the repository Triton serves)")
+        return folder
 
     async def infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tritonclient.grpc import InferInput
@@ -230,4 +246,4 @@ class TritonBackend:
 def make_backend(settings) -> EmbeddedBackend | TritonBackend:
     if settings.backend == "embedded":
         return EmbeddedBackend(settings.model_dir, settings.request_timeout_s)
-    return TritonBackend(settings.triton_url, settings.request_timeout_s)
+    return TritonBackend(settings.triton_url, settings.request_timeout_s, settings.model_repository)

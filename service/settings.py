@@ -31,6 +31,9 @@ class GatewaySettings(BaseSettings):
     backend: Literal["triton", "embedded"] = "triton"
     triton_url: str = "127.0.0.1:8001"  # host:grpc_port
     model_dir: Path | None = None  # embedded: MODEL_DIR/<model name>/ (a model folder or numbered versions)
+    # triton: the model repository Triton serves, read-only, for the tokenizer each version was exported with
+    # (REPO/<model>/<version>/model/); needed by a model whose export says it has its own tokenizer
+    model_repository: Path | None = None
 
     primary_model: str = "student"
     primary_version: str | None = None  # None: the latest version the backend serves

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from adaudit.compression.distillation import cache_teacher, distil, mean_distillation_loss
-from adaudit.compression.pipeline import REPORT_FILE, compress
+from adaudit.compression.distillation import BestEpoch, cache_teacher, distil, mean_distillation_loss
+from adaudit.compression.pipeline import REPORT_FILE, compress, subset_cache
 from adaudit.compression.recipe import RecipeError, load_recipe
 from adaudit.compression.structure import remove_blocks
 from adaudit.data.encoding import encode_split
@@ -20,8 +20,9 @@ from conftest import TINY_RECIPE, quiet
 def test_each_stage_removes_exactly_what_the_recipe_asks(student, tiny_recipe):
     folder, report = student
     blocks, widths, hidden = tiny_recipe.stages
-    after_blocks, after_widths, after_hidden, final = report["stages"]
+    vocabulary, after_blocks, after_widths, after_hidden, final = report["stages"]
     assert final["name"] == "final" and final["shape"] == after_hidden["shape"]
+    assert vocabulary["name"] == "vocabulary" and vocabulary["vocabulary_after"] < vocabulary["vocabulary_before"]
     for tower, keep in blocks.keep.items():
         assert after_blocks["shape"][tower]["blocks"] == keep
     for tower, heads in widths.heads.items():
@@ -32,7 +33,7 @@ def test_each_stage_removes_exactly_what_the_recipe_asks(student, tiny_recipe):
     assert after_widths["shape"]["vision"]["hidden"] == teacher_shape["vision"]["hidden"]
     for tower, size in hidden.size.items():
         assert after_hidden["shape"][tower]["hidden"] == size
-    params = [report["teacher"]["params"]] + [stage["params"] for stage in report["stages"][:3]]
+    params = [report["teacher"]["params"]] + [stage["params"] for stage in report["stages"][:4]]
     assert params == sorted(params, reverse=True) and len(set(params)) == len(params)
     assert report["teacher"]["flops_per_ad"] > report["student"]["flops_per_ad"]
 
@@ -57,7 +58,7 @@ def test_report_has_the_promised_keys(student):
         assert key in report["teacher"] and key in report["student"]
     assert "agreement" in report["student"]
     assert report["compression_ratio"] == pytest.approx(report["teacher"]["params"] / report["student"]["params"])
-    assert report["speedup"] > 0 and len(report["stages"]) == 4
+    assert report["speedup"] > 0 and len(report["stages"]) == 5
     assert report["distillation_samples"] == 120
 
 
@@ -75,6 +76,26 @@ def test_distillation_lowers_the_distillation_loss(teacher, dataset, tiny_recipe
     assert after < before * 0.97  # seeded: 4.20 -> 3.96 here
 
 
+def test_the_final_stage_keeps_the_epoch_with_the_lowest_held_out_loss(teacher, dataset, tiny_recipe):
+    teacher_model = AuditModel.from_pretrained(teacher)
+    processor = AuditProcessor.from_folder(teacher_model.config, teacher)
+    ads = encode_split(dataset, "train", processor, teacher_model.config.tasks, limit=96)
+    cache = cache_teacher(teacher_model, ads)
+    train, held_out = ads.subset(torch.arange(64)), ads.subset(torch.arange(64, 96))
+    train_cache, held_out_cache = subset_cache(cache, torch.arange(64)), subset_cache(cache, torch.arange(64, 96))
+    torch.manual_seed(0)
+    student = remove_blocks(teacher_model, {"vision": [0], "qformer": [0], "text": [0]})
+    settings = tiny_recipe.distillation.model_copy(update={"learning_rate": 2e-2})  # high: the held-out loss wanders
+    best = BestEpoch(held_out, held_out_cache, settings)
+    distil(student, train, train_cache, settings, epochs=5, description="test", on_epoch_end=best)
+    assert len(best.losses) == 5
+    last = mean_distillation_loss(student, held_out, held_out_cache, settings)
+    assert last == pytest.approx(best.losses[-1], rel=1e-4)
+    best.restore(student)
+    assert mean_distillation_loss(student, held_out, held_out_cache, settings) == pytest.approx(min(best.losses),
+                                                                                               rel=1e-4)
+
+
 def write_recipe(tmp_path, text):
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
@@ -90,6 +111,7 @@ def write_recipe(tmp_path, text):
     ("stages: [{kind: shuffle}]", "kind"),
     ("stages: [{kind: blocks, keep: {text: 1}, epochs: 3}]", "Extra inputs"),
     ("stages: [\n  - {kind: blocks", "not valid YAML"),
+    ("distillation: {samples: 100, validation_samples: 100}\nstages: []", "must be fewer than samples"),
 ])
 def test_bad_recipes_get_one_readable_error(tmp_path, text, message):
     config = preset("tiny", 100)
@@ -112,3 +134,25 @@ def test_an_interrupted_run_leaves_no_student(teacher, dataset, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         compress(teacher, dataset, out, TINY_RECIPE, log=quiet)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_generated_vocabulary_is_pruned_to_the_copy_and_common_characters():
+    """Stage 0 on a vocab.txt model: same logits on the copy it was pruned on; rare hanzi become unknown."""
+    from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
+    from adaudit.models.tokenizer import build_vocabulary
+
+    torch.manual_seed(0)
+    model = AuditModel(preset("tiny", len(build_vocabulary()))).eval()
+    copy = ["限时特价，全网最低价！", "纯天然蜂蜜 产地直供 99元", "理财稳赚不赔，月收益20%"]
+    pruned, kept = prune_vocabulary(model, copy, corpus_characters("common"))
+    assert len(kept) == pruned.config.vocab_size == len(pruned.tokenizer) < len(build_vocabulary()) * 0.6
+    images = torch.rand(len(copy), 3, model.config.image_size, model.config.image_size)
+    before = AuditProcessor(model.config).texts(copy)
+    after = AuditProcessor(pruned.config, pruned.tokenizer).texts(copy)
+    assert after[0].max() < len(kept)
+    with torch.no_grad():
+        for task, logits in model(images, *before).logits.items():
+            torch.testing.assert_close(pruned(images, *after).logits[task], logits, atol=1e-5, rtol=1e-5)
+    unknown = pruned.tokenizer.unk_token_id
+    assert unknown not in pruned.tokenizer("全新咖啡上市")["input_ids"]  # common hanzi never seen in the copy
+    assert pruned.tokenizer("鳏")["input_ids"][1] == unknown  # a rare (GB2312 level 2) hanzi

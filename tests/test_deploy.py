@@ -114,6 +114,11 @@ def test_gpu_and_model_repository_wiring():
     assert "--model-repository=/models" in server["args"] and "--load-model=student" in server["args"]
     assert "--load-model=teacher" not in server["args"]  # no shadow traffic: the teacher is not loaded
     assert triton["volumes"][0]["persistentVolumeClaim"] == {"claimName": "adaudit-models", "readOnly": True}
+    # the gateway reads each version's tokenizer from the same volume, read-only
+    gateway = find(render({}), "Deployment", "adaudit-gateway")["spec"]["template"]["spec"]
+    assert {"claimName": "adaudit-models", "readOnly": True} in [v.get("persistentVolumeClaim") for v in gateway["volumes"]]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in gateway["containers"][0]["volumeMounts"]
+    assert find(render({}), "ConfigMap", "adaudit-gateway")["data"]["ADAUDIT_MODEL_REPOSITORY"] == "/models"
 
     off = find(render(values_of("gpu-off")), "Deployment", "adaudit-triton")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(off["containers"][0]["resources"]) and "tolerations" not in off
@@ -128,6 +133,8 @@ def test_gpu_and_model_repository_wiring():
     assert "--model-repository=s3://bucket/adaudit" in pod["containers"][0]["args"]
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
     assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    s3_values = {"triton": {"modelRepository": {"pvc": {"claimName": ""}, "url": "s3://bucket/adaudit"}}}
+    assert "ADAUDIT_MODEL_REPOSITORY" not in find(render(s3_values), "ConfigMap", "adaudit-gateway")["data"]
 
 
 def test_every_container_is_locked_down():

@@ -13,7 +13,8 @@ def test_repository_layout_and_config(student, tmp_path):
     repo = tmp_path / "repo"
     version = export_model(folder, repo, "student", 1, ServingSettings(max_batch_size=16, preferred_batch_sizes=[4, 16]))
     assert sorted(p.name for p in version.iterdir()) == ["checksums.json", "model", "model.py"]
-    assert sorted(p.name for p in (version / "model").iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+    model_files = {p.name for p in (version / "model").iterdir()}  # the student's pruned vocabulary: tokenizer.json
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files and "vocab.txt" not in model_files
     config = (repo / "student" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "max_batch_size: 16" in config
     assert "preferred_batch_size: [ 4, 16 ]" in config and "kind: KIND_CPU" in config
@@ -22,7 +23,8 @@ def test_repository_layout_and_config(student, tmp_path):
     assert 'key: "threads" value: { string_value: "0" }' in config
     assert "dims: [ 3, 32, 32 ]" in config  # the tiny student's image size
     checksums = json.loads((version / "checksums.json").read_text())
-    assert set(checksums) == {"model.py", "model/config.json", "model/model.safetensors", "model/vocab.txt"}
+    assert 'key: "tokenizer" value: { string_value: "tokenizer.json" }' in config  # the gateway must read it
+    assert set(checksums) == {"model.py"} | {f"model/{name}" for name in model_files}
 
 
 def test_a_new_version_rolls_out_beside_the_old(student, tmp_path):

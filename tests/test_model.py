@@ -9,7 +9,7 @@ from adaudit.models.configuration import AuditModelConfig, ConfigError, preset
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel, ModelFolderError
 from adaudit.models.preprocessing import AuditProcessor
-from adaudit.models.tokenizer import build_vocabulary, gb2312_characters, make_tokenizer
+from adaudit.models.tokenizer import build_vocabulary, fast_tokenizer, gb2312_characters, make_tokenizer
 
 
 def random_inputs(config, batch=3, seed=0):
@@ -101,6 +101,23 @@ def test_tokenizer_is_character_level_over_gb2312():
     tokens = tokenizer.tokenize("全网最低价，仅需39元！")
     assert tokens == ["全", "网", "最", "低", "价", "，", "仅", "需", "3", "##9", "元", "！"]
     assert tokenizer.unk_token_id not in tokenizer("限时特价拿铁咖啡")["input_ids"]
+
+
+def test_the_fast_tokenizer_splits_and_numbers_like_the_generated_one():
+    """What a student's tokenizer.json starts from: the generated WordPiece, token for token."""
+    slow, fast = make_tokenizer(), fast_tokenizer()
+    texts = ["全网最低价，仅需39元！", "iPhone15 Pro 限时特价 ＡＢＣ", "  咖啡\t拿铁  ", "Café NAÏVE", "😀表情", "", "a" * 120]
+    for text in texts:
+        assert fast(text)["input_ids"] == slow(text)["input_ids"], text
+    assert len(fast) == len(slow) and fast.pad_token_id == slow.pad_token_id == 0
+
+
+def test_common_characters_are_level_one_gb2312():
+    common = gb2312_characters(common_only=True)
+    assert len(common) == 3755 + len([c for c in common if not "\u4e00" <= c <= "\u9fff"])
+    assert "咖" in common and "，" in common and "Ａ" in common
+    assert "ア" not in common and "α" not in common and "─" not in common  # kana, Greek, box drawing
+    assert set(common) < set(gb2312_characters())
 
 
 def test_processor_shapes_and_normalisation():

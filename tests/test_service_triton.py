@@ -25,6 +25,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer, pytriton_folder
 from adaudit.models.configuration import preset
@@ -69,6 +70,9 @@ def model_dir(tmp_path_factory):
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
         AuditModel(preset("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
+    # a student whose vocabulary was pruned (compression's first stage): it brings its own tokenizer.json
+    pruned, _ = prune_vocabulary(AuditModel.from_pretrained(folder / "student"), COPIES, corpus_characters("none"))
+    pruned.save_pretrained(folder / "pruned")
     return folder
 
 
@@ -76,7 +80,7 @@ def model_dir(tmp_path_factory):
 def triton(model_dir, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     serving = ServingSettings(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_microseconds=100)
-    for name in ("student", "teacher"):
+    for name in ("student", "teacher", "pruned"):
         export_model(model_dir / name, repo, name, 1, serving)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repo, *free_ports(3), log_file=log, ready_timeout=120)
@@ -148,6 +152,26 @@ def wait_until_ready(client, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def test_a_pruned_vocabulary_student_takes_its_own_tokenizer_from_the_repository(model_dir, tmp_path, triton):
+    """The generated vocabulary's ids would be wrong for it: without the repository the gateway refuses."""
+    assert (triton.repository / "pruned" / "1" / "model" / "tokenizer.json").is_file()
+    with gateway(model_dir, tmp_path, "triton", triton, primary_model="pruned", shadow_model=None) as blind:
+        refused = blind.post("/v1/audits", json=ADS[0])
+        assert refused.status_code == 503 and "model_repository" in refused.json()["error"], refused.text
+    with gateway(model_dir, tmp_path, "triton", triton, primary_model="pruned", shadow_model=None,
+                 model_repository=triton.repository) as remote, \
+            gateway(model_dir, tmp_path, "embedded", primary_model="pruned", shadow_model=None) as local, \
+            gateway(model_dir, tmp_path, "embedded", shadow_model=None) as unpruned:
+        for ad in ADS:
+            via_triton = remote.post("/v1/audits", json=ad)
+            assert via_triton.status_code == 200, via_triton.text
+            in_process = local.post("/v1/audits", json=ad).json()
+            assert via_triton.json()["scores"] == pytest.approx(in_process["scores"], abs=1e-4)
+            # the pruned vocabulary keeps every token of this copy: the unpruned student's answer
+            assert via_triton.json()["scores"] == pytest.approx(unpruned.post("/v1/audits", json=ad).json()["scores"],
+                                                                abs=1e-4)
+
+
 def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model_dir, tmp_path, triton):
     """Triton alive and connected but answering nothing (SIGSTOP): a 503 after request_timeout_s, no hang."""
     with gateway(model_dir, tmp_path, "triton", triton, request_timeout_s=2) as client:
@@ -169,9 +193,7 @@ def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_p
     """Triton killed (SIGKILL: the server and its model processes) and restarted on the same ports."""
     with gateway(model_dir, tmp_path, "triton", triton) as client:
         assert client.post("/v1/audits", json=ADS[0]).status_code == 200
-        os.killpg(triton.process.pid, signal.SIGKILL)
-        triton.process.wait()
-        triton.stop()  # removes what the killed processes left in /dev/shm
+        triton.kill()  # SIGKILL to the server and its stubs; waits for them and removes their /dev/shm regions
         down = client.post("/v1/audits", json=ADS[0])
         assert down.status_code == 503, down.text
         assert down.json()["kind"] in ("backend_unavailable", "model_not_ready")

@@ -5,7 +5,7 @@ Training, distillation and evaluation loop over these tensors; nothing is decode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,3 +57,13 @@ def encode_split(data_dir: Path, split: str, processor: AuditProcessor, tasks: d
                  limit: int | None = None) -> EncodedSplit:
     records = read_split(Path(data_dir), split)
     return encode_records(records[:limit] if limit else records, processor, tasks)
+
+
+def tokenised_for(model, split: EncodedSplit, data_dir: Path, name: str) -> EncodedSplit:
+    """`split` (encoded for the teacher) with its copy tokenised by `model`'s own tokenizer: a student
+    whose vocabulary was pruned takes other token ids. Unchanged for a model with the generated vocabulary."""
+    if model.tokenizer is None:
+        return split
+    texts = {record.id: record.text for record in read_split(Path(data_dir), name)}
+    input_ids, attention_mask = AuditProcessor(model.config, model.tokenizer).texts([texts[ad] for ad in split.ids])
+    return replace(split, input_ids=input_ids, attention_mask=attention_mask)
