@@ -33,7 +33,7 @@ CHECKSUMS_FILE = "checksums.json"
 class ServingSettings:
     max_batch_size: int = 32
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_microseconds: int = 500
+    max_queue_delay_microseconds: int = 100  # at batch 1 every request waits this long; busy instances batch anyway
     instance_kind: str = "KIND_CPU"  # KIND_GPU in production
     instance_count: int = 1
     keep_versions: int = 2

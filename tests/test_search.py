@@ -74,6 +74,9 @@ def test_the_uniform_strategy_keeps_one_ratio(setting):
     section = run_search(setting, budget_between_extremes(setting), strategy="uniform")
     assert len(section["trace"]) == 1
     assert section["chosen"]["loss"] == pytest.approx(section["uniform"]["loss"])
+    # compared at equal *measured* latency: the uniform ratio is timed (and re-bisected if it does not fit)
+    assert section["chosen"]["measured_ms"] is not None
+    assert len(section["latency_model"]["timed"]) > len(setting[3].timed)
 
 
 def test_complexity_falls_as_the_teacher_is_pruned_harder(setting):
