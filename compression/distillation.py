@@ -6,6 +6,9 @@ stage then reads its logits from memory. Loss per batch, with weights from the r
     kl_weight * sum_tasks T^2 * KL(softmax(teacher / T) || softmax(student / T))
   + label_weight * (sum_tasks cross_entropy(student, label) + image-grounding loss (training.py))
   + pooled_weight * MSE(student pooled state, teacher pooled state)   (while their widths match)
+
+The label terms count only rows with labels: an augmented view that pairs one ad's copy with
+another's picture (augmentation.py) has the teacher's soft labels alone.
 """
 
 from __future__ import annotations
@@ -27,19 +30,34 @@ from .recipe import DistillationSettings
 class TeacherCache:
     logits: dict[str, torch.Tensor]  # task -> (n, classes), aligned with the split
     pooled: torch.Tensor  # (n, teacher text hidden)
+    labelled: torch.Tensor | None = None  # bool (n,): rows whose labels hold; None: all of them
+
+    def subset(self, index: torch.Tensor) -> "TeacherCache":
+        return TeacherCache({task: logits[index] for task, logits in self.logits.items()}, self.pooled[index],
+                            None if self.labelled is None else self.labelled[index])
+
+    def rows_labelled(self) -> torch.Tensor:
+        return torch.ones(len(self.pooled), dtype=torch.bool) if self.labelled is None else self.labelled
+
+    def concat(self, other: "TeacherCache") -> "TeacherCache":
+        return TeacherCache({task: torch.cat([logits, other.logits[task]]) for task, logits in self.logits.items()},
+                            torch.cat([self.pooled, other.pooled]),
+                            torch.cat([self.rows_labelled(), other.rows_labelled()]))
 
 
 @torch.inference_mode()
-def cache_teacher(teacher: AuditModel, split: EncodedSplit, batch_size: int = 64) -> TeacherCache:
+def cache_teacher(teacher: AuditModel, split: EncodedSplit, batch_size: int = 64,
+                  labelled: torch.Tensor | None = None) -> TeacherCache:
     teacher.eval()
     pooled = [teacher(**split.inputs(index)).pooled for index in split.batches(batch_size)]
-    return TeacherCache(predict_logits(teacher, split, batch_size), torch.cat(pooled))
+    return TeacherCache(predict_logits(teacher, split, batch_size), torch.cat(pooled), labelled)
 
 
 def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCache, index: torch.Tensor,
                       settings: DistillationSettings) -> torch.Tensor:
     output = model(**split.inputs(index))
     labels = split.labels[index]
+    labelled = slice(None) if cache.labelled is None else cache.labelled[index]
     temperature = settings.temperature
     loss = output.pooled.new_zeros(())
     for i, task in enumerate(split.tasks):
@@ -48,10 +66,11 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
             kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
                           log_target=True, reduction="batchmean")
             loss = loss + settings.kl_weight * temperature**2 * kl
-        if settings.label_weight:
-            loss = loss + settings.label_weight * F.cross_entropy(student, labels[:, i])
-    if settings.label_weight:
-        loss = loss + settings.label_weight * image_grounding_loss(output.image_logits, split, labels)
+        if settings.label_weight and labels[labelled].numel():
+            loss = loss + settings.label_weight * F.cross_entropy(student[labelled], labels[labelled, i])
+    if settings.label_weight and labels[labelled].numel():
+        image_logits = {task: logits[labelled] for task, logits in output.image_logits.items()}
+        loss = loss + settings.label_weight * image_grounding_loss(image_logits, split, labels[labelled])
     if settings.pooled_weight and output.pooled.shape[-1] == cache.pooled.shape[-1]:
         loss = loss + settings.pooled_weight * F.mse_loss(output.pooled, cache.pooled[index])
     return loss

@@ -11,6 +11,7 @@ import copy
 import functools
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from adaudit.measure import machine, paired_latency, profile
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
+from .augmentation import ViewPlan, apply_plan, view_plan
 from .distillation import BestEpoch, TeacherCache, cache_teacher, distil, mean_distillation_loss
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, RecipeError, WidthsStage, load_recipe, per_block
@@ -36,15 +38,17 @@ RECIPE_FILE = "recipe.json"
 class Context:
     """What every stage needs: the distillation and calibration samples and the teacher's cached outputs."""
 
-    def __init__(self, recipe: Recipe, train: EncodedSplit, cache: TeacherCache, log):
+    def __init__(self, recipe: Recipe, train: EncodedSplit, cache: TeacherCache, log, views: Views | None = None):
         self.recipe, self.log = recipe, log
-        held_out = min(recipe.distillation.validation_samples, len(train) - 1)
+        held_out = held_out_count(recipe, train)
         if held_out:  # the last `validation_samples` of the distillation ads pick the final stage's best epoch
             kept, validation = torch.arange(len(train) - held_out), torch.arange(len(train) - held_out, len(train))
             self.validation, self.validation_cache = train.subset(validation), subset_cache(cache, validation)
             train, cache = train.subset(kept), subset_cache(cache, kept)
         else:
             self.validation = self.validation_cache = None
+        if views is not None:  # the distillation ads first (calibration reads those), then their views
+            train, cache = apply_plan(train, views.plan), cache.concat(views.cache)
         self.train, self.cache = train, cache
         calibration = torch.arange(min(recipe.calibration_samples, len(train)))
         self.calibration = train.subset(calibration)
@@ -74,7 +78,30 @@ class Context:
 
 
 def subset_cache(cache: TeacherCache, index: torch.Tensor) -> TeacherCache:
-    return TeacherCache({task: logits[index] for task, logits in cache.logits.items()}, cache.pooled[index])
+    return cache.subset(index)
+
+
+def held_out_count(recipe: Recipe, train: EncodedSplit) -> int:
+    return min(recipe.distillation.validation_samples, len(train) - 1)
+
+
+@dataclass
+class Views:
+    plan: ViewPlan
+    cache: TeacherCache  # the teacher's outputs on the view rows alone
+
+
+def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log) -> Views | None:
+    """Augmented views of the distillation ads (not of the held-out ones), labelled by the teacher once."""
+    settings = recipe.distillation
+    if not settings.views:
+        return None
+    kept = train.subset(torch.arange(len(train) - held_out_count(recipe, train)))
+    plan = view_plan(kept, settings.views, settings.recombined_fraction, recipe.seed)
+    rows = torch.arange(len(kept), len(kept) + len(plan.text_source))
+    cache = cache_teacher(teacher, apply_plan(kept, plan).subset(rows), labelled=plan.labelled)
+    log(f"  {len(rows)} augmented views of {len(kept)} distillation ads ({int((~plan.labelled).sum())} recombined)")
+    return Views(plan, cache)
 
 
 def run_blocks(model: AuditModel, stage: BlocksStage, context: Context) -> AuditModel:
@@ -208,13 +235,14 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
         recipe = policy_recipe(recipe, searched["policy"])
         recipe.check_against(teacher.config)
 
-    context = Context(recipe, train, cache, log)
+    views = make_views(teacher, train, recipe, log)
+    context = Context(recipe, train, cache, log, views)
     model = copy.deepcopy(teacher)  # the student starts as the teacher
     stages = []
     if recipe.vocabulary.prune:  # the input dimension: the vocabulary
         stage_start = time.perf_counter()
         model, train, test, summary = prune_data_vocabulary(model, data_dir, train, test, recipe.vocabulary, log)
-        context = Context(recipe, train, cache, log)
+        context = Context(recipe, train, cache, log, views)
         stages.append(stage_entry("vocabulary", model, test, teacher_predictions,
                                   {"seconds": time.perf_counter() - stage_start, **summary}))
     steps = [(stage.kind, functools.partial(RUNNERS[stage.kind], stage=stage)) for stage in recipe.stages]
@@ -249,6 +277,7 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
         "violation_f1_drop_points": 100 * (teacher_entry["violation_macro_f1"] - student["violation_macro_f1"]),
         "distillation_samples": len(train),  # the validation ads included: all the training ads it used
         "validation_samples": 0 if context.validation is None else len(context.validation),
+        "augmented_views": 0 if views is None else len(views.plan.text_source),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
     }

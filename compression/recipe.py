@@ -49,6 +49,10 @@ class DistillationSettings(Strict):
     kl_weight: float = Field(1.0, ge=0)
     label_weight: float = Field(0.5, ge=0)
     pooled_weight: float = Field(0.0, ge=0)
+    views: int = Field(0, ge=0, le=8, description="augmented views per distillation ad, labelled by the teacher once "
+                                                  "(augmentation.py); every epoch covers the ads and their views")
+    recombined_fraction: float = Field(0.5, ge=0, le=1, description="of the views, the share that pairs an ad's "
+                                                                    "copy with another ad's picture")
     validation_samples: int = Field(0, ge=0, description="of `samples`, held out of distillation to keep the final "
                                                          "stage's best epoch (lowest held-out distillation loss)")
 

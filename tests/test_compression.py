@@ -60,6 +60,7 @@ def test_report_has_the_promised_keys(student):
     assert report["compression_ratio"] == pytest.approx(report["teacher"]["params"] / report["student"]["params"])
     assert report["speedup"] > 0 and len(report["stages"]) == 5
     assert report["distillation_samples"] == 120
+    assert report["augmented_views"] == 120  # one view per distillation ad (the tiny recipe)
 
 
 def test_distillation_lowers_the_distillation_loss(teacher, dataset, tiny_recipe):

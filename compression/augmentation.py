@@ -1,0 +1,90 @@
+"""More to learn from the same distillation ads: augmented views the teacher labels once.
+
+A small student fed the same 2,000 ads for many epochs memorises them (its training loss keeps
+falling while test accuracy stops rising). "A good teacher is patient and consistent" (Beyer et
+al., CVPR 2022) fixes that by showing teacher and student the *same* augmented input, so the
+teacher's soft labels stay exact for every view. Here the views are made once, the teacher
+runs over them once (its outputs are cached like the originals'), and every stage distils on
+originals + views. Two kinds of view, both built only from the distillation ads themselves:
+
+- jittered: the ad's picture zoomed, shifted and re-lit a little (a random affine warp plus
+  brightness and contrast), its copy unchanged. Labels still hold.
+- recombined: the ad's copy paired with *another* distillation ad's (jittered) picture. Most
+  such pairs are image-text mismatches, the cross-modal skill a pruned student loses first; only
+  the teacher's soft labels say what each pair is, so these rows are `labelled=False` and get no
+  cross-entropy on labels.
+
+`view_plan` fixes, per view row, which ad gives the copy and which the picture; `apply_plan`
+builds the rows for any tokenisation of the same ads, so the teacher (its own vocabulary) and a
+student with a pruned vocabulary see exactly the same views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from adaudit.data.encoding import EncodedSplit
+
+
+@dataclass
+class ViewPlan:
+    text_source: torch.Tensor  # (views * n,) which ad gives the copy (and the labels)
+    image_source: torch.Tensor  # (views * n,) which ad gives the picture
+    image_bytes: torch.Tensor  # uint8 (views * n, 3, size, size): the jittered pictures
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        return self.text_source == self.image_source
+
+
+def jitter(image_bytes: torch.Tensor, generator: torch.Generator, zoom: float = 0.15, shift: float = 0.08,
+           light: float = 0.15) -> torch.Tensor:
+    """Random zoom-in (up to `zoom`), shift (fraction of the side), brightness and contrast, per image."""
+    n = len(image_bytes)
+    uniform = lambda low, high: low + (high - low) * torch.rand(n, generator=generator)  # noqa: E731
+    scale = uniform(1 - zoom, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = torch.stack([uniform(-shift, shift), uniform(-shift, shift)], 1)
+    images = image_bytes.float() / 255.0
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = uniform(1 - light, 1 + light).view(n, 1, 1, 1)
+    brightness = uniform(-light / 2, light / 2).view(n, 1, 1, 1)
+    images = (images - mean) * contrast + mean + brightness
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def view_plan(split: EncodedSplit, views: int, recombined_fraction: float, seed: int) -> ViewPlan:
+    """`views` extra rows per ad; in each, a `recombined_fraction` of the ads take another ad's picture."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(split)
+    text_sources, image_sources, images = [], [], []
+    for _ in range(views):
+        text_source = torch.arange(n)
+        image_source = text_source.clone()
+        recombined = torch.rand(n, generator=generator) < recombined_fraction
+        if recombined.any():
+            others = torch.randint(1, max(n, 2), (n,), generator=generator)  # never the ad itself
+            image_source[recombined] = (text_source[recombined] + others[recombined]) % n
+        text_sources.append(text_source)
+        image_sources.append(image_source)
+        images.append(jitter(split.image_bytes[image_source], generator))
+    if not views:
+        empty = torch.zeros(0, dtype=torch.long)
+        return ViewPlan(empty, empty, split.image_bytes[:0])
+    return ViewPlan(torch.cat(text_sources), torch.cat(image_sources), torch.cat(images))
+
+
+def apply_plan(split: EncodedSplit, plan: ViewPlan) -> EncodedSplit:
+    """`split` followed by the plan's view rows, the copy (token ids) taken from `split` itself."""
+    source = plan.text_source
+    ids = split.ids + [f"{split.ids[t]}~{split.ids[i]}" for t, i in zip(source.tolist(), plan.image_source.tolist())]
+    return replace(split, ids=ids, image_bytes=torch.cat([split.image_bytes, plan.image_bytes]),
+                   input_ids=torch.cat([split.input_ids, split.input_ids[source]]),
+                   attention_mask=torch.cat([split.attention_mask, split.attention_mask[source]]),
+                   labels=torch.cat([split.labels, split.labels[source]]))
