@@ -2,7 +2,7 @@
 # The compression benchmark behind the README's table: 6,000 MAAD-like ads, the `base`
 # teacher, the default AntGMM recipe; the single-modality ceilings of the test split.
 # Steps whose output exists are skipped, so an interrupted run continues.
-# Usage: benchmarks/compression.sh            (about 35 minutes on two CPU cores)
+# Usage: benchmarks/compression.sh            (about 40 minutes on two CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
