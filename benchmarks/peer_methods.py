@@ -17,7 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from adaudit.compression.augmentation import apply_plan
 from adaudit.compression.distillation import TeacherCache, distil
+from adaudit.compression.pipeline import Views
 from adaudit.compression.importance import block_influence
 from adaudit.compression.recipe import BlocksStage, HiddenStage, Recipe, WidthsStage
 from adaudit.compression.structure import remove_blocks
@@ -48,6 +50,7 @@ class Setting:
     data_dir: Path  # the ads' folder, to tokenise them again for a model with its own tokenizer
     log: Callable[[str], None] = print
     pruning_steps: int = 20  # Torch-Pruning: equal steps up to its ratio limit
+    views: Views | None = None  # the recipe's augmented views of `train`, labelled by the teacher: every method gets them
 
     def split_for(self, model: nn.Module, name: str) -> EncodedSplit:
         """The train or test split as `model` takes it (a pruned-vocabulary student has its own token ids)."""
@@ -60,8 +63,15 @@ class Setting:
         return self.train.subset(index), TeacherCache({t: v[index] for t, v in self.cache.logits.items()},
                                                        self.cache.pooled[index])
 
+    def pool(self, train: EncodedSplit) -> tuple[EncodedSplit, TeacherCache]:
+        """`train` (as some model takes it) followed by the views, with the teacher's outputs on all of them."""
+        if self.views is None:
+            return train, self.cache
+        return apply_plan(train, self.views.plan), self.cache.concat(self.views.cache)
+
     def distil(self, model: AuditModel, description: str) -> None:
-        losses = distil(model, self.train, self.cache, self.recipe.distillation, self.epochs, description,
+        train, cache = self.pool(self.train)
+        losses = distil(model, train, cache, self.recipe.distillation, self.epochs, description,
                         seed=self.recipe.seed)
         self.log(f"  {description}: {self.epochs} epochs, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 
@@ -193,7 +203,8 @@ def from_scratch(setting: Setting) -> Built:
     torch.manual_seed(setting.recipe.seed)
     model = AuditModel(AuditModelConfig.load(setting.student_dir))
     model.tokenizer = saved_tokenizer(setting.student_dir)  # the student's vocabulary, pruned or not
-    train = setting.split_for(model, "train")
+    train, cache = setting.pool(setting.split_for(model, "train"))
+    train = train.subset(torch.nonzero(cache.rows_labelled()).flatten())  # no teacher: only rows whose labels hold
     settings = setting.recipe.distillation
     schedule = Schedule(epochs=setting.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         seed=setting.recipe.seed)

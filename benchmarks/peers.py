@@ -25,7 +25,7 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from adaudit.compression.distillation import TeacherCache, cache_teacher
-from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary
+from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary, make_views
 from adaudit.compression.recipe import Recipe
 from adaudit.data.encoding import encode_split, tokenised_for
 from adaudit.evaluation import evaluate, predict_logits
@@ -75,7 +75,8 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     target = paired_latency({"student": student}, tokenised_for(student, test, data_dir, "test"), rounds=3)["student"]
     setting = Setting(teacher, student_dir, searched_dir, train, test, cache, recipe,
                       epochs if epochs is not None else distillation_epochs(recipe, teacher.config),
-                      target["latency_ms_p50"], work, data_dir, log, pruning_steps)
+                      target["latency_ms_p50"], work, data_dir, log, pruning_steps,
+                      make_views(teacher, train, recipe, log))
     log(f"target batch-1 p50 {setting.target_ms:.2f} ms; budget {setting.epochs} distillation epochs per method")
 
     built: dict[str, Built] = {}
@@ -87,6 +88,7 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     summary = {
         "command": command, "teacher": str(teacher_dir), "data": str(data_dir),
         "distillation_samples": len(train), "test_samples": len(test), "epochs": setting.epochs,
+        "augmented_views": 0 if setting.views is None else len(setting.views.plan.text_source),
         "target_ms": setting.target_ms, "physical_limit": limit, "entries": entries, "pending": pending,
         "timing": "provisional: each model timed alone right after it was built; the paired timing is still to come",
     }

@@ -46,6 +46,8 @@ def test_every_method_runs_and_the_searched_policy_is_pending(peers):
         assert 0 <= entry["accuracy"] <= 1 and entry["latency_ms_p50"] > 0 and entry["floor_ms"] > 0
     results = work / "results"
     assert json.loads((results / "peers.json").read_text())["epochs"] == 1
+    # the peers distil on the same augmented views as the AntGMM student (the tiny recipe: one per ad)
+    assert summary["augmented_views"] == summary["distillation_samples"]
     assert "Torch-Pruning" in (results / "peers.md").read_text()
     assert (results / "pareto.png").stat().st_size > 0
     assert summary["pareto_front"] and set(summary["pareto_front"]) <= set(keys)
