@@ -2,7 +2,8 @@
 
 The gateway (backend, policy, decision log, shadow mirror) is built in the app's lifespan and
 kept on `app.state`; routes receive it through `Depends(get_gateway)`, so tests and the CLI
-build apps with different settings side by side.
+build apps with different settings side by side. The dependencies are `async def` although they
+never wait: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from .gateway import Gateway
 from .metrics import GatewayMetrics
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
         raise ApiError(503, "starting", "the gateway is starting; retry shortly")
     return gateway
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
