@@ -17,7 +17,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from adaudit.compression.augmentation import apply_plan
 from adaudit.compression.distillation import TeacherCache, distil
 from adaudit.compression.pipeline import Views
 from adaudit.compression.importance import block_influence
@@ -60,14 +59,11 @@ class Setting:
     @property
     def calibration(self) -> tuple[EncodedSplit, TeacherCache]:
         index = torch.arange(min(self.recipe.calibration_samples, len(self.train)))
-        return self.train.subset(index), TeacherCache({t: v[index] for t, v in self.cache.logits.items()},
-                                                       self.cache.pooled[index])
+        return self.train.subset(index), self.cache.subset(index)
 
     def pool(self, train: EncodedSplit) -> tuple[EncodedSplit, TeacherCache]:
         """`train` (as some model takes it) followed by the views, with the teacher's outputs on all of them."""
-        if self.views is None:
-            return train, self.cache
-        return apply_plan(train, self.views.plan), self.cache.concat(self.views.cache)
+        return (train, self.cache) if self.views is None else self.views.extend(train, self.cache)
 
     def distil(self, model: AuditModel, description: str) -> None:
         train, cache = self.pool(self.train)

@@ -58,6 +58,7 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
     output = model(**split.inputs(index))
     labels = split.labels[index]
     labelled = slice(None) if cache.labelled is None else cache.labelled[index]
+    label_terms = bool(settings.label_weight) and bool(labels[labelled].numel())  # a batch of views alone has none
     temperature = settings.temperature
     loss = output.pooled.new_zeros(())
     for i, task in enumerate(split.tasks):
@@ -66,9 +67,9 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
             kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
                           log_target=True, reduction="batchmean")
             loss = loss + settings.kl_weight * temperature**2 * kl
-        if settings.label_weight and labels[labelled].numel():
+        if label_terms:
             loss = loss + settings.label_weight * F.cross_entropy(student[labelled], labels[labelled, i])
-    if settings.label_weight and labels[labelled].numel():
+    if label_terms:
         image_logits = {task: logits[labelled] for task, logits in output.image_logits.items()}
         loss = loss + settings.label_weight * image_grounding_loss(image_logits, split, labels[labelled])
     if settings.pooled_weight and output.pooled.shape[-1] == cache.pooled.shape[-1]:

@@ -43,16 +43,16 @@ class Context:
         held_out = held_out_count(recipe, train)
         if held_out:  # the last `validation_samples` of the distillation ads pick the final stage's best epoch
             kept, validation = torch.arange(len(train) - held_out), torch.arange(len(train) - held_out, len(train))
-            self.validation, self.validation_cache = train.subset(validation), subset_cache(cache, validation)
-            train, cache = train.subset(kept), subset_cache(cache, kept)
+            self.validation, self.validation_cache = train.subset(validation), cache.subset(validation)
+            train, cache = train.subset(kept), cache.subset(kept)
         else:
             self.validation = self.validation_cache = None
         if views is not None:  # the distillation ads first (calibration reads those), then their views
-            train, cache = apply_plan(train, views.plan), cache.concat(views.cache)
+            train, cache = views.extend(train, cache)
         self.train, self.cache = train, cache
         calibration = torch.arange(min(recipe.calibration_samples, len(train)))
         self.calibration = train.subset(calibration)
-        self.calibration_cache = subset_cache(cache, calibration)
+        self.calibration_cache = cache.subset(calibration)
         self.steps = 0
 
     def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
@@ -77,10 +77,6 @@ class Context:
         return best.restore(model)
 
 
-def subset_cache(cache: TeacherCache, index: torch.Tensor) -> TeacherCache:
-    return cache.subset(index)
-
-
 def held_out_count(recipe: Recipe, train: EncodedSplit) -> int:
     return min(recipe.distillation.validation_samples, len(train) - 1)
 
@@ -89,6 +85,10 @@ def held_out_count(recipe: Recipe, train: EncodedSplit) -> int:
 class Views:
     plan: ViewPlan
     cache: TeacherCache  # the teacher's outputs on the view rows alone
+
+    def extend(self, train: EncodedSplit, cache: TeacherCache) -> tuple[EncodedSplit, TeacherCache]:
+        """The ads (as some model tokenises them) followed by their views, with the teacher's outputs on all."""
+        return apply_plan(train, self.plan), cache.concat(self.cache)
 
 
 def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log) -> Views | None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaudit.compression.distillation import BestEpoch, cache_teacher, distil, mean_distillation_loss
-from adaudit.compression.pipeline import REPORT_FILE, compress, subset_cache
+from adaudit.compression.pipeline import REPORT_FILE, compress
 from adaudit.compression.recipe import RecipeError, load_recipe
 from adaudit.compression.structure import remove_blocks
 from adaudit.data.encoding import encode_split
@@ -83,7 +83,7 @@ def test_the_final_stage_keeps_the_epoch_with_the_lowest_held_out_loss(teacher, 
     ads = encode_split(dataset, "train", processor, teacher_model.config.tasks, limit=96)
     cache = cache_teacher(teacher_model, ads)
     train, held_out = ads.subset(torch.arange(64)), ads.subset(torch.arange(64, 96))
-    train_cache, held_out_cache = subset_cache(cache, torch.arange(64)), subset_cache(cache, torch.arange(64, 96))
+    train_cache, held_out_cache = cache.subset(torch.arange(64)), cache.subset(torch.arange(64, 96))
     torch.manual_seed(0)
     student = remove_blocks(teacher_model, {"vision": [0], "qformer": [0], "text": [0]})
     settings = tiny_recipe.distillation.model_copy(update={"learning_rate": 2e-2})  # high: the held-out loss wanders
