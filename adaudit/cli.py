@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -116,12 +117,15 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
            version: Annotated[int, typer.Option(min=1, help="version number to write")] = 1,
            max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
            preferred_batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "8,16,32",
-           max_queue_delay_us: Annotated[int, typer.Option(min=0)] = 100,
+           max_queue_delay_us: Annotated[int, typer.Option(min=0, help="how long a request may wait for company")] = 0,
            gpu: Annotated[bool, typer.Option(help="KIND_GPU instances (production) instead of KIND_CPU")] = False,
            instances: Annotated[int, typer.Option(min=1)] = 1,
            keep_versions: Annotated[int, typer.Option(min=1, help="versions served side by side")] = 2,
            precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16",
-           threads: Annotated[int, typer.Option(min=0, help="torch threads per model instance (0: all cores)")] = 0):
+           threads: Annotated[int, typer.Option(min=0, help="torch threads per model instance (0: all cores)")] = 0,
+           teacher_cpu_priority: Annotated[str, typer.Option(
+               help="CPU instances of the teacher: normal, or idle (SCHED_IDLE) when it shadows the student "
+                    "on the same CPUs, so it only gets the time the student leaves")] = "normal"):
     """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
     from adaudit.export.repository import ServingSettings, export_model
 
@@ -138,7 +142,9 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
         raise typer.Exit(1) from None
     for name, folder in (("student", student), ("teacher", teacher)):
         if folder is not None:
-            written = export_model(folder, out, name, version, settings)
+            chosen = dataclasses.replace(settings, cpu_priority=teacher_cpu_priority) if name == "teacher" \
+                else settings
+            written = export_model(folder, out, name, version, chosen)
             log(f"{name} version {version} written to {written}")
 
 

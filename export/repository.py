@@ -27,23 +27,35 @@ from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, t
 
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
 CHECKSUMS_FILE = "checksums.json"
+CPU_PRIORITIES = ("normal", "idle")
 
 
 @dataclass
 class ServingSettings:
     max_batch_size: int = 32
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_microseconds: int = 100  # at batch 1 every request waits this long; busy instances batch anyway
+    # 0: a lone request never waits for company. Batches still form: the gateway sends the ads of
+    # concurrent requests together (service/coalescing.py), and a busy instance's queue is taken whole.
+    max_queue_delay_microseconds: int = 0
     instance_kind: str = "KIND_CPU"  # KIND_GPU in production
     instance_count: int = 1
     keep_versions: int = 2
     precision: str = "float16"  # on GPU instances: float16 or bfloat16
     threads: int = 0  # torch threads per model instance; 0: torch's default (all cores)
+    cpu_priority: str = "normal"  # CPU instances: "normal", or "idle" for a shadow model (below)
+
+    # A shadow model that shares CPUs with the primary (one CPU machine, as here) gets "idle":
+    # its instance processes run under Linux's SCHED_IDLE policy, so they get only the CPU time
+    # nothing else wants and give way the moment the primary or the gateway needs a core;
+    # mirrored traffic then cannot slow the primary's answers (the shadow queue overflows and
+    # is counted instead). GPU instances ignore it.
 
     def __post_init__(self):
         if not self.preferred_batch_sizes or max(self.preferred_batch_sizes) > self.max_batch_size:
             raise ValueError(f"preferred batch sizes {self.preferred_batch_sizes} must be at most "
                              f"max_batch_size {self.max_batch_size}")
+        if self.cpu_priority not in CPU_PRIORITIES:
+            raise ValueError(f"cpu_priority must be one of {', '.join(CPU_PRIORITIES)}, not {self.cpu_priority!r}")
         if self.precision not in ("float16", "bfloat16"):
             raise ValueError(f"precision must be float16 or bfloat16, not {self.precision!r}")
 
@@ -73,6 +85,7 @@ instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_ki
 version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
+parameters: {{ key: "cpu_priority" value: {{ string_value: "{settings.cpu_priority}" }} }}
 parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
 """
 

@@ -10,6 +10,7 @@ parameter (float16 or bfloat16); on CPU in float32.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ class TritonPythonModel:
         threads = int(parameters.get("threads", {}).get("string_value", "0") or 0)
         if threads > 0:  # several model processes on one CPU machine: share the cores instead of fighting
             torch.set_num_threads(threads)
+        if parameters.get("cpu_priority", {}).get("string_value") == "idle" and not gpu:
+            # a shadow on the primary's CPUs: only the time nothing else wants (threads made later inherit it)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         self.dtype = getattr(torch, precision) if gpu else torch.float32
         self.model.to(self.device, self.dtype).eval()
 

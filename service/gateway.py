@@ -1,19 +1,23 @@
 """The audit path: policy -> preprocessing -> backend -> labels -> decision log -> shadow.
 
-`Gateway.audit(ads)` answers a list of checked ads (one for `POST /v1/audits`, up to
+`Gateway.audit(raw)` answers a list of unchecked ads (one for `POST /v1/audits`, up to
 `max_batch` for the batch route):
 
 1. the policy picks each ad's target (primary, or the canary: sticky per ad id);
-2. per target, one backend call for its ads (split at the model's max batch size), the inputs
-   made once by `encoding.Encoder` from the model's `ModelSpec` (cached `SPEC_TTL_S` seconds,
-   so a newly rolled-out version is picked up);
-3. a canary that fails falls back to the primary (counted as `canary_failed`); a primary that
-   fails is a 503;
+2. one worker-thread call checks and decodes every ad (intake.py: bad input is a 4xx here) and
+   makes each target's inputs with `encoding.Encoder`, sized by the model's `ModelSpec` (cached
+   `SPEC_TTL_S` seconds, so a newly rolled-out version is picked up): one thread hop per
+   request, not one for decoding and another for encoding;
+3. per target, its ads go to the backend through a `Coalescer` (coalescing.py): ads of
+   concurrent requests for one model leave in one backend call, up to the model's max batch
+   size, with at most `backend_calls_in_flight` calls per model at once; a canary that fails
+   falls back to the primary (counted as `canary_failed`); a primary that fails is a 503;
 4. every decision is written to the decision log, with the caller's name, before anything is
    answered: if the log cannot take it (database down, locked past `request_timeout_s`) the
    request fails with 503 `decision_log_unavailable` and the client retries, so no answer ever
    goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
-   restart). Answered ads are counted in `adaudit_predictions_total`;
+   restart). Concurrent requests' rows share one commit (a `Coalescer` again). Answered ads are
+   counted in `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
 
@@ -24,11 +28,14 @@ import logging
 import time
 import uuid
 
+import numpy as np
+
 from .backends import BackendError
+from .coalescing import Coalescer
 from .decision_log import DecisionLog, now
 from .encoding import Encoder, ModelSpec, Prediction, predictions, select
 from .errors import ApiError
-from .intake import Ad, Limits, decode_ads
+from .intake import Ad, Limits, RawAd, decode_ads
 from .metrics import GatewayMetrics
 from .policy import CANARY, Target, TrafficPolicy
 from .shadow import ShadowJob, ShadowMirror
@@ -45,6 +52,9 @@ class Gateway:
         self.policy = policy or TrafficPolicy(settings)
         self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars)
         self.encoder = Encoder()
+        self.calls = Coalescer(self._infer_together, settings.backend_calls_in_flight,
+                               lambda key, ads: metrics.backend_batch.labels(*key).observe(ads))
+        self.writes = Coalescer(self._write_together)
         self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
         self.shadow = None
         if self.policy.shadow is not None:
@@ -92,7 +102,8 @@ class Gateway:
         step = spec.max_batch_size or size
         try:
             parts = await asyncio.gather(*(
-                self.backend.infer(spec.name, spec.version, {k: v[i:i + step] for k, v in inputs.items()})
+                self.calls.submit((spec.name, spec.version), {k: v[i:i + step] for k, v in inputs.items()},
+                                  min(step, size - i), spec.max_batch_size)
                 for i in range(0, size, step)))
         except BackendError:
             self._specs.pop((target.model, target.version), None)  # describe again next time
@@ -102,22 +113,68 @@ class Gateway:
         answers = [p for part in parts for p in predictions(part, spec.tasks)]
         return spec, answers, inputs, encoded - started, inferred - encoded
 
-    async def _answer(self, target: Target, ads: list[Ad]):
+    async def prepare(self, raw: list[RawAd]) -> tuple[dict[Target, list[int]], list[Ad], dict, float]:
+        """(ad indexes per target, checked ads, inputs or backend error per target, seconds taken).
+
+        Decoding and encoding happen in one worker-thread call. A target whose model cannot be
+        described (backend down) gets its error, answered after the ads are checked, so bad
+        input is a 4xx even then."""
+        groups: dict[Target, list[int]] = {}
+        for index, item in enumerate(raw):
+            groups.setdefault(self.policy.target(item.ad_id), []).append(index)
+        specs: dict[Target, ModelSpec | BackendError] = {}
+        for target in groups:
+            try:
+                specs[target] = await self.spec(target.model, target.version)
+            except BackendError as error:
+                specs[target] = error
+        started = time.perf_counter()
+        ads, prepared = await asyncio.to_thread(self._decode_and_encode, raw, groups, specs)
+        return groups, ads, prepared, time.perf_counter() - started
+
+    def _decode_and_encode(self, raw: list[RawAd], groups: dict[Target, list[int]], specs: dict) -> tuple[list, dict]:
+        ads = decode_ads(raw, self.limits)
+        prepared = {}
+        for target, indexes in groups.items():
+            spec = specs[target]
+            prepared[target] = spec if isinstance(spec, BackendError) else \
+                {spec.input_key: self.encoder.encode([ads[i] for i in indexes], spec)}
+        return ads, prepared
+
+    async def _infer_together(self, key: tuple[str, str], parts: list[dict]) -> list[dict]:
+        """One backend call for the inputs of several requests; each gets its own rows back."""
+        if len(parts) == 1:
+            return [await self.backend.infer(*key, parts[0])]
+        outputs = await self.backend.infer(*key, {name: np.concatenate([p[name] for p in parts])
+                                                  for name in parts[0]})
+        answers, start = [], 0
+        for part in parts:
+            end = start + len(part["input_ids"])
+            answers.append({name: array[start:end] for name, array in outputs.items()})
+            start = end
+        return answers
+
+    async def _write_together(self, _key, row_lists: list[list[dict]]) -> list[None]:
+        await asyncio.to_thread(self.log.add_decisions, [row for rows in row_lists for row in rows])
+        return [None] * len(row_lists)
+
+    async def _answer(self, target: Target, ads: list[Ad], prepared: dict | BackendError | None = None):
         try:
-            return target, await self.predict(target, ads)
+            if isinstance(prepared, BackendError):
+                raise prepared
+            return target, await self.predict(target, ads, prepared)
         except BackendError as error:
             if target.arm == CANARY:
                 self.metrics.errors.labels("canary_failed").inc()
                 log.warning("canary %s failed, the primary answers: %s", target.model, error.message)
-                return await self._answer(self.policy.primary, ads)
+                return await self._answer(self.policy.primary, ads, None if prepared is error else prepared)
             raise ApiError(503, error.kind, error.message) from None
 
     # --- the audit path ---------------------------------------------------------------------
-    async def audit(self, ads: list[Ad], received: float, decode_s: float, caller: str | None = None) -> list[dict]:
-        groups: dict[Target, list[int]] = {}
-        for index, ad in enumerate(ads):
-            groups.setdefault(self.policy.target(ad.ad_id), []).append(index)
-        answered = await asyncio.gather(*(self._answer(t, [ads[i] for i in idx]) for t, idx in groups.items()))
+    async def audit(self, raw: list[RawAd], received: float, caller: str | None = None) -> list[dict]:
+        groups, ads, prepared, decode_s = await self.prepare(raw)
+        answered = await asyncio.gather(*(self._answer(t, [ads[i] for i in idx], prepared[t])
+                                          for t, idx in groups.items()))
         results: list[dict | None] = [None] * len(ads)
         jobs: list[ShadowJob] = []
         rows = []
@@ -184,7 +241,7 @@ class Gateway:
 
     async def _log(self, rows: list[dict]) -> None:
         try:
-            await asyncio.to_thread(self.log.add_decisions, rows)
+            await self.writes.submit("decisions", rows, len(rows))
         except Exception as error:  # no answer without its row: the client gets a 503 and retries
             log.error("decision log write failed for %d decisions (answered 503): %s", len(rows),
                       type(error).__name__)

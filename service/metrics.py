@@ -7,6 +7,7 @@ process group each worker would report only its own share.
 
     adaudit_request_duration_seconds{route, model, outcome}     histogram, end to end per HTTP request
     adaudit_inference_duration_seconds{model, version}          histogram, one backend call (a batch)
+    adaudit_backend_batch_ads{model, version}                   histogram, ads per backend call (coalescing.py)
     adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task
     adaudit_shadow_agreements_total{primary, shadow, task}      counter, task in verdict|violation
     adaudit_shadow_disagreements_total{primary, shadow, task, primary_label, shadow_label}
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -38,6 +40,8 @@ class GatewayMetrics:
                                          ["route", "model", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
         self.inference_latency = Histogram("adaudit_inference_duration_seconds", "Backend inference latency per call",
                                            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.backend_batch = Histogram("adaudit_backend_batch_ads", "Ads per backend call (gateway-side batching)",
+                                       ["model", "version"], buckets=BATCH_BUCKETS, registry=r)
         self.predictions = Counter("adaudit_predictions", "Answered predictions by model and label",
                                    ["model", "version", "task", "label"], registry=r)
         self.shadow_agreements = Counter("adaudit_shadow_agreements", "Shadow model agreed with the primary",

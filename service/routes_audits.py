@@ -7,7 +7,6 @@ reading), so their schemas are declared for the OpenAPI docs with `openapi_extra
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -19,7 +18,6 @@ from .dependencies import get_gateway, in_log
 from .decision_log import FeedbackExists, UnknownRequest
 from .errors import ApiError, unprocessable
 from .gateway import Gateway
-from .intake import decode_ads
 from .schemas import AuditRequest, AuditResult, BatchResponse, Decision, ErrorBody, FeedbackRequest, FeedbackResponse
 from .security import ANONYMOUS
 
@@ -51,12 +49,6 @@ def caller_of(request: Request) -> str:
     return getattr(request.state, "caller", ANONYMOUS)  # set by security.authenticate on every /v1 route
 
 
-async def checked_ads(raw, gateway: Gateway):
-    started = time.perf_counter()
-    ads = await asyncio.to_thread(decode_ads, raw, gateway.limits)
-    return ads, time.perf_counter() - started
-
-
 @router.post("/audits", response_model=AuditResult, responses=ERRORS, summary="Audit one ad",
              openapi_extra=request_body((JSON, AuditRequest.model_json_schema()), (MULTIPART, MULTIPART_SCHEMA)))
 async def create_audit(request: Request, gateway: Gateway = Depends(get_gateway)):
@@ -69,9 +61,8 @@ async def create_audit(request: Request, gateway: Gateway = Depends(get_gateway)
         raw = bodies.audit_from_json(bodies.parse_json(body), gateway.settings.max_image_bytes)
     else:
         raw = bodies.audit_from_multipart(body, request.headers["content-type"])
-    ads, decode_s = await checked_ads([raw], gateway)
     request.state.model = gateway.policy.primary.model
-    (result,) = await gateway.audit(ads, received, decode_s, caller_of(request))
+    (result,) = await gateway.audit([raw], received, caller_of(request))
     request.state.model = result["model"]
     return result
 
@@ -87,9 +78,8 @@ async def create_audits(request: Request, gateway: Gateway = Depends(get_gateway
     settings = gateway.settings
     body = await bodies.read_body(request, settings.body_limit(settings.max_batch))
     raw = bodies.batch_from_json(bodies.parse_json(body), settings.max_batch, settings.max_image_bytes)
-    ads, decode_s = await checked_ads(raw, gateway)
     request.state.model = gateway.policy.primary.model
-    return {"items": await gateway.audit(ads, received, decode_s, caller_of(request))}
+    return {"items": await gateway.audit(raw, received, caller_of(request))}
 
 
 @router.get("/audits/{request_id}", response_model=Decision, responses={404: {"model": ErrorBody}},

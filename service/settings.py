@@ -61,6 +61,7 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0)  # the bucket's size; 0: max(1, rate_limit_per_s)
     cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed; none: CORS off
     # overload and shutdown
+    backend_calls_in_flight: int = Field(2, ge=1, le=64)  # per model: ads of requests that wait meanwhile go together
     max_in_flight: int = Field(64, ge=1)  # /v1 requests served at once; more are answered 503 at once
     shutdown_drain_s: float = Field(10.0, ge=0)  # at stop, how long the shadow queue may take to drain
 
