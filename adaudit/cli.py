@@ -137,13 +137,13 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
     try:
         settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
                                    instances, keep_versions, precision, threads)
+        teacher_settings = dataclasses.replace(settings, cpu_priority=teacher_cpu_priority)
     except ValueError as error:
         log(f"error: {error}")
         raise typer.Exit(1) from None
     for name, folder in (("student", student), ("teacher", teacher)):
         if folder is not None:
-            chosen = dataclasses.replace(settings, cpu_priority=teacher_cpu_priority) if name == "teacher" \
-                else settings
+            chosen = teacher_settings if name == "teacher" else settings
             written = export_model(folder, out, name, version, chosen)
             log(f"{name} version {version} written to {written}")
 

@@ -50,3 +50,10 @@ def test_a_broken_model_folder_is_not_exported(tmp_path):
     with pytest.raises(ModelFolderError):
         export_model(tmp_path / "missing", tmp_path / "repo", "student", 1, ServingSettings())
     assert not (tmp_path / "repo").exists()
+
+
+def test_cpu_priority_is_written_and_checked(student, tmp_path):
+    export_model(student[0], tmp_path / "repo", "teacher", 1, ServingSettings(cpu_priority="idle"))
+    assert 'key: "cpu_priority" value: { string_value: "idle" }' in (tmp_path / "repo" / "teacher" / "config.pbtxt").read_text()
+    with pytest.raises(ValueError, match="cpu_priority"):
+        ServingSettings(cpu_priority="high")

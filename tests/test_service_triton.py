@@ -12,12 +12,14 @@ reason, only when the server cannot run here (nvidia-pytriton missing or the bin
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,8 +82,9 @@ def model_dir(tmp_path_factory):
 def triton(model_dir, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     serving = ServingSettings(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_microseconds=100)
-    for name in ("student", "teacher", "pruned"):
-        export_model(model_dir / name, repo, name, 1, serving)
+    for name in ("student", "teacher", "pruned"):  # the teacher as a shadow on these CPUs: SCHED_IDLE
+        export_model(model_dir / name, repo, name, 1,
+                     dataclasses.replace(serving, cpu_priority="idle") if name == "teacher" else serving)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repo, *free_ports(3), log_file=log, ready_timeout=120)
     try:
@@ -123,6 +126,24 @@ def test_triton_answers_equal_the_embedded_backend(model_dir, tmp_path, triton):
         with ThreadPoolExecutor(len(ADS)) as pool:  # concurrent requests: Triton's dynamic batcher merges them
             concurrent = list(pool.map(lambda ad: remote.post("/v1/audits", json=ad).json(), ADS * 2))
         assert [labels(a) for a in concurrent] == [labels(a) for a in expected] * 2
+
+
+def stub_of(model: str) -> int:
+    """The pid of the python-backend stub process that runs `model`'s instance."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arguments and arguments[0].endswith(b"triton_python_backend_stub") and \
+                any(f"/{model}/1/model.py".encode() in a for a in arguments):
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no python-backend stub runs {model}")
+
+
+def test_a_shadow_exported_at_idle_cpu_priority_runs_under_sched_idle(triton):
+    assert os.sched_getscheduler(stub_of("teacher")) == os.SCHED_IDLE
+    assert os.sched_getscheduler(stub_of("student")) == os.SCHED_OTHER
 
 
 def test_shadow_traffic_through_triton(model_dir, tmp_path, triton):
