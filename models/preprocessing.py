@@ -32,7 +32,8 @@ class AuditProcessor:
     def image_bytes(self, images: list[Image.Image]) -> torch.Tensor:
         """uint8 (batch, 3, size, size): compact enough to keep a whole data set in memory."""
         size = (self.image_size, self.image_size)
-        arrays = [np.asarray(image.convert("RGB").resize(size, Image.BILINEAR)) for image in images]
+        arrays = [np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(size, Image.BILINEAR))
+                  for image in images]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
@@ -41,8 +42,9 @@ class AuditProcessor:
 
     def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(texts, padding="max_length", truncation=True,
-                                 max_length=self.max_text_length, return_tensors="pt")
-        return encoded["input_ids"], encoded["attention_mask"]
+                                 max_length=self.max_text_length, return_tensors="np")  # numpy: cheaper than "pt"
+        return (torch.from_numpy(encoded["input_ids"].astype(np.int64, copy=False)),
+                torch.from_numpy(encoded["attention_mask"].astype(np.int64, copy=False)))
 
     def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self.texts(texts)

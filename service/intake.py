@@ -86,7 +86,7 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
                         f"the limit is {limits.max_image_pixels} (decompression bomb?)")
     try:
         image.load()
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     except Exception as error:  # OSError "image file is truncated", SyntaxError, struct.error, ...
         raise bad_request("corrupt_image", f"{field} is truncated or corrupt: {error}") from None
 
