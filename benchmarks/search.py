@@ -117,7 +117,8 @@ def main() -> None:
                       "policy": searched["policy"] if searched else None}
     result = {"command": "python benchmarks/search.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(arguments).items()),
-              **setup, "variants": rows, "wall_seconds": time.perf_counter() - started, "machine": machine()}
+              **setup, "final_epochs": arguments.final_epochs, "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())[
+                  "final_epochs"], "variants": rows, "wall_seconds": time.perf_counter() - started, "machine": machine()}
     arguments.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(arguments.results / "search.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(arguments.results / "search.md", markdown(result))
@@ -145,8 +146,9 @@ def markdown(result: dict) -> str:
                      f"{100 * row['accuracy']:.1f}% | {100 * row['violation_macro_f1']:.1f}% | "
                      f"{100 * row['agreement']:.1f}% | {extra} |")
     lines += ["", f"Teacher: {100 * teacher['accuracy']:.1f}% verdict accuracy. The default recipe's student "
-              "(hand-set ratios, 10 final epochs) is a reference; every searched/uniform variant has the same "
-              "stages and distillation budget.", ""]
+              f"(hand-set ratios, {result.get('default_recipe_final_epochs', '?')} final epochs, its vocabulary "
+              "stage) is a reference; every searched/uniform variant has the same stages and distillation budget "
+              f"({result.get('final_epochs', '?')} final epochs).", ""]
     return "\n".join(lines)
 
 
