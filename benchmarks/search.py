@@ -36,6 +36,9 @@ VARIANTS = {  # name -> search settings changed from recipes/auto.yaml
     "uniform": {"strategy": "uniform"},
     "searched_without_generalization_term": {"generalization_weight": 0.0},
     "searched_without_projector_tuning": {"projector_steps": 0},
+    # the searched settings, under the latency the uniform ratio reached (its predicted latency) instead of
+    # the budget: the uniform ratio moves in whole blocks and heads and lands below the budget
+    "searched_at_uniform_latency": {},
 }
 
 
@@ -90,7 +93,13 @@ def main() -> None:
         if not (variant / "search.json").exists():
             log(f"{name}: searching")
             recipe = base.model_copy(update={"search": base.search.model_copy(update=changes)})
-            section = search_policy(teacher, train, order, recipe, setup["budget_ms"], log, latency_model)
+            budget = setup["budget_ms"]
+            if name == "searched_at_uniform_latency":
+                if not (folder / "uniform" / "search.json").exists():
+                    parser.error("searched_at_uniform_latency needs the uniform variant first")
+                budget = json.loads((folder / "uniform" / "search.json").read_text())["chosen"]["latency_ms"]
+                log(f"{name}: budget {budget:.2f} ms, the uniform ratio's predicted latency")
+            section = search_policy(teacher, train, order, recipe, budget, log, latency_model)
             atomic_write_text(variant / "recipe.json", policy_recipe(recipe, section["policy"]).model_dump_json(indent=2))
             atomic_write_text(variant / "search.json", json.dumps(section, indent=2) + "\n")
         if not (variant / "student" / "report.json").exists():
@@ -114,6 +123,7 @@ def main() -> None:
                       "search_seconds": searched["seconds"] if searched else None,
                       "distillation_seconds": json.loads((folder / name / "student" / "report.json").read_text())[
                           "wall_seconds"] if searched else None,
+                      "budget_ms": searched["budget_ms"] if searched else None,
                       "policy": searched["policy"] if searched else None}
     result = {"command": "python benchmarks/search.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(arguments).items()),
@@ -149,6 +159,10 @@ def markdown(result: dict) -> str:
               f"(hand-set ratios, {result.get('default_recipe_final_epochs', '?')} final epochs, its vocabulary "
               "stage) is a reference; every searched/uniform variant has the same stages and distillation budget "
               f"({result.get('final_epochs', '?')} final epochs).", ""]
+    at_uniform = result["variants"].get("searched_at_uniform_latency")
+    if at_uniform:
+        lines += [f"searched_at_uniform_latency: the same search under {at_uniform['budget_ms']:.2f} ms, the uniform "
+                  "ratio's predicted latency, instead of the budget.", ""]
     return "\n".join(lines)
 
 
