@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=4)
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variants to run (the rest are left out of the report)")
+    parser.add_argument("--gap-seeds", type=int, default=0,
+                        help="also run the search step alone, with and without the generalization term, on this many "
+                             "more seeds (other search samples and populations) and report the loss gaps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every step (1: steadier timings)")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
@@ -106,6 +109,24 @@ def main() -> None:
             log(f"{name}: distilling the policy")
             compress(run / "teacher", run / "data", variant / "student", variant / "recipe.json", log=log)
 
+    gaps_file = folder / "generalization_gaps.json"
+    gaps = json.loads(gaps_file.read_text()) if gaps_file.exists() else []
+    for seed in range(1, arguments.gap_seeds + 1):
+        if any(g["seed"] == seed for g in gaps):
+            continue
+        seeded = base.model_copy(update={"seed": base.seed + seed})
+        seed_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seeded.seed))
+        row = {"seed": seed}
+        for label, weight in (("with_term", base.search.generalization_weight), ("without_term", 0.0)):
+            log(f"generalization gap, seed {seed}, {label.replace('_', ' ')}")
+            recipe = seeded.model_copy(update={"search": seeded.search.model_copy(
+                update={"generalization_weight": weight})})
+            section = search_policy(teacher, train, seed_order, recipe, setup["budget_ms"], log, latency_model)
+            row[label] = {"gap": section["chosen_generalization_gap"], "search_loss": section["chosen"]["loss"],
+                          "held_out_loss": section["chosen_held_out_loss"]}
+        gaps.append(row)
+        atomic_write_text(gaps_file, json.dumps(gaps, indent=2) + "\n")
+
     log("timing every student in alternating rounds and evaluating on the test split")
     models = {"teacher": teacher, "default_recipe": AuditModel.from_pretrained(run / "student")}
     models |= {name: AuditModel.from_pretrained(folder / name / "student") for name in variants}
@@ -127,7 +148,7 @@ def main() -> None:
                       "policy": searched["policy"] if searched else None}
     result = {"command": "python benchmarks/search.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(arguments).items()),
-              **setup, "final_epochs": arguments.final_epochs, "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())[
+              **setup, "generalization_gaps": gaps, "final_epochs": arguments.final_epochs, "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())[
                   "final_epochs"], "variants": rows, "wall_seconds": time.perf_counter() - started, "machine": machine()}
     arguments.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(arguments.results / "search.json", json.dumps(result, indent=2) + "\n")
@@ -159,6 +180,13 @@ def markdown(result: dict) -> str:
               f"(hand-set ratios, {result.get('default_recipe_final_epochs', '?')} final epochs, its vocabulary "
               "stage) is a reference; every searched/uniform variant has the same stages and distillation budget "
               f"({result.get('final_epochs', '?')} final epochs).", ""]
+    if result.get("generalization_gaps"):
+        lines += ["Generalization gap (held-out minus search-sample loss of the chosen policy), the search step alone "
+                  "on more seeds (other 64 search ads, other populations):", "",
+                  "| seed | with the term | without |", "|---|---|---|"]
+        for row in result["generalization_gaps"]:
+            lines.append(f"| {row['seed']} | {row['with_term']['gap']:+.3f} | {row['without_term']['gap']:+.3f} |")
+        lines.append("")
     at_uniform = result["variants"].get("searched_at_uniform_latency")
     if at_uniform:
         lines += [f"searched_at_uniform_latency: the same search under {at_uniform['budget_ms']:.2f} ms, the uniform "
