@@ -148,8 +148,9 @@ def main() -> None:
                       "policy": searched["policy"] if searched else None}
     result = {"command": "python benchmarks/search.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(arguments).items()),
-              **setup, "generalization_gaps": gaps, "final_epochs": arguments.final_epochs, "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())[
-                  "final_epochs"], "variants": rows, "wall_seconds": time.perf_counter() - started, "machine": machine()}
+              **setup, "generalization_gaps": gaps, "final_epochs": arguments.final_epochs,
+              "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())["final_epochs"],
+              "variants": rows, "wall_seconds": time.perf_counter() - started, "machine": machine()}
     arguments.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(arguments.results / "search.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(arguments.results / "search.md", markdown(result))

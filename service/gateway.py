@@ -215,10 +215,12 @@ class Gateway:
     async def _run_shadow(self, job: ShadowJob) -> tuple[ModelSpec, Prediction]:
         shadow = self.policy.shadow
         spec = await self.spec(shadow.model, shadow.version)
-        ads = None
-        if spec.input_key != job.input_key:
-            ads = await asyncio.to_thread(decode_ads, [job.source], self.limits)
-        spec, (answer,), *_ = await self.predict(shadow, ads, {job.input_key: job.inputs})
+        ads, reuse = None, {job.input_key: job.inputs}
+        if spec.input_key != job.input_key:  # other shapes or tokenizer: decode and encode again, in one hop
+            ads, prepared = await asyncio.to_thread(self._decode_and_encode, [job.source], {shadow: [0]},
+                                                    {shadow: spec})
+            reuse = prepared[shadow]
+        spec, (answer,), *_ = await self.predict(shadow, ads, reuse)
         return spec, answer
 
     @staticmethod

@@ -6,7 +6,8 @@ multiprocess mode is therefore not needed (and not enabled); with several worker
 process group each worker would report only its own share.
 
     adaudit_request_duration_seconds{route, model, outcome}     histogram, end to end per HTTP request
-    adaudit_inference_duration_seconds{model, version}          histogram, one backend call (a batch)
+    adaudit_inference_duration_seconds{model, version}          histogram, per request: its backend call(s),
+                                                                including the wait to go in a batch
     adaudit_backend_batch_ads{model, version}                   histogram, ads per backend call (coalescing.py)
     adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task
     adaudit_shadow_agreements_total{primary, shadow, task}      counter, task in verdict|violation

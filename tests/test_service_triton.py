@@ -157,6 +157,21 @@ def test_shadow_traffic_through_triton(model_dir, tmp_path, triton):
             time.sleep(0.05)
 
 
+
+def test_a_shadow_with_another_tokenizer_decodes_and_encodes_the_ad_again(model_dir, tmp_path):
+    """The pruned student (its own tokenizer.json) shadowed by the unpruned one: the mirrored ad's
+    inputs cannot be reused, so the shadow decodes and encodes it again; every comparison lands."""
+    with gateway(model_dir, tmp_path, "embedded", primary_model="pruned", shadow_model="student",
+                 shadow_fraction=1.0) as client:
+        for ad in ADS[:3]:
+            assert client.post("/v1/audits", json=ad).json()["shadowed"] is True
+        deadline = time.monotonic() + 20
+        while 'adaudit_shadow_comparisons_total{primary="pruned",shadow="student"} 3.0' not in \
+                client.get("/metrics").text:
+            assert time.monotonic() < deadline, client.get("/metrics").text
+            time.sleep(0.05)
+        assert 'adaudit_errors_total{kind="shadow_failed"}' not in client.get("/metrics").text
+
 def warm_up(client, attempts: int = 10) -> None:
     """The first inference of a freshly loaded python-backend model can take seconds (torch's lazy start)."""
     for _ in range(attempts):
