@@ -146,15 +146,20 @@ def test_a_shadow_exported_at_idle_cpu_priority_runs_under_sched_idle(triton):
     assert os.sched_getscheduler(stub_of("student")) == os.SCHED_OTHER
 
 
+def mirror_three_ads(client, primary: str, shadow: str) -> None:
+    """Audit three ads with every ad mirrored; wait until all three are compared."""
+    for ad in ADS[:3]:
+        assert client.post("/v1/audits", json=ad).json()["shadowed"] is True
+    deadline = time.monotonic() + 20
+    while f'adaudit_shadow_comparisons_total{{primary="{primary}",shadow="{shadow}"}} 3.0' not in \
+            client.get("/metrics").text:
+        assert time.monotonic() < deadline, client.get("/metrics").text
+        time.sleep(0.05)
+
+
 def test_shadow_traffic_through_triton(model_dir, tmp_path, triton):
     with gateway(model_dir, tmp_path, "triton", triton, shadow_fraction=1.0) as client:
-        for ad in ADS[:3]:
-            assert client.post("/v1/audits", json=ad).json()["shadowed"] is True
-        deadline = time.monotonic() + 20
-        while 'adaudit_shadow_comparisons_total{primary="student",shadow="teacher"} 3.0' not in \
-                client.get("/metrics").text:
-            assert time.monotonic() < deadline, client.get("/metrics").text
-            time.sleep(0.05)
+        mirror_three_ads(client, "student", "teacher")
 
 
 
@@ -163,13 +168,7 @@ def test_a_shadow_with_another_tokenizer_decodes_and_encodes_the_ad_again(model_
     inputs cannot be reused, so the shadow decodes and encodes it again; every comparison lands."""
     with gateway(model_dir, tmp_path, "embedded", primary_model="pruned", shadow_model="student",
                  shadow_fraction=1.0) as client:
-        for ad in ADS[:3]:
-            assert client.post("/v1/audits", json=ad).json()["shadowed"] is True
-        deadline = time.monotonic() + 20
-        while 'adaudit_shadow_comparisons_total{primary="pruned",shadow="student"} 3.0' not in \
-                client.get("/metrics").text:
-            assert time.monotonic() < deadline, client.get("/metrics").text
-            time.sleep(0.05)
+        mirror_three_ads(client, "pruned", "student")
         assert 'adaudit_errors_total{kind="shadow_failed"}' not in client.get("/metrics").text
 
 def warm_up(client, attempts: int = 10) -> None:
