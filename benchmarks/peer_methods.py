@@ -68,8 +68,17 @@ class Setting:
     def distil(self, model: AuditModel, description: str) -> None:
         train, cache = self.pool(self.train)
         losses = distil(model, train, cache, self.recipe.distillation, self.epochs, description,
-                        seed=self.recipe.seed)
+                        seed=self.recipe.seed, on_epoch_end=self.epoch_line(description))
         self.log(f"  {description}: {self.epochs} epochs, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+
+    def epoch_line(self, description: str):
+        """A progress line after every epoch (the bars are off when the output is not a terminal)."""
+        started = time.perf_counter()
+
+        def line(_model, _optimizer, state, loss: float) -> None:
+            self.log(f"  {description}: epoch {state.epoch}/{self.epochs}, loss {loss:.4f}, "
+                     f"{(time.perf_counter() - started) / 60:.1f} min")
+        return line
 
     def p50(self, model: nn.Module) -> float:
         return latency(model, self.test, repeats=30, throughput_repeats=1)["latency_ms_p50"]
@@ -83,6 +92,7 @@ class Built:
     float_model: nn.Module | None = None  # for a quantized model: the float model it came from (FLOPs)
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    resumed: bool = False  # reloaded from what an earlier run of the benchmark built
 
 
 def distillation_epochs(recipe: Recipe, config: AuditModelConfig) -> int:
@@ -204,7 +214,8 @@ def from_scratch(setting: Setting) -> Built:
     settings = setting.recipe.distillation
     schedule = Schedule(epochs=setting.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         seed=setting.recipe.seed)
-    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule, "from scratch")
+    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule, "from scratch",
+                 on_epoch_end=setting.epoch_line("from scratch"))
     setting.log(f"  from scratch: {setting.epochs} epochs, label loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     folder = setting.out / "from-scratch"
     return Built(save_and_reload(model, folder), time.perf_counter() - started, folder,

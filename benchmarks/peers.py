@@ -36,7 +36,7 @@ from adaudit.models.preprocessing import AuditProcessor
 
 from peer_methods import METHODS, Built, Setting, check_outputs, distillation_epochs
 from peer_report import goals, markdown, pareto_front, plot
-from physical_limit import floor_ms, peak_matmul
+from physical_limit import compiled_latency, floor_ms, peak_matmul
 
 STUDENT_KEY = "antgmm"
 
@@ -116,6 +116,10 @@ def run_peers(teacher_dir: Path, data_dir: Path, student_dir: Path, searched_dir
     for entry in entries:
         entry.update(timings[entry["key"]])
     summary["timing"] = f"paired: all models timed together at the end, {rounds} alternating rounds"
+    if STUDENT_KEY in built:
+        log("timing the AntGMM student under torch.compile (the distance to the floor that is per-operator overhead)")
+        student = built[STUDENT_KEY].model
+        summary["compiled_student"] = compiled_latency(student, setting.split_for(student, "test"))
     write_results(summary, built, results, time.perf_counter() - started, load_start)
     log(f"done in {(time.perf_counter() - started) / 60:.1f} min: {results / 'peers.md'}")
     return summary
@@ -142,15 +146,23 @@ def write_results(summary: dict, built: dict[str, Built], results: Path, wall: f
     for entry in entries:
         entry["floor_ms"] = floor_ms(entry["flops_per_ad"], summary["physical_limit"]["gflops_all_threads"])
         entry["latency_over_floor"] = entry["latency_ms_p50"] / entry["floor_ms"]
+        entry["batch_32_per_ad_over_floor"] = 1000 / entry["throughput_per_s"] / entry["floor_ms"]
+    compiled = summary.get("compiled_student")
+    if compiled and STUDENT_KEY in built:
+        student_entry = next(e for e in entries if e["key"] == STUDENT_KEY)
+        compiled["latency_over_floor"] = compiled["latency_ms_p50"] / student_entry["floor_ms"]
     student_key = STUDENT_KEY if STUDENT_KEY in built else entries[-1]["key"]
-    # the whole benchmark: this run plus the compression of the reused AntGMM student (teacher training excluded)
+    # the whole benchmark: this run, the build time of methods an earlier (interrupted) run built, and the
+    # compression of the reused AntGMM student (teacher training excluded)
     reused = built[STUDENT_KEY].seconds if STUDENT_KEY in built else 0.0
+    resumed = sum(result.seconds for result in built.values() if result.resumed)
     summary.update({
-        "student_key": student_key, "pareto_front": sorted(pareto_front(entries)), "wall_seconds": wall,
-        "machine": machine(),
+        "student_key": student_key, "pareto_front": sorted(pareto_front(entries)), "wall_seconds": wall + resumed,
+        "this_invocation_seconds": wall, "resumed_methods_seconds": resumed, "machine": machine(),
         # other jobs on the machine during the run (1-minute load average; 2 cores here)
         "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
-        "goals": {**goals(entries, student_key, wall + reused), "includes_reused_student_seconds": reused},
+        "goals": {**goals(entries, student_key, wall + resumed + reused), "includes_reused_student_seconds": reused,
+                  "includes_resumed_methods_seconds": resumed},
     })
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / "peers.json", json.dumps(summary, indent=2) + "\n")
@@ -165,7 +177,8 @@ def build_or_resume(method, setting: Setting) -> Built | None:
         saved = json.loads(marker.read_text())
         setting.log(f"  resumed from {saved['folder']}")
         return Built(AuditModel.from_pretrained(Path(saved["folder"])), saved["seconds"], Path(saved["folder"]),
-                     notes=saved["notes"] + ["resumed from an interrupted run"], details=saved["details"])
+                     notes=saved["notes"] + ["built by an earlier invocation of this benchmark (resumed)"],
+                     details=saved["details"], resumed=True)
     result = method.build(setting)
     if result is not None and result.folder is not None and result.folder.parent == setting.out:
         atomic_write_text(marker, json.dumps({"folder": str(result.folder), "seconds": result.seconds,

@@ -42,3 +42,17 @@ def peak_matmul() -> dict:
 def floor_ms(flops: float, gflops: float) -> float:
     """The latency floor of `flops` operations at `gflops` GFLOP/s, in milliseconds."""
     return flops / (gflops * 1e9) * 1000
+
+
+def compiled_latency(model: torch.nn.Module, split, repeats: int = 60) -> dict:
+    """Batch-1 p50 of `model` after torch.compile (inductor, C++ kernels), to show how much of the
+    distance to the floor is eager PyTorch's per-operator overhead. Dynamic shapes: the copy's
+    length varies from ad to ad. Returns the p50 and the seconds compilation took."""
+    from adaudit.measure import latency  # the same inputs and loop as every other latency figure
+
+    compiled = torch.compile(model.eval(), dynamic=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        compiled(**split.inputs(torch.tensor([0])))
+    compile_seconds = time.perf_counter() - started
+    return {**latency(compiled, split, repeats=repeats, throughput_repeats=0), "compile_seconds": compile_seconds}

@@ -48,7 +48,13 @@ def test_every_method_runs_and_the_searched_policy_is_pending(peers):
     assert json.loads((results / "peers.json").read_text())["epochs"] == 1
     # the peers distil on the same augmented views as the AntGMM student (the tiny recipe: one per ad)
     assert summary["augmented_views"] == summary["distillation_samples"]
-    assert "Torch-Pruning" in (results / "peers.md").read_text()
+    report = (results / "peers.md").read_text()
+    assert "Torch-Pruning" in report
+    # the physical limit: batch-32 per-ad time and the compiled student's batch-1 time, both against the floor
+    compiled = summary["compiled_student"]
+    assert compiled["latency_ms_p50"] > 0 and compiled["latency_over_floor"] > 0
+    assert "torch.compile" in report and "per ad at batch 32" in report
+    assert all(entry["batch_32_per_ad_over_floor"] > 0 for entry in summary["entries"])
     assert (results / "pareto.png").stat().st_size > 0
     assert summary["pareto_front"] and set(summary["pareto_front"]) <= set(keys)
 
