@@ -39,6 +39,10 @@ class Schedule:
     warmup_fraction: float = 0.05
     seed: int = 0
     bfloat16: bool | None = None  # autocast matmuls to bfloat16; None: where the CPU has native support
+    # parameters under these top-level modules learn at `fresh_learning_rate` instead: the parts a
+    # pretrained teacher adds around its pretrained towers start from random weights
+    fresh_modules: tuple[str, ...] = ()
+    fresh_learning_rate: float | None = None
 
 
 def bfloat16_supported() -> bool:
@@ -86,10 +90,16 @@ def image_grounding_loss(image_logits: dict[str, torch.Tensor], split: EncodedSp
 
 def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, state: TrainingState,
                    optimizer_state: dict | None = None):
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": schedule.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=schedule.learning_rate)
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        decays = parameter.ndim >= 2 and "embeddings" not in name
+        fresh = schedule.fresh_learning_rate is not None and name.split(".", 1)[0] in schedule.fresh_modules
+        groups.setdefault((decays, fresh), []).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [{"params": parameters, "weight_decay": schedule.weight_decay if decays else 0.0,
+          "lr": schedule.fresh_learning_rate if fresh else schedule.learning_rate}
+         for (decays, fresh), parameters in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))],
+        lr=schedule.learning_rate)  # decaying groups first, as checkpoints written before fresh groups have them
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     warmup = int(schedule.warmup_fraction * total_steps)

@@ -26,7 +26,8 @@ from adaudit.models.preprocessing import AuditProcessor
 from .augmentation import ViewPlan, apply_plan, view_plan
 from .distillation import BestEpoch, TeacherCache, cache_teacher, distil, mean_distillation_loss
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
-from .recipe import BlocksStage, HiddenStage, Recipe, RecipeError, WidthsStage, load_recipe, per_block
+from .recipe import (BlocksStage, HiddenStage, Recipe, RecipeError, WidthsStage, default_recipe, load_recipe,
+                     per_block)
 from .search import LatencyModel, plot_search, policy_recipe, search_policy
 from .structure import remove_blocks, shrink_hidden, shrink_widths
 from .vocabulary import prune_data_vocabulary
@@ -207,6 +208,9 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
+    if recipe_path is None:
+        recipe_path = default_recipe(teacher_dir)
+        log(f"recipe: {recipe_path} (packaged, for this teacher's preset)")
     recipe = load_recipe(recipe_path)
     if recipe.search and not target_speedup:
         raise RecipeError("a recipe with a search section needs a target speedup (--target-speedup)")

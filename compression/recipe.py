@@ -15,6 +15,7 @@ to the teacher (more blocks than exist, a zero width, a width larger than the te
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -25,7 +26,8 @@ from adaudit.models.configuration import TOWERS, AuditModelConfig
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: tests and the `make run` demo
-NAMED_RECIPES = ("default", "tiny", "auto", "tiny-auto")  # `--recipe auto`: recipes/auto.yaml
+NAMED_RECIPES = ("default", "tiny", "auto", "tiny-auto", "pretrained")  # `--recipe auto`: recipes/auto.yaml
+PRESET_RECIPES = {"pretrained": "pretrained"}  # teacher preset -> the packaged recipe written for its shape
 
 Tower = Literal["vision", "qformer", "text"]
 TowerCounts = dict[Tower, PositiveInt]
@@ -173,6 +175,16 @@ def per_block(width: int | list[int], blocks: int | None, where: str) -> list[in
     if blocks is not None and len(width) != blocks:
         raise RecipeError(f"{where}: {len(width)} widths given for {blocks} blocks")
     return width
+
+
+def default_recipe(teacher_dir: Path) -> str:
+    """The packaged recipe `compress` uses when none is given: the one written for the teacher's
+    preset (its metrics.json says which), else `default` (written for the `base` teacher)."""
+    try:
+        preset = json.loads((Path(teacher_dir) / "metrics.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        preset = None
+    return PRESET_RECIPES.get(preset, "default")
 
 
 def load_recipe(path: Path | str | None = None) -> Recipe:

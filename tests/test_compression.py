@@ -157,3 +157,19 @@ def test_the_generated_vocabulary_is_pruned_to_the_copy_and_common_characters():
     unknown = pruned.tokenizer.unk_token_id
     assert unknown not in pruned.tokenizer("全新咖啡上市")["input_ids"]  # common hanzi never seen in the copy
     assert pruned.tokenizer("鳏")["input_ids"][1] == unknown  # a rare (GB2312 level 2) hanzi
+
+
+def test_compress_picks_the_recipe_written_for_the_teachers_preset(teacher, tmp_path):
+    from adaudit.compression.recipe import default_recipe
+
+    assert default_recipe(teacher) == "default"  # the tiny teacher's metrics.json names its preset
+    folder = tmp_path / "pretrained-teacher"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"preset": "pretrained"}')
+    assert default_recipe(folder) == "pretrained"
+    assert default_recipe(tmp_path / "no-such-teacher") == "default"
+    # the pretrained recipe fits the pretrained teacher's shape (12 + 2 + 12 blocks) and default.yaml,
+    # which names Q-Former block 3 of the base teacher's 4, does not
+    load_recipe("pretrained").check_against(preset("pretrained", 6000))
+    with pytest.raises(RecipeError):
+        load_recipe("default").check_against(preset("pretrained", 6000))

@@ -54,3 +54,23 @@ def test_single_modality_ablation_blanks_the_other_input(dataset, tmp_path):
     assert text_only.image_bytes.unique().tolist() == [128] and text_only.input_ids.equal(split.input_ids)
     image_only = blank_modality(split, "image", processor)
     assert image_only.attention_mask.sum(1).tolist() == [2] * 8 and image_only.image_bytes.equal(split.image_bytes)
+
+
+def test_fresh_modules_learn_at_their_own_rate(teacher):
+    """The parts a pretrained teacher adds around its towers get `fresh_learning_rate`; the rest
+    the schedule's rate; weight decay still only on matrices outside the embeddings."""
+    from adaudit.training import Schedule, TrainingState, make_optimizer
+
+    model = AuditModel.from_pretrained(teacher)
+    schedule = Schedule(epochs=1, learning_rate=1e-4, fresh_learning_rate=5e-4, fresh_modules=("qformer", "heads"))
+    optimizer, _ = make_optimizer(model, schedule, 10, TrainingState())
+    rate = {id(p): (group["initial_lr"], group["weight_decay"]) for group in optimizer.param_groups
+            for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        learning_rate, decay = rate[id(parameter)]
+        assert learning_rate == (5e-4 if name.split(".")[0] in ("qformer", "heads") else 1e-4), name
+        assert (decay > 0) == (parameter.ndim >= 2 and "embeddings" not in name), name
+    assert len(rate) == len(list(model.parameters()))
+    # without fresh modules: the two groups (decay first) that older checkpoints' optimizer state has
+    plain, _ = make_optimizer(model, Schedule(epochs=1), 10, TrainingState())
+    assert [group["weight_decay"] > 0 for group in plain.param_groups] == [True, False]
