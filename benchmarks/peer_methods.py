@@ -231,6 +231,24 @@ def quantized(model: AuditModel) -> Built:
                         "not an adaudit folder (quantized modules have no safetensors form here)"])
 
 
+def student_onnx_runtime(setting: Setting) -> Built | None:
+    """The AntGMM student's own weights exported to ONNX and run by ONNX Runtime (export/onnx_runtime.py)."""
+    from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel, export_onnx
+
+    student = reuse(setting.student_dir, setting.teacher.config)
+    if student is None:
+        return None
+    started = time.perf_counter()
+    model = student.model.eval()
+    path = export_onnx(model, setting.split_for(model, "test").inputs(torch.arange(4)), setting.out / "antgmm.onnx")
+    engine = OnnxRuntimeAuditModel(path)
+    engine.config, engine.tokenizer = model.config, model.tokenizer  # the student's vocabulary: the same token ids
+    return Built(engine, time.perf_counter() - started, float_model=model,
+                 notes=[f"the AntGMM student exported with torch.onnx (opset 17, batch and length dynamic), "
+                        f"ONNX Runtime {engine.version} on {engine.threads} threads, logits checked against "
+                        "PyTorch's; not an adaudit folder"])
+
+
 def teacher_int8(setting: Setting) -> Built:
     return quantized(setting.teacher)
 
@@ -252,6 +270,7 @@ METHODS = [  # cheapest first, so an interrupted run has measured the most metho
     Method("antgmm", "adaudit AntGMM recipe", "ours", antgmm),
     Method("searched", "adaudit searched policy", "ours", searched),
     Method("student_int8", "AntGMM student + dynamic int8", "ours", student_int8),
+    Method("student_onnx_runtime", "AntGMM student on ONNX Runtime", "ours", student_onnx_runtime),
     Method("teacher_int8", "teacher, dynamic int8", "peer", teacher_int8),
     Method("from_scratch", "student architecture from scratch", "peer", from_scratch),
     Method("torch_pruning", "Torch-Pruning (Taylor) + distillation", "peer", torch_pruning),

@@ -187,10 +187,11 @@ def build_or_resume(method, setting: Setting) -> Built | None:
 
 
 def measure_entry(key: str, label: str, group: str, result: Built, test, teacher_predictions) -> dict:
-    float_model = result.float_model or result.model
+    float_model = result.float_model or result.model  # (an ONNX session's weights are not in a state dict)
     metrics = evaluate(result.model, test, teacher_predictions)
     return {"key": key, "label": label, "group": group, "params": float_model.num_parameters(),
-            "megabytes": megabytes(result.model), "flops_per_ad": flops_per_ad(float_model, test), **metrics,
+            "megabytes": megabytes(result.model) or megabytes(float_model),
+            "flops_per_ad": flops_per_ad(float_model, test), **metrics,
             "wall_seconds": result.seconds, "reloadable": result.folder is not None,
             "folder": str(result.folder) if result.folder else None,
             "shape": _shape_summary(result.model) if result.folder else None,

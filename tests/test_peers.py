@@ -39,8 +39,13 @@ def peers(teacher, dataset, student, tmp_path_factory):
 def test_every_method_runs_and_the_searched_policy_is_pending(peers):
     summary, work = peers
     keys = [entry["key"] for entry in summary["entries"]]
-    assert keys == ["teacher", "antgmm", "student_int8", "teacher_int8", "from_scratch", "torch_pruning",
-                    "layer_dropping"]
+    assert keys == ["teacher", "antgmm", "student_int8", "student_onnx_runtime", "teacher_int8", "from_scratch",
+                    "torch_pruning", "layer_dropping"]
+    by_key = {entry["key"]: entry for entry in summary["entries"]}
+    # the same weights on ONNX Runtime: the same predictions (logits checked at export), the same FLOPs
+    assert by_key["student_onnx_runtime"]["flops_per_ad"] == by_key["antgmm"]["flops_per_ad"]
+    assert abs(by_key["student_onnx_runtime"]["accuracy"] - by_key["antgmm"]["accuracy"]) < 0.01
+    assert summary["goals"]["onnx_runtime_latency_over_floor"] > 0
     assert [p["key"] for p in summary["pending"]] == ["searched"]
     for entry in summary["entries"]:
         assert 0 <= entry["accuracy"] <= 1 and entry["latency_ms_p50"] > 0 and entry["floor_ms"] > 0

@@ -1,0 +1,96 @@
+"""The audit model as an ONNX graph, run by ONNX Runtime: the same weights with less per-operator cost.
+
+At batch 1 the student's eager PyTorch forward is bound by the fixed cost of each of its ~900
+operators, not by arithmetic (benchmarks/results/peers.md: about 19x the FLOPs floor). ONNX
+Runtime runs the same graph with fused kernels and a few microseconds per node.
+
+`export_onnx(model, inputs, path)` traces the model with torch.onnx (the TorchScript exporter;
+batch and copy length stay dynamic) and checks that ONNX Runtime gives the same logits;
+`OnnxRuntimeAuditModel(path)` runs it behind the model's own call signature, so evaluation and
+latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (the
+`pretrained` extra, which `make install` installs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adaudit.files import atomic_write_bytes
+from adaudit.models.modeling import AuditModel, AuditOutput
+
+INPUTS = ("pixel_values", "input_ids", "attention_mask")
+OPSET = 17
+
+
+class _Logits(nn.Module):
+    """The model with plain tuple outputs (text-task logits, then picture-task logits), as ONNX needs."""
+
+    def __init__(self, model: AuditModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        output = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        return (*output.logits.values(), *output.image_logits.values())
+
+
+def output_names(model: AuditModel, inputs: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    with torch.inference_mode():
+        output = model.eval()(**inputs)
+    return list(output.logits), list(output.image_logits)
+
+
+def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, atol: float = 1e-4) -> Path:
+    """Write `model` as ONNX to `path` (atomically) and check ONNX Runtime's logits against it on `inputs`."""
+    import copy
+    import io
+
+    tasks, image_tasks = output_names(model, inputs)
+    names = [f"logits.{t}" for t in tasks] + [f"image_logits.{t}" for t in image_tasks]
+    buffer = io.BytesIO()
+    dynamic = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "length"},
+               "attention_mask": {0: "batch", 1: "length"}, **{name: {0: "batch"} for name in names}}
+    traced = copy.deepcopy(model).eval()  # tracing leaves the traced modules computing otherwise afterwards
+    with torch.no_grad():
+        torch.onnx.export(_Logits(traced), tuple(inputs[name] for name in INPUTS), buffer, input_names=list(INPUTS),
+                          output_names=names, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    engine = OnnxRuntimeAuditModel(path)
+    with torch.inference_mode():
+        ours, theirs = engine(**inputs), model(**inputs)
+    for task in tasks:
+        torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=atol, rtol=atol)
+    return path
+
+
+class OnnxRuntimeAuditModel(nn.Module):
+    """An exported audit model in an ONNX Runtime session, called like an AuditModel (no pooled state,
+    no hidden states: what evaluation and serving read)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        self.threads, self.version = threads or torch.get_num_threads(), onnxruntime.__version__
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.names = [output.name for output in self.session.get_outputs()]
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AuditOutput:
+        feeds = {"pixel_values": np.ascontiguousarray(pixel_values.numpy(), dtype=np.float32),
+                 "input_ids": input_ids.numpy().astype(np.int64, copy=False),
+                 "attention_mask": attention_mask.numpy().astype(np.int64, copy=False)}
+        outputs = dict(zip(self.names, self.session.run(None, feeds)))
+        logits = {name.removeprefix("logits."): torch.from_numpy(value)
+                  for name, value in outputs.items() if name.startswith("logits.")}
+        image_logits = {name.removeprefix("image_logits."): torch.from_numpy(value)
+                        for name, value in outputs.items() if name.startswith("image_logits.")}
+        return AuditOutput(logits=logits, pooled=torch.empty(len(input_ids), 0), image_logits=image_logits)
