@@ -126,7 +126,10 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
            threads: Annotated[int, typer.Option(min=0, help="torch threads per model instance (0: all cores)")] = 0,
            teacher_cpu_priority: Annotated[str, typer.Option(
                help="CPU instances of the teacher: normal, or idle (SCHED_IDLE) when it shadows the student "
-                    "on the same CPUs, so it only gets the time the student leaves")] = "normal"):
+                    "on the same CPUs, so it only gets the time the student leaves")] = "normal",
+           engine: Annotated[str, typer.Option(
+               help="CPU instances: torch (eager PyTorch) or onnxruntime (the same weights as model.onnx, "
+                    "checked at export)")] = "torch"):
     """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
     from adaudit.export.repository import ServingSettings, export_model
 
@@ -137,7 +140,7 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
         raise typer.Exit(1) from None
     try:
         settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
-                                   instances, keep_versions, precision, threads)
+                                   instances, keep_versions, precision, threads, engine=engine)
         teacher_settings = dataclasses.replace(settings, cpu_priority=teacher_cpu_priority)
     except ValueError as error:
         log(f"error: {error}")

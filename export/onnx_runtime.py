@@ -68,6 +68,19 @@ def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, 
     return path
 
 
+def example_inputs(config, batch: int = 3) -> dict[str, torch.Tensor]:
+    """Inputs of the shapes serving sends, for tracing and the logits check: random pictures, token
+    ids inside the vocabulary, and copy of three lengths (padding included)."""
+    generator = torch.Generator().manual_seed(0)
+    length = config.max_text_length
+    input_ids = torch.randint(5, config.vocab_size, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.int64)
+    for row in range(1, batch):
+        attention_mask[row, length - row * length // (batch + 1):] = 0
+    return {"pixel_values": torch.randn(batch, 3, config.image_size, config.image_size, generator=generator),
+            "input_ids": input_ids * attention_mask, "attention_mask": attention_mask}
+
+
 class OnnxRuntimeAuditModel(nn.Module):
     """An exported audit model in an ONNX Runtime session, called like an AuditModel (no pooled state,
     no hidden states: what evaluation and serving read)."""

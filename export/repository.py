@@ -28,6 +28,8 @@ from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, t
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
 CHECKSUMS_FILE = "checksums.json"
 CPU_PRIORITIES = ("normal", "idle")
+ENGINES = ("torch", "onnxruntime")
+ONNX_FILE = "model.onnx"
 
 
 @dataclass
@@ -43,6 +45,10 @@ class ServingSettings:
     precision: str = "float16"  # on GPU instances: float16 or bfloat16
     threads: int = 0  # torch threads per model instance; 0: torch's default (all cores)
     cpu_priority: str = "normal"  # CPU instances: "normal", or "idle" for a shadow model (below)
+    # CPU instances: "torch" runs the model folder in eager PyTorch; "onnxruntime" runs the same
+    # weights exported to <version>/model.onnx (export/onnx_runtime.py), with far less cost per
+    # operator. GPU instances run PyTorch in `precision` either way.
+    engine: str = "torch"
 
     # A shadow model that shares CPUs with the primary (one CPU machine, as here) gets "idle":
     # its instance processes run under Linux's SCHED_IDLE policy, so they get only the CPU time
@@ -56,6 +62,8 @@ class ServingSettings:
                              f"max_batch_size {self.max_batch_size}")
         if self.cpu_priority not in CPU_PRIORITIES:
             raise ValueError(f"cpu_priority must be one of {', '.join(CPU_PRIORITIES)}, not {self.cpu_priority!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.precision not in ("float16", "bfloat16"):
             raise ValueError(f"precision must be float16 or bfloat16, not {self.precision!r}")
 
@@ -86,6 +94,7 @@ version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
 parameters: {{ key: "cpu_priority" value: {{ string_value: "{settings.cpu_priority}" }} }}
+parameters: {{ key: "engine" value: {{ string_value: "{settings.engine}" }} }}
 parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
 """
 
@@ -127,6 +136,10 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
         shutil.copy2(TRITON_MODEL_FILE, staging / "model.py")
         shutil.copytree(model_folder, staging / "model",
                         ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
+        if settings.engine == "onnxruntime" and settings.instance_kind == "KIND_CPU":
+            from adaudit.export.onnx_runtime import example_inputs, export_onnx
+
+            export_onnx(model, example_inputs(model.config), staging / ONNX_FILE)  # checks its logits
         (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
     (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings, tokenizer_kind(model_folder)))
     return version_folder

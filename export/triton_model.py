@@ -6,7 +6,8 @@ Inputs are the tensors the gateway's preprocessing makes; outputs are one logits
 audit task. Requests are batched by Triton's dynamic batcher; `execute` runs them as one
 forward pass. A version whose files no longer match the checksums written at export is
 refused at load. On a GPU instance the model runs in the dtype named by the `precision`
-parameter (float16 or bfloat16); on CPU in float32.
+parameter (float16 or bfloat16); on CPU in float32, in eager PyTorch or, with the `engine`
+parameter onnxruntime, on ONNX Runtime from the version's model.onnx.
 """
 
 import json
@@ -42,6 +43,11 @@ class TritonPythonModel:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         self.dtype = getattr(torch, precision) if gpu else torch.float32
         self.model.to(self.device, self.dtype).eval()
+        if parameters.get("engine", {}).get("string_value") == "onnxruntime" and not gpu:
+            from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel
+
+            # the same weights, exported (and checked) next to the folder at export time
+            self.model = OnnxRuntimeAuditModel(version_folder / "model.onnx", threads or None)
 
     def execute(self, requests):
         arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in INPUTS}

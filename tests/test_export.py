@@ -57,3 +57,30 @@ def test_cpu_priority_is_written_and_checked(student, tmp_path):
     assert 'key: "cpu_priority" value: { string_value: "idle" }' in (tmp_path / "repo" / "teacher" / "config.pbtxt").read_text()
     with pytest.raises(ValueError, match="cpu_priority"):
         ServingSettings(cpu_priority="high")
+
+
+def test_onnxruntime_engine_writes_a_checked_onnx_graph(student, tmp_path):
+    """engine=onnxruntime: the version carries model.onnx (covered by the checksums), and ONNX Runtime
+    gives the PyTorch model's logits on padded batches of any size."""
+    import torch
+
+    from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel
+    from adaudit.models.modeling import AuditModel
+
+    folder, _ = student
+    version = export_model(folder, tmp_path / "repo", "student", 1, ServingSettings(engine="onnxruntime"))
+    assert "model.onnx" in json.loads((version / "checksums.json").read_text())
+    assert 'key: "engine" value: { string_value: "onnxruntime" }' in (tmp_path / "repo" / "student" / "config.pbtxt").read_text()
+    model = AuditModel.from_pretrained(folder).eval()
+    engine = OnnxRuntimeAuditModel(version / "model.onnx", threads=1)
+    config = model.config
+    for batch in (1, 5):
+        inputs = {"pixel_values": torch.randn(batch, 3, config.image_size, config.image_size),
+                  "input_ids": torch.randint(5, config.vocab_size, (batch, 7)),
+                  "attention_mask": torch.tensor([[1] * 7] + [[1] * 4 + [0] * 3] * (batch - 1))}
+        with torch.inference_mode():
+            ours, theirs = engine(**inputs), model(**inputs)
+        for task in config.tasks:
+            torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="engine"):
+        ServingSettings(engine="tensorrt")

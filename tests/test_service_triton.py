@@ -82,9 +82,11 @@ def model_dir(tmp_path_factory):
 def triton(model_dir, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     serving = ServingSettings(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_microseconds=100)
-    for name in ("student", "teacher", "pruned"):  # the teacher as a shadow on these CPUs: SCHED_IDLE
-        export_model(model_dir / name, repo, name, 1,
-                     dataclasses.replace(serving, cpu_priority="idle") if name == "teacher" else serving)
+    # the teacher as a shadow on these CPUs: SCHED_IDLE; the pruned student on ONNX Runtime (model.onnx)
+    chosen = {"student": serving, "teacher": dataclasses.replace(serving, cpu_priority="idle"),
+              "pruned": dataclasses.replace(serving, engine="onnxruntime")}
+    for name, settings in chosen.items():
+        export_model(model_dir / name, repo, name, 1, settings)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repo, *free_ports(3), log_file=log, ready_timeout=120)
     try:
@@ -190,6 +192,7 @@ def wait_until_ready(client, timeout: float = 60) -> None:
 def test_a_pruned_vocabulary_student_takes_its_own_tokenizer_from_the_repository(model_dir, tmp_path, triton):
     """The generated vocabulary's ids would be wrong for it: without the repository the gateway refuses."""
     assert (triton.repository / "pruned" / "1" / "model" / "tokenizer.json").is_file()
+    assert (triton.repository / "pruned" / "1" / "model.onnx").is_file()  # served by ONNX Runtime
     with gateway(model_dir, tmp_path, "triton", triton, primary_model="pruned", shadow_model=None) as blind:
         refused = blind.post("/v1/audits", json=ADS[0])
         assert refused.status_code == 503 and "model_repository" in refused.json()["error"], refused.text
