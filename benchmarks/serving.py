@@ -531,7 +531,7 @@ def markdown(summary: dict) -> str:
         f"Student `{summary['student']}` ({summary['models']['student']['params'] / 1e6:.2f}M parameters), teacher "
         f"`{summary['teacher']}` ({summary['models']['teacher']['params'] / 1e6:.2f}M). {mc['cpu']}, "
         f"{mc['cores']} cores, torch {mc['torch']}, Triton {summary['triton_version']} (bundled by nvidia-pytriton, "
-        f"CPU, python backend), {summary['started_utc']} UTC, load average at start {mc['load_average_at_start'][0]}, "
+        f"CPU, python backend, models on {sv.get('engine', 'torch')}), {summary['started_utc']} UTC, load average at start {mc['load_average_at_start'][0]}, "
         f"{summary['wall_seconds']:.0f} s. Triton: max batch {sv['max_batch_size']}, preferred "
         f"{sv['preferred_batch_sizes']}, queue delay {sv['max_queue_delay_microseconds']} us, one CPU instance per "
         f"model, torch threads per model stub: {threads}, the teacher's stub at CPU priority "
@@ -595,7 +595,7 @@ def run(args: argparse.Namespace) -> dict:
     triton = gateway = None
     points: list[dict] = []
     try:
-        serving = ServingSettings(max_queue_delay_microseconds=args.queue_delay_us)
+        serving = ServingSettings(max_queue_delay_microseconds=args.queue_delay_us, engine=args.engine)
         repository = workdir / "repository"
         models = {}
         for name, folder in (("student", args.student), ("teacher", args.teacher)):
@@ -773,6 +773,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Triton's max_queue_delay_microseconds for both models")
     parser.add_argument("--teacher-cpu-priority", choices=("normal", "idle"), default="idle",
                         help="the teacher's model process: idle = SCHED_IDLE (it shadows the student on these CPUs)")
+    parser.add_argument("--engine", choices=("torch", "onnxruntime"), default=ServingSettings().engine,
+                        help="what runs both models inside Triton: eager PyTorch or ONNX Runtime (model.onnx)")
     parser.add_argument("--triton-threads", type=int, default=None,
                         help="OMP_NUM_THREADS for Triton's model stubs (default: unset, torch's own choice)")
     parser.add_argument("--other-limit", type=float, default=0.15,
