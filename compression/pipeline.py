@@ -208,15 +208,17 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
-    if recipe_path is None:
+    chosen = recipe_path is None
+    if chosen:
         recipe_path = default_recipe(teacher_dir)
-        log(f"recipe: {recipe_path} (packaged, for this teacher's preset)")
     recipe = load_recipe(recipe_path)
     if recipe.search and not target_speedup:
         raise RecipeError("a recipe with a search section needs a target speedup (--target-speedup)")
     if target_speedup is not None and target_speedup <= 1:
         raise RecipeError(f"the target speedup must be above 1, not {target_speedup}")
     teacher = AuditModel.from_pretrained(teacher_dir)
+    if chosen:  # only once the teacher has loaded: a bad folder's error stays the one line printed
+        log(f"recipe: {recipe_path} (packaged, for this teacher's preset)")
     recipe.check_against(teacher.config)
     torch.manual_seed(recipe.seed)
     processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
