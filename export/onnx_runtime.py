@@ -7,8 +7,8 @@ Runtime runs the same graph with fused kernels and a few microseconds per node.
 `export_onnx(model, inputs, path)` traces the model with torch.onnx (the TorchScript exporter;
 batch and copy length stay dynamic) and checks that ONNX Runtime gives the same logits;
 `OnnxRuntimeAuditModel(path)` runs it behind the model's own call signature, so evaluation and
-latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (the
-`pretrained` extra, which `make install` installs).
+latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (core
+dependencies).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 from adaudit.files import atomic_write_bytes
 from adaudit.models.modeling import AuditModel, AuditOutput
 
-INPUTS = ("pixel_values", "input_ids", "attention_mask")
+INPUTS = ("pixel_values", "input_ids", "attention_mask")  # what the model takes, in its call order
 OPSET = 17
 
 
@@ -38,18 +38,12 @@ class _Logits(nn.Module):
         return (*output.logits.values(), *output.image_logits.values())
 
 
-def output_names(model: AuditModel, inputs: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    with torch.inference_mode():
-        output = model.eval()(**inputs)
-    return list(output.logits), list(output.image_logits)
-
-
 def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, atol: float = 1e-4) -> Path:
     """Write `model` as ONNX to `path` (atomically) and check ONNX Runtime's logits against it on `inputs`."""
     import copy
     import io
 
-    tasks, image_tasks = output_names(model, inputs)
+    tasks, image_tasks = list(model.heads), list(model.image_heads)  # the order forward returns them in
     names = [f"logits.{t}" for t in tasks] + [f"image_logits.{t}" for t in image_tasks]
     buffer = io.BytesIO()
     dynamic = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "length"},
@@ -62,7 +56,7 @@ def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, 
     atomic_write_bytes(path, buffer.getvalue())
     engine = OnnxRuntimeAuditModel(path)
     with torch.inference_mode():
-        ours, theirs = engine(**inputs), model(**inputs)
+        ours, theirs = engine(**inputs), model.eval()(**inputs)
     for task in tasks:
         torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=atol, rtol=atol)
     return path

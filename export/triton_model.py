@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from adaudit.export.onnx_runtime import INPUTS, OnnxRuntimeAuditModel
 from adaudit.export.repository import verify_checksums
+from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
-
-INPUTS = ("pixel_values", "input_ids", "attention_mask")
 
 
 class TritonPythonModel:
@@ -29,8 +29,6 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_folder = Path(args["model_repository"]) / args["model_version"]
         verify_checksums(version_folder)  # refuse files changed since export
-        self.model = AuditModel.from_pretrained(version_folder / "model")
-        self.tasks = list(self.model.config.tasks)
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
         parameters = config.get("parameters", {})
@@ -42,12 +40,12 @@ class TritonPythonModel:
             # a shadow on the primary's CPUs: only the time nothing else wants (threads made later inherit it)
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         self.dtype = getattr(torch, precision) if gpu else torch.float32
-        self.model.to(self.device, self.dtype).eval()
+        self.tasks = list(AuditModelConfig.load(version_folder / "model").tasks)
         if parameters.get("engine", {}).get("string_value") == "onnxruntime" and not gpu:
-            from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel
-
             # the same weights, exported (and checked) next to the folder at export time
             self.model = OnnxRuntimeAuditModel(version_folder / "model.onnx", threads or None)
+        else:
+            self.model = AuditModel.from_pretrained(version_folder / "model").to(self.device, self.dtype).eval()
 
     def execute(self, requests):
         arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in INPUTS}
