@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,23 @@ def test_processor_shapes_and_normalisation():
     assert batch["input_ids"].shape == (1, config.max_text_length)
     assert batch["attention_mask"].sum() == 4  # [CLS] 咖 啡 [SEP]
     assert batch["pixel_values"].max() > 2.0  # white, normalised with ImageNet statistics
+
+
+@pytest.mark.parametrize("kind", ["generated", "tokenizer.json"])
+def test_processor_tokenises_like_the_transformers_tokenizer(kind):
+    """texts() runs the tokenizers backend directly; its ids and mask equal the transformers call's,
+    for copy shorter and longer than the model's text length, empty, mixed-script and unknown characters."""
+    config = preset("tiny", len(build_vocabulary()))
+    tokenizer = make_tokenizer() if kind == "generated" else fast_tokenizer()
+    processor = AuditProcessor(config, tokenizer)
+    texts = ["咖啡", "", "   ", "限时抢购！全网最低价，点击领取100元红包 Free Shipping ＡＢＣ",
+             "稳赚不赔" * 40, "🚀 emoji and ア kana", "x" * 200, "café Ünïcödé", "一 二\t三\n四"]
+    input_ids, attention_mask = processor.texts(texts)
+    expected = tokenizer(texts, padding="max_length", truncation=True, max_length=config.max_text_length,
+                         return_tensors="np")
+    assert input_ids.dtype == attention_mask.dtype == torch.int64
+    assert input_ids.shape == (len(texts), config.max_text_length)
+    np.testing.assert_array_equal(input_ids.numpy(), expected["input_ids"])
+    np.testing.assert_array_equal(attention_mask.numpy(), expected["attention_mask"])
+    assert attention_mask[4].sum() == config.max_text_length  # the long copy is cut, [SEP] kept
+    assert input_ids[4, -1] == tokenizer.sep_token_id
