@@ -10,8 +10,9 @@ its own process, backend triton, a temporary SQLite decision log) once per traff
 at a time:
 
   teacher   primary teacher                      concurrency 1, 8, 32
-  student   primary student, shadow fraction 0   overhead (batch 1), concurrency 1, 8, 32, 8 (shadow baseline)
-  shadow    primary student, shadow fraction 1   concurrency 8, every ad mirrored to the teacher
+  student   primary student, shadow fraction 0   overhead (batch 1), concurrency 1, 8, 32; then the shadow baseline
+  shadow    primary student, shadow fraction 1   every ad mirrored to the teacher; concurrency 8 in rounds that
+                                                 alternate with the baseline (--shadow-rounds), then concurrency 1
 
 Load: real ads (image + copy) from DATA/test.jsonl, sent as JSON (`image_base64`) to
 `POST /v1/audits` by asyncio + aiohttp (on this machine) with `c` requests in flight,
@@ -60,6 +61,7 @@ import numpy as np
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
+from adaudit.service.settings import GatewaySettings
 from adaudit.files import atomic_write_text
 from adaudit.measure import machine
 
@@ -569,11 +571,21 @@ def markdown(summary: dict) -> str:
               f"{fmt(o['triton_request_p50_ms'])} | {fmt(o['triton_queue_p50_ms'])} | "
               f"{fmt(o['triton_compute_infer_p50_ms'])} | {fmt(o['gateway_overhead_ms'])} |"]
     s = summary["shadow"]
-    lines += ["", f"Shadow 1.0 (teacher), during the measured point: {fmt(s['comparisons'], '.0f')} mirrored ads "
-              f"compared, {fmt(s['dropped'], '.0f')} dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow "
-              f"failures; primary p50 {fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 {fmt(s['p99_off_ms'])} "
-              f"-> {fmt(s['p99_on_ms'])} ms, {fmt(s['throughput_off'], '.1f')} -> {fmt(s['throughput_on'], '.1f')} "
-              f"ads/s.", ""]
+    if "rounds" in s:
+        pairs = ", ".join(f"{fmt(off)} -> {fmt(on)}" for off, on in s["p99_pairs_ms"])
+        lines += ["", f"Shadow 1.0 (teacher; the gateway's shadow_batch {s['batch']}, shadow_busy_fraction "
+                  f"{s['busy_fraction']:g}), concurrency 8, {s['rounds']} alternating rounds of shadow off and on "
+                  f"(medians): {fmt(s['comparisons'], '.0f')} mirrored ads compared, {fmt(s['dropped'], '.0f')} "
+                  f"dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow failures; primary p50 "
+                  f"{fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 {fmt(s['p99_off_ms'])} -> "
+                  f"{fmt(s['p99_on_ms'])} ms (each round: {pairs}), {fmt(s['throughput_off'], '.1f')} -> "
+                  f"{fmt(s['throughput_on'], '.1f')} ads/s.", ""]
+    else:  # a run from before the alternating rounds
+        lines += ["", f"Shadow 1.0 (teacher), during the measured point: {fmt(s['comparisons'], '.0f')} mirrored ads "
+                  f"compared, {fmt(s['dropped'], '.0f')} dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow "
+                  f"failures; primary p50 {fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 "
+                  f"{fmt(s['p99_off_ms'])} -> {fmt(s['p99_on_ms'])} ms, {fmt(s['throughput_off'], '.1f')} -> "
+                  f"{fmt(s['throughput_on'], '.1f')} ads/s.", ""]
     if "c1" in s:
         lines += [f"At concurrency 1 (after the concurrency-8 point, the queue full): primary p50 "
                   f"{fmt(s['c1']['p50_off_ms'])} -> {fmt(s['c1']['p50_on_ms'])} ms, p99 {fmt(s['c1']['p99_off_ms'])} "
@@ -649,46 +661,72 @@ def run(args: argparse.Namespace) -> dict:
         overhead_figures = overhead(gateway, tm, CpuClock(gateway.process.pid, triton.process.pid), "student", bodies,
                                     args.requests_overhead, args.max_seconds)
         student = {c: point("student", 0.0, "student", c, n[c]) for c in CONCURRENCIES}
-        shadow_off = point("student", 0.0, "student, shadow 0.0", 8, args.requests_shadow)
-        shadow_off_c1 = point("student", 0.0, "student, shadow 0.0", 1, args.requests_c1)
-        gateway.stop()
+        # 3. shadow 1.0: every ad mirrored to the teacher. Both gateways stay up and are measured in
+        # alternating rounds (off, on, off, on, ...), so a drift of the machine's speed hits both alike;
+        # before each shadow-off point the teacher's queue is drained and the teacher idle.
+        log(f"gateway: primary student, shadow fraction 1.0 (teacher, batch {args.shadow_batch}, busy fraction "
+            f"{args.shadow_busy_fraction:g}), beside the shadow-off gateway; {args.shadow_rounds} alternating rounds")
+        off_gateway = gateway
+        on_gateway = GatewayProcess("shadow", workdir, triton.url, model_repository=repository, primary_model="student",
+                                    shadow_model="teacher", shadow_fraction=1.0, shadow_batch=args.shadow_batch,
+                                    shadow_busy_fraction=args.shadow_busy_fraction).start()
+        gateway = on_gateway
+        warm(on_gateway, bodies, 8, 32)
 
-        # 3. shadow 1.0: every ad mirrored to the teacher
-        log("gateway: primary student, shadow fraction 1.0 (teacher)")
-        gateway = GatewayProcess("shadow", workdir, triton.url, model_repository=repository, primary_model="student",
-                                 shadow_model="teacher", shadow_fraction=1.0).start()
-        warm(gateway, bodies, 8, 32)
-        deadline = time.monotonic() + 60  # let the warm-up's mirrored ads drain (not measured)
-        while metric(gateway.metrics(), "adaudit_shadow_queue_depth") > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        shadow_before = gateway.metrics()
-        shadow_on = point("student", 1.0, "student, shadow 1.0", 8, args.requests_shadow, also="teacher")
-        shadow_after = gateway.metrics()
+        def teacher_idle() -> None:
+            """Until the shadow queue is empty and the teacher has answered nothing for a second (at most 90 s)."""
+            deadline = time.monotonic() + 90
+            last = None
+            while time.monotonic() < deadline:
+                done = (metric(on_gateway.metrics(), "adaudit_shadow_queue_depth"), tm.counters("teacher")["success"])
+                if done[0] == 0 and done == last:
+                    return
+                last = done
+                time.sleep(1.0)
+
+        rounds_off, rounds_on, moved_on = [], [], {}
+        for round_number in range(args.shadow_rounds):
+            teacher_idle()
+            gateway = off_gateway
+            rounds_off.append(point("student", 0.0, "student, shadow 0.0", 8, args.requests_shadow))
+            gateway = on_gateway
+            before = on_gateway.metrics()
+            rounds_on.append(point("student", 1.0, "student, shadow 1.0", 8, args.requests_shadow, also="teacher"))
+            after = on_gateway.metrics()
+            for name, labels in (("adaudit_shadow_comparisons_total", {}), ("adaudit_shadow_dropped_total", {}),
+                                 ("adaudit_errors_total", {"kind": "shadow_failed"})):
+                moved_on[name] = moved_on.get(name, 0.0) + metric(after, name, **labels) - metric(before, name, **labels)
         # one request at a time while the teacher works through the full queue: no queueing in the primary,
         # so what moves is what the teacher's work costs each answer
         shadow_on_c1 = point("student", 1.0, "student, shadow 1.0", 1, args.requests_c1, also="teacher")
-        gateway.stop()
+        teacher_idle()
+        gateway = off_gateway
+        shadow_off_c1 = point("student", 0.0, "student, shadow 0.0", 1, args.requests_c1)
+        on_gateway.stop()
+        off_gateway.stop()
         gateway = None
 
-        def moved(name: str, **labels) -> float:
-            return metric(shadow_after, name, **labels) - metric(shadow_before, name, **labels)
+        def median_of(rounds: list[dict], key: str) -> float | None:
+            values = [r[key] for r in rounds if r[key] is not None]
+            return round(float(np.median(values)), 3) if values else None
 
-        shadow = {"p50_off_ms": shadow_off["p50_ms"], "p50_on_ms": shadow_on["p50_ms"],
-                  "p99_off_ms": shadow_off["p99_ms"], "p99_on_ms": shadow_on["p99_ms"],
-                  "throughput_off": shadow_off["throughput_ads_per_s"],
-                  "throughput_on": shadow_on["throughput_ads_per_s"],
-                  "comparisons": moved("adaudit_shadow_comparisons_total"),
-                  "dropped": moved("adaudit_shadow_dropped_total"),
-                  "shadow_failed": moved("adaudit_errors_total", kind="shadow_failed"),
-                  "queue_depth_at_end": metric(shadow_after, "adaudit_shadow_queue_depth"),
-                  "teacher_in_triton_during_point": shadow_on["triton_teacher"],
+        shadow = {"rounds": args.shadow_rounds, "batch": args.shadow_batch, "busy_fraction": args.shadow_busy_fraction,
+                  "p50_off_ms": median_of(rounds_off, "p50_ms"), "p50_on_ms": median_of(rounds_on, "p50_ms"),
+                  "p99_off_ms": median_of(rounds_off, "p99_ms"), "p99_on_ms": median_of(rounds_on, "p99_ms"),
+                  "p99_pairs_ms": [[off["p99_ms"], on["p99_ms"]] for off, on in zip(rounds_off, rounds_on)],
+                  "throughput_off": median_of(rounds_off, "throughput_ads_per_s"),
+                  "throughput_on": median_of(rounds_on, "throughput_ads_per_s"),
+                  "comparisons": moved_on["adaudit_shadow_comparisons_total"],
+                  "dropped": moved_on["adaudit_shadow_dropped_total"],
+                  "shadow_failed": moved_on["adaudit_errors_total"],
+                  "teacher_in_triton_during_point": rounds_on[-1]["triton_teacher"],
                   "c1": {"p50_off_ms": shadow_off_c1["p50_ms"], "p50_on_ms": shadow_on_c1["p50_ms"],
                          "p99_off_ms": shadow_off_c1["p99_ms"], "p99_on_ms": shadow_on_c1["p99_ms"],
                          "teacher_in_triton_during_point": shadow_on_c1["triton_teacher"]}}
         busiest = max([p["cpu"]["other_cores"] for p in points] + [overhead_figures["cpu"]["other_cores"]])
         if busiest > args.other_limit:
             log(f"WARNING: other processes used up to {busiest:.2f} cores during a point: figures disturbed")
-        shadow_ratio = ratio(shadow_on["p99_ms"], shadow_off["p99_ms"])
+        shadow_ratio = ratio(shadow["p99_on_ms"], shadow["p99_off_ms"])
         achieved = {
             "gateway_overhead_ms": overhead_figures.get("gateway_overhead_ms"),
             "student_batching_lift": ratio(student[32]["throughput_ads_per_s"], student[1]["throughput_ads_per_s"]),
@@ -767,6 +805,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests-c32", type=int, default=2500, help="student requests at concurrency 32")
     parser.add_argument("--teacher-scale", type=float, default=0.5, help="teacher request counts, as a fraction")
     parser.add_argument("--requests-shadow", type=int, default=1500, help="requests per shadow point (concurrency 8)")
+    parser.add_argument("--shadow-rounds", type=int, default=3, help="alternating shadow-off / shadow-on rounds")
+    parser.add_argument("--shadow-batch", type=int, default=GatewaySettings().shadow_batch,
+                        help="the gateway's shadow_batch: mirrored ads per teacher call")
+    parser.add_argument("--shadow-busy-fraction", type=float, default=GatewaySettings().shadow_busy_fraction,
+                        help="the gateway's shadow_busy_fraction: the share of time the teacher may be kept busy")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up requests at concurrency 1 per gateway")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per point")
     parser.add_argument("--queue-delay-us", type=int, default=ServingSettings().max_queue_delay_microseconds,

@@ -59,7 +59,8 @@ class Gateway:
         self.shadow = None
         if self.policy.shadow is not None:
             self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreement, metrics,
-                                       settings.shadow_queue_size, settings.shadow_workers)
+                                       settings.shadow_queue_size, settings.shadow_workers, settings.shadow_batch,
+                                       settings.shadow_busy_fraction)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.log.create_tables)
@@ -212,16 +213,21 @@ class Gateway:
         return ShadowJob(request_id, spec.name, spec.version, answer, inputs, spec.input_key,
                          None if same_inputs else ad.source)
 
-    async def _run_shadow(self, job: ShadowJob) -> tuple[ModelSpec, Prediction]:
+    async def _run_shadow(self, jobs: list[ShadowJob]) -> tuple[ModelSpec, list[Prediction]]:
+        """The shadow model's answers for several mirrored ads, in one backend call: the answering model's
+        inputs reused where the shadow takes the same shapes, the others decoded and encoded again."""
         shadow = self.policy.shadow
         spec = await self.spec(shadow.model, shadow.version)
-        ads, reuse = None, {job.input_key: job.inputs}
-        if spec.input_key != job.input_key:  # other shapes or tokenizer: decode and encode again, in one hop
-            ads, prepared = await asyncio.to_thread(self._decode_and_encode, [job.source], {shadow: [0]},
-                                                    {shadow: spec})
-            reuse = prepared[shadow]
-        spec, (answer,), *_ = await self.predict(shadow, ads, reuse)
-        return spec, answer
+        again = [index for index, job in enumerate(jobs) if job.input_key != spec.input_key]
+        encoded = {}
+        if again:  # other shapes or tokenizer: decode and encode again, in one hop
+            _, prepared = await asyncio.to_thread(self._decode_and_encode, [jobs[i].source for i in again],
+                                                  {shadow: list(range(len(again)))}, {shadow: spec})
+            encoded = {i: select(prepared[shadow][spec.input_key], row) for row, i in enumerate(again)}
+        parts = [encoded.get(index, job.inputs) for index, job in enumerate(jobs)]
+        inputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        spec, answers, *_ = await self.predict(shadow, None, {spec.input_key: inputs})
+        return spec, answers
 
     @staticmethod
     def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction) -> dict:

@@ -42,6 +42,8 @@ class GatewaySettings(BaseSettings):
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
     shadow_queue_size: int = Field(256, ge=1)
     shadow_workers: int = Field(2, ge=1, le=64)
+    shadow_batch: int = Field(8, ge=1, le=1024)  # mirrored ads one shadow call may carry (shadow.py)
+    shadow_busy_fraction: float = Field(1.0, gt=0.0, le=1.0)  # at most this share of the time in shadow calls
     canary_model: str | None = None
     canary_version: str | None = None
     canary_fraction: float = Field(0.0, ge=0.0, le=1.0)

@@ -10,6 +10,15 @@ shadow model (`run`: the gateway's `predict`, the same path as the primary), com
 and violation with the answer, count agreements and disagreement pairs, and store every
 disagreement (request id and both outputs) in the decision log for review. A failing shadow
 model is counted (`adaudit_errors_total{kind="shadow_failed"}`) and logged, nothing more.
+
+Two settings keep a shadow that shares the primary's machine (a CPU box, or one GPU) from
+slowing the primary, while it still compares as many ads as it can:
+
+- `shadow_batch`: a worker takes up to this many queued ads and runs them in one shadow call
+  (a large model's batch costs far less per ad than its single calls);
+- `shadow_busy_fraction` f: the shadow model is kept busy at most a fraction f of the time: after
+  a call that took d seconds, the next may start d * (1 - f) / f seconds later (one pacer for all
+  workers). Queued ads wait meanwhile, and the queue's bound drops what does not fit.
 """
 
 from __future__ import annotations
@@ -39,12 +48,17 @@ class ShadowJob:
 
 
 class ShadowMirror:
-    def __init__(self, target, run, record, metrics, queue_size: int, workers: int):
-        """`run(job) -> (spec, Prediction)` runs the shadow model; `record(row)` stores a disagreement."""
+    def __init__(self, target, run, record, metrics, queue_size: int, workers: int, batch: int = 1,
+                 busy_fraction: float = 1.0):
+        """`run(jobs) -> (spec, [Prediction])` runs the shadow model on several jobs at once; `record(row)`
+        stores a disagreement."""
+        if not 0 < busy_fraction <= 1 or batch < 1:
+            raise ValueError("the shadow needs batch >= 1 and 0 < busy_fraction <= 1")
         self.target, self.run, self.record, self.metrics = target, run, record, metrics
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
-        self.workers = workers
+        self.workers, self.batch, self.busy_fraction = workers, batch, busy_fraction
         self._tasks: list[asyncio.Task] = []
+        self._next_start = 0.0  # the pacer: monotonic time before which no shadow call starts
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"adaudit-shadow-{i}") for i in range(self.workers)]
@@ -77,33 +91,46 @@ class ShadowMirror:
         await self.queue.join()
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            job = await self.queue.get()
+            jobs = [await self.queue.get()]
+            while len(jobs) < self.batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
             self.metrics.shadow_queue_depth.set(self.queue.qsize())
             try:
-                await self.compare(job)
+                await asyncio.sleep(max(0.0, self._next_start - loop.time()))
+                started = loop.time()
+                try:
+                    await self.compare(jobs)
+                finally:
+                    ended = loop.time()
+                    self._next_start = max(self._next_start, ended) + \
+                        (ended - started) * (1 - self.busy_fraction) / self.busy_fraction
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self.metrics.errors.labels("shadow_failed").inc()
-                log.warning("shadow model %s failed on request %s: %s", self.target.model, job.request_id,
-                            getattr(error, "message", error))
+                self.metrics.errors.labels("shadow_failed").inc(len(jobs))
+                log.warning("shadow model %s failed on %d mirrored ads (request %s first): %s", self.target.model,
+                            len(jobs), jobs[0].request_id, getattr(error, "message", error))
             finally:
-                self.queue.task_done()
+                for _ in jobs:
+                    self.queue.task_done()
 
-    async def compare(self, job: ShadowJob) -> None:
-        spec, shadow = await self.run(job)
-        primary, labels = job.prediction.labels, shadow.labels
-        self.metrics.shadow_comparisons.labels(job.model, spec.name).inc()
-        disagree = False
-        for task in COMPARED_TASKS:
-            if primary[task] == labels[task]:
-                self.metrics.shadow_agreements.labels(job.model, spec.name, task).inc()
-            else:
-                disagree = True
-                self.metrics.shadow_disagreements.labels(job.model, spec.name, task, primary[task], labels[task]).inc()
-        if disagree:
-            await asyncio.to_thread(self.record, {
-                "request_id": job.request_id, "primary_model": job.model, "primary_version": job.version,
-                "shadow_model": spec.name, "shadow_version": spec.version,
-                "primary_outputs": job.prediction.as_dict(), "shadow_outputs": shadow.as_dict()})
+    async def compare(self, jobs: list[ShadowJob]) -> None:
+        spec, shadows = await self.run(jobs)
+        for job, shadow in zip(jobs, shadows):
+            primary, labels = job.prediction.labels, shadow.labels
+            self.metrics.shadow_comparisons.labels(job.model, spec.name).inc()
+            disagree = False
+            for task in COMPARED_TASKS:
+                if primary[task] == labels[task]:
+                    self.metrics.shadow_agreements.labels(job.model, spec.name, task).inc()
+                else:
+                    disagree = True
+                    self.metrics.shadow_disagreements.labels(job.model, spec.name, task, primary[task],
+                                                             labels[task]).inc()
+            if disagree:
+                await asyncio.to_thread(self.record, {
+                    "request_id": job.request_id, "primary_model": job.model, "primary_version": job.version,
+                    "shadow_model": spec.name, "shadow_version": spec.version,
+                    "primary_outputs": job.prediction.as_dict(), "shadow_outputs": shadow.as_dict()})

@@ -27,7 +27,7 @@ from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
-from adaudit.service.encoding import Prediction
+from adaudit.service.encoding import ModelSpec, Prediction
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.policy import TrafficPolicy
 from adaudit.service.settings import GatewaySettings
@@ -276,6 +276,44 @@ def test_shadow_queue_overflow_is_dropped_and_counted():
     accepted, metrics = asyncio.run(scenario())
     assert accepted == [True, True, False]
     assert metrics.shadow_dropped._value.get() == 1 and metrics.shadow_queue_depth._value.get() == 2
+
+
+def test_shadow_batches_queued_ads_and_keeps_to_its_busy_fraction():
+    """A worker takes up to shadow_batch queued ads per shadow call; with busy_fraction f, after a call
+    that took d seconds the next starts at least d * (1 - f) / f later. The shadow model here is a fake
+    (a coroutine that sleeps d and agrees), standing in for the backend call."""
+    import asyncio
+
+    duration, fraction = 0.05, 0.25
+
+    async def scenario():
+        metrics = GatewayMetrics()
+        policy = TrafficPolicy(GatewaySettings(backend="triton", shadow_fraction=1.0))
+        calls = []
+
+        async def fake_shadow(jobs):
+            calls.append((asyncio.get_running_loop().time(), len(jobs)))
+            await asyncio.sleep(duration)
+            spec = ModelSpec("teacher", "1", 32, 8, {})
+            return spec, [job.prediction for job in jobs]
+
+        mirror = ShadowMirror(policy.shadow, fake_shadow, None, metrics, queue_size=64, workers=1, batch=4,
+                              busy_fraction=fraction)
+        answer = Prediction({"verdict": "approve", "violation": "none"}, {"verdict": 0.9, "violation": 0.9})
+        for i in range(10):
+            assert mirror.offer(ShadowJob(f"r{i}", "student", "1", answer, {}, (), None))
+        mirror.start()
+        await asyncio.wait_for(mirror.drain(), 10)
+        await mirror.stop()
+        return calls, metrics
+
+    calls, metrics = asyncio.run(scenario())
+    assert [size for _, size in calls] == [4, 4, 2]
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(calls, calls[1:])]
+    assert all(gap >= duration / fraction * 0.95 for gap in gaps), gaps  # the call, then three times as long idle
+    assert metrics.shadow_comparisons.labels("student", "teacher")._value.get() == 10
+    with pytest.raises(ValueError, match="busy_fraction"):
+        ShadowMirror(None, None, None, metrics, queue_size=1, workers=1, busy_fraction=0)
 
 
 def test_canary_is_sticky_per_ad_id(model_dir, tmp_path):
