@@ -61,14 +61,16 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   epochs: Annotated[Optional[int], typer.Option(min=1, help="override the preset's epochs")] = None,
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
                   seed: Annotated[int, typer.Option()] = 0,
-                  modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both"):
+                  modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both",
+                  frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
     from adaudit.teacher import MODALITIES, summary, train_teacher
 
     if modality not in MODALITIES:
         log(f"error: --modality must be one of {', '.join(MODALITIES)}")
         raise typer.Exit(1)
-    metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality, log=log)
+    metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
+                            frozen_blocks=frozen_blocks, log=log)
     log(f"teacher written to {out}: {summary(metrics['test'])}")
 
 

@@ -75,8 +75,9 @@ def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
 
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
-                  log=print) -> dict:
-    """Train a teacher; `modality` text or image trains a single-modality ablation instead."""
+                  frozen_blocks: int | None = None, log=print) -> dict:
+    """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
+    (pretrained preset, default FROZEN_BLOCKS): the lower blocks of each pretrained tower kept fixed."""
     started = time.perf_counter()
     out = Path(out)
     if preset_name not in SCHEDULES:
@@ -90,9 +91,10 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     else:
         torch.manual_seed(seed)
         model = new_teacher(preset_name)
+    frozen_blocks = FROZEN_BLOCKS if frozen_blocks is None else frozen_blocks
     if preset_name == PRETRAINED:
-        frozen = freeze_lower_blocks(model, FROZEN_BLOCKS)
-        log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {FROZEN_BLOCKS} blocks)")
+        frozen = freeze_lower_blocks(model, frozen_blocks)
+        log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {frozen_blocks} blocks)")
     log(f"{model.num_parameters() / 1e6:.2f}M parameters")
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
@@ -108,7 +110,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
     metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
-               "frozen_blocks": FROZEN_BLOCKS if preset_name == PRETRAINED else 0,
+               "frozen_blocks": frozen_blocks if preset_name == PRETRAINED else 0,
                "wall_seconds": time.perf_counter() - started}
     model.save_pretrained(out)
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from adaudit import teacher as teacher_module
+from adaudit.models.configuration import preset
 from adaudit.models.modeling import AuditModel
+from adaudit.models.tokenizer import build_vocabulary
 from adaudit.teacher import checkpoint_folder, train_teacher
 
 from conftest import quiet
@@ -74,3 +76,21 @@ def test_fresh_modules_learn_at_their_own_rate(teacher):
     # without fresh modules: the two groups (decay first) that older checkpoints' optimizer state has
     plain, _ = make_optimizer(model, Schedule(epochs=1), 10, TrainingState())
     assert [group["weight_decay"] > 0 for group in plain.param_groups] == [True, False]
+
+
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_freeze_lower_blocks_keeps_the_embeddings_and_the_lowest_blocks_fixed(blocks):
+    """The pretrained preset's --frozen-blocks: embeddings and the lowest `blocks` blocks of the vision and
+    text towers stop learning; every other parameter (upper blocks, Q-Former, projector, heads) still does."""
+    from adaudit.teacher import freeze_lower_blocks
+
+    model = AuditModel(preset("tiny", len(build_vocabulary())))
+    count = freeze_lower_blocks(model, blocks)
+    fixed = [model.vision.embeddings, model.text.embeddings.word_embeddings,
+             *(model.blocks(tower)[i] for tower in ("vision", "text") for i in range(blocks))]
+    fixed_ids = {id(p) for module in fixed for p in module.parameters()}
+    assert count == sum(p.numel() for module in fixed for p in module.parameters())
+    for parameter in model.parameters():
+        assert parameter.requires_grad == (id(parameter) not in fixed_ids)
+    assert all(p.requires_grad for p in model.blocks("text")[blocks].parameters())
+    assert all(p.requires_grad for p in model.qformer.parameters())
