@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 GOAL = 3.0  # issue 7: student latency within 3x of the FLOPs floor

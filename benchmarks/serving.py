@@ -61,9 +61,9 @@ import numpy as np
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
-from adaudit.service.settings import GatewaySettings
 from adaudit.files import atomic_write_text
 from adaudit.measure import machine
+from adaudit.service.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"gateway_overhead_ms": 3.0, "student_batching_lift": 3.0, "shadow_p99_increase_pct": 10.0}
@@ -571,21 +571,14 @@ def markdown(summary: dict) -> str:
               f"{fmt(o['triton_request_p50_ms'])} | {fmt(o['triton_queue_p50_ms'])} | "
               f"{fmt(o['triton_compute_infer_p50_ms'])} | {fmt(o['gateway_overhead_ms'])} |"]
     s = summary["shadow"]
-    if "rounds" in s:
-        pairs = ", ".join(f"{fmt(off)} -> {fmt(on)}" for off, on in s["p99_pairs_ms"])
-        lines += ["", f"Shadow 1.0 (teacher; the gateway's shadow_batch {s['batch']}, shadow_busy_fraction "
-                  f"{s['busy_fraction']:g}), concurrency 8, {s['rounds']} alternating rounds of shadow off and on "
-                  f"(medians): {fmt(s['comparisons'], '.0f')} mirrored ads compared, {fmt(s['dropped'], '.0f')} "
-                  f"dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow failures; primary p50 "
-                  f"{fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 {fmt(s['p99_off_ms'])} -> "
-                  f"{fmt(s['p99_on_ms'])} ms (each round: {pairs}), {fmt(s['throughput_off'], '.1f')} -> "
-                  f"{fmt(s['throughput_on'], '.1f')} ads/s.", ""]
-    else:  # a run from before the alternating rounds
-        lines += ["", f"Shadow 1.0 (teacher), during the measured point: {fmt(s['comparisons'], '.0f')} mirrored ads "
-                  f"compared, {fmt(s['dropped'], '.0f')} dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow "
-                  f"failures; primary p50 {fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 "
-                  f"{fmt(s['p99_off_ms'])} -> {fmt(s['p99_on_ms'])} ms, {fmt(s['throughput_off'], '.1f')} -> "
-                  f"{fmt(s['throughput_on'], '.1f')} ads/s.", ""]
+    pairs = ", ".join(f"{fmt(off)} -> {fmt(on)}" for off, on in s["p99_pairs_ms"])
+    lines += ["", f"Shadow 1.0 (teacher; the gateway's shadow_batch {s['batch']}, shadow_busy_fraction "
+              f"{s['busy_fraction']:g}), concurrency 8, {s['rounds']} alternating rounds of shadow off and on "
+              f"(medians): {fmt(s['comparisons'], '.0f')} mirrored ads compared, {fmt(s['dropped'], '.0f')} "
+              f"dropped (queue full), {fmt(s['shadow_failed'], '.0f')} shadow failures; primary p50 "
+              f"{fmt(s['p50_off_ms'])} -> {fmt(s['p50_on_ms'])} ms, p99 {fmt(s['p99_off_ms'])} -> "
+              f"{fmt(s['p99_on_ms'])} ms (each round: {pairs}), {fmt(s['throughput_off'], '.1f')} -> "
+              f"{fmt(s['throughput_on'], '.1f')} ads/s.", ""]
     if "c1" in s:
         lines += [f"At concurrency 1 (after the concurrency-8 point, the queue full): primary p50 "
                   f"{fmt(s['c1']['p50_off_ms'])} -> {fmt(s['c1']['p50_on_ms'])} ms, p99 {fmt(s['c1']['p99_off_ms'])} "
@@ -604,7 +597,8 @@ def run(args: argparse.Namespace) -> dict:
     bodies = load_ads(args.data, args.ads)
     log(f"{len(bodies)} ads from {args.data / 'test.jsonl'}; load average {load_at_start}")
     workdir = Path(tempfile.mkdtemp(prefix="adaudit-serving-bench-"))
-    triton = gateway = None
+    triton = None
+    gateways: list[GatewayProcess] = []  # every gateway started, stopped at the end whatever happens
     points: list[dict] = []
     try:
         serving = ServingSettings(max_queue_delay_microseconds=args.queue_delay_us, engine=args.engine)
@@ -636,7 +630,12 @@ def run(args: argparse.Namespace) -> dict:
         n = {1: args.requests_c1, 8: args.requests_c8, 32: args.requests_c32}
         teacher_n = {c: max(1, int(round(k * args.teacher_scale))) for c, k in n.items()}
 
-        def point(model: str, shadow: float, label: str, concurrency: int, requests: int, also=None) -> dict:
+        def launch(name: str, **settings) -> GatewayProcess:
+            gateways.append(GatewayProcess(name, workdir, triton.url, model_repository=repository, **settings))
+            return gateways[-1].start()
+
+        def point(gateway: GatewayProcess, model: str, shadow: float, label: str, concurrency: int, requests: int,
+                  also=None) -> dict:
             clock = CpuClock(gateway.process.pid, triton.process.pid)
             result = measure(gateway, tm, clock, model, bodies, concurrency, requests, args.max_seconds, label, also)
             result.update({"primary": model, "shadow_fraction": shadow, "label": label})
@@ -645,32 +644,28 @@ def run(args: argparse.Namespace) -> dict:
 
         # 1. the teacher as primary
         log("gateway: primary teacher, no shadow")
-        gateway = GatewayProcess("teacher", workdir, triton.url, model_repository=repository, primary_model="teacher",
-                                 shadow_fraction=0.0).start()
+        gateway = launch("teacher", primary_model="teacher", shadow_fraction=0.0)
         warm(gateway, bodies, 1, args.warmup)
         warm(gateway, bodies, 32, 64)
-        teacher = {c: point("teacher", 0.0, "teacher", c, teacher_n[c]) for c in CONCURRENCIES}
+        teacher = {c: point(gateway, "teacher", 0.0, "teacher", c, teacher_n[c]) for c in CONCURRENCIES}
         gateway.stop()
 
         # 2. the student as primary: overhead, throughput, and the shadow baseline
         log("gateway: primary student, shadow fraction 0")
-        gateway = GatewayProcess("student", workdir, triton.url, model_repository=repository, primary_model="student",
-                                 shadow_model="teacher", shadow_fraction=0.0).start()
+        gateway = launch("student", primary_model="student", shadow_model="teacher", shadow_fraction=0.0)
         warm(gateway, bodies, 1, args.warmup)
         warm(gateway, bodies, 32, 64)
         overhead_figures = overhead(gateway, tm, CpuClock(gateway.process.pid, triton.process.pid), "student", bodies,
                                     args.requests_overhead, args.max_seconds)
-        student = {c: point("student", 0.0, "student", c, n[c]) for c in CONCURRENCIES}
+        student = {c: point(gateway, "student", 0.0, "student", c, n[c]) for c in CONCURRENCIES}
         # 3. shadow 1.0: every ad mirrored to the teacher. Both gateways stay up and are measured in
         # alternating rounds (off, on, off, on, ...), so a drift of the machine's speed hits both alike;
         # before each shadow-off point the teacher's queue is drained and the teacher idle.
         log(f"gateway: primary student, shadow fraction 1.0 (teacher, batch {args.shadow_batch}, busy fraction "
             f"{args.shadow_busy_fraction:g}), beside the shadow-off gateway; {args.shadow_rounds} alternating rounds")
         off_gateway = gateway
-        on_gateway = GatewayProcess("shadow", workdir, triton.url, model_repository=repository, primary_model="student",
-                                    shadow_model="teacher", shadow_fraction=1.0, shadow_batch=args.shadow_batch,
-                                    shadow_busy_fraction=args.shadow_busy_fraction).start()
-        gateway = on_gateway
+        on_gateway = launch("shadow", primary_model="student", shadow_model="teacher", shadow_fraction=1.0,
+                            shadow_batch=args.shadow_batch, shadow_busy_fraction=args.shadow_busy_fraction)
         warm(on_gateway, bodies, 8, 32)
 
         def teacher_idle() -> None:
@@ -685,26 +680,23 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(1.0)
 
         rounds_off, rounds_on, moved_on = [], [], {}
-        for round_number in range(args.shadow_rounds):
+        for _ in range(args.shadow_rounds):
             teacher_idle()
-            gateway = off_gateway
-            rounds_off.append(point("student", 0.0, "student, shadow 0.0", 8, args.requests_shadow))
-            gateway = on_gateway
+            rounds_off.append(point(off_gateway, "student", 0.0, "student, shadow 0.0", 8, args.requests_shadow))
             before = on_gateway.metrics()
-            rounds_on.append(point("student", 1.0, "student, shadow 1.0", 8, args.requests_shadow, also="teacher"))
+            rounds_on.append(point(on_gateway, "student", 1.0, "student, shadow 1.0", 8, args.requests_shadow,
+                                   also="teacher"))
             after = on_gateway.metrics()
             for name, labels in (("adaudit_shadow_comparisons_total", {}), ("adaudit_shadow_dropped_total", {}),
                                  ("adaudit_errors_total", {"kind": "shadow_failed"})):
                 moved_on[name] = moved_on.get(name, 0.0) + metric(after, name, **labels) - metric(before, name, **labels)
         # one request at a time while the teacher works through the full queue: no queueing in the primary,
         # so what moves is what the teacher's work costs each answer
-        shadow_on_c1 = point("student", 1.0, "student, shadow 1.0", 1, args.requests_c1, also="teacher")
+        shadow_on_c1 = point(on_gateway, "student", 1.0, "student, shadow 1.0", 1, args.requests_c1, also="teacher")
         teacher_idle()
-        gateway = off_gateway
-        shadow_off_c1 = point("student", 0.0, "student, shadow 0.0", 1, args.requests_c1)
+        shadow_off_c1 = point(off_gateway, "student", 0.0, "student, shadow 0.0", 1, args.requests_c1)
         on_gateway.stop()
         off_gateway.stop()
-        gateway = None
 
         def median_of(rounds: list[dict], key: str) -> float | None:
             values = [r[key] for r in rounds if r[key] is not None]
@@ -779,7 +771,7 @@ def run(args: argparse.Namespace) -> dict:
             "points": points,
         }
     finally:
-        if gateway is not None:
+        for gateway in gateways:  # stop() does nothing to a gateway already stopped
             gateway.stop()
         if triton is not None:
             log("stopping tritonserver")
@@ -806,9 +798,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-scale", type=float, default=0.5, help="teacher request counts, as a fraction")
     parser.add_argument("--requests-shadow", type=int, default=1500, help="requests per shadow point (concurrency 8)")
     parser.add_argument("--shadow-rounds", type=int, default=3, help="alternating shadow-off / shadow-on rounds")
-    parser.add_argument("--shadow-batch", type=int, default=GatewaySettings().shadow_batch,
+    parser.add_argument("--shadow-batch", type=int, default=GatewaySettings.model_fields["shadow_batch"].default,
                         help="the gateway's shadow_batch: mirrored ads per teacher call")
-    parser.add_argument("--shadow-busy-fraction", type=float, default=GatewaySettings().shadow_busy_fraction,
+    parser.add_argument("--shadow-busy-fraction", type=float,
+                        default=GatewaySettings.model_fields["shadow_busy_fraction"].default,
                         help="the gateway's shadow_busy_fraction: the share of time the teacher may be kept busy")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up requests at concurrency 1 per gateway")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per point")

@@ -15,7 +15,8 @@ into two graphs, and checks that ONNX Runtime gives PyTorch's logits with each:
 
 Both graphs then go through ONNX Runtime's transformer fusions (`onnxruntime.transformers`:
 LayerNorm + residual into SkipLayerNormalization, bias + GELU into BiasGelu). On the 2-core
-AMD EPYC these two steps took the student's batch-1 latency from 2.34 ms to 1.38 ms.
+AMD EPYC these two steps took the student's batch-1 latency from 2.34 ms to 1.38 ms, timed
+alone (in benchmarks/physical_limit.py's alternating rounds the two graphs come out closer).
 
 `OnnxRuntimeAuditModel(path)` runs them behind the model's own call signature, so evaluation and
 latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (core
@@ -76,7 +77,8 @@ def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], batch_dynamic: bo
                           output_names=names, dynamic_axes={k: v for k, v in dynamic.items() if v},
                           opset_version=OPSET, dynamo=False)
     quiet = logging.getLogger("onnxruntime.transformers")  # its fusion passes log every pattern they try
-    level, quiet.level = quiet.level, logging.ERROR
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         fused = optimize_model(onnx.load_from_string(buffer.getvalue()), model_type="bert")
     finally:
