@@ -62,7 +62,8 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
                   seed: Annotated[int, typer.Option()] = 0,
                   modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both",
-                  frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None):
+                  frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None,
+                  recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
     from adaudit.teacher import MODALITIES, summary, train_teacher
 
@@ -70,7 +71,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
         log(f"error: --modality must be one of {', '.join(MODALITIES)}")
         raise typer.Exit(1)
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
-                            frozen_blocks=frozen_blocks, log=log)
+                            frozen_blocks=frozen_blocks, recombined=recombined, log=log)
     log(f"teacher written to {out}: {summary(metrics['test'])}")
 
 

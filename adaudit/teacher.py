@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from adaudit.data.encoding import EncodedSplit, encode_split
+from adaudit.data.recombination import recombined_pairs
 from adaudit.evaluation import evaluate
 from adaudit.files import atomic_write_text
 from adaudit.models.configuration import preset
@@ -35,6 +36,9 @@ SCHEDULES = {
 }
 PRETRAINED = "pretrained"
 FROZEN_BLOCKS = 6  # pretrained preset: the lower blocks of each pretrained tower keep their weights
+# extra training rows of one ad's copy over another's picture (adaudit/data/recombination.py), as a
+# fraction of the training ads: the pretrained towers learn every class but image_text_mismatch without them
+RECOMBINED = {PRETRAINED: 0.5}
 MODALITIES = ("both", "text", "image")
 METRICS_FILE = "metrics.json"
 
@@ -75,9 +79,11 @@ def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
 
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
-                  frozen_blocks: int | None = None, log=print) -> dict:
+                  frozen_blocks: int | None = None, recombined: float | None = None, log=print) -> dict:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
-    (pretrained preset, default FROZEN_BLOCKS): the lower blocks of each pretrained tower kept fixed."""
+    (pretrained preset, default FROZEN_BLOCKS): the lower blocks of each pretrained tower kept fixed;
+    `recombined` (default RECOMBINED for the preset, else 0): labelled rows of one ad's copy over another
+    ad's picture added to the training ads, as a fraction of them (only when both modalities are read)."""
     started = time.perf_counter()
     out = Path(out)
     if preset_name not in SCHEDULES:
@@ -98,9 +104,16 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     log(f"{model.num_parameters() / 1e6:.2f}M parameters")
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
-    train = blank_modality(encode_split(data_dir, "train", processor, config.tasks, limit), modality, processor)
+    train = encode_split(data_dir, "train", processor, config.tasks, limit)
+    recombined = RECOMBINED.get(preset_name, 0.0) if recombined is None else recombined
+    if recombined < 0:
+        raise ValueError(f"recombined must be 0 or more, got {recombined}")
+    recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
+    pairs = recombined_pairs(train, round(recombined * len(train)), seed=seed)
+    train = blank_modality(train.joined(pairs), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
-    log(f"teacher '{preset_name}': {len(train)} training and {len(test)} test ads")
+    log(f"teacher '{preset_name}': {len(train) - len(pairs)} training ads + {len(pairs)} recombined, "
+        f"{len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
         save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name})
@@ -111,6 +124,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
                "frozen_blocks": frozen_blocks if preset_name == PRETRAINED else 0,
+               "recombined": recombined, "recombined_rows": len(pairs),
                "wall_seconds": time.perf_counter() - started}
     model.save_pretrained(out)
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")

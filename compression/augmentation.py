@@ -21,7 +21,7 @@ student with a pruned vocabulary see exactly the same views.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +83,6 @@ def view_plan(split: EncodedSplit, views: int, recombined_fraction: float, seed:
 def apply_plan(split: EncodedSplit, plan: ViewPlan) -> EncodedSplit:
     """`split` followed by the plan's view rows, the copy (token ids) taken from `split` itself."""
     source = plan.text_source
-    ids = split.ids + [f"{split.ids[t]}~{split.ids[i]}" for t, i in zip(source.tolist(), plan.image_source.tolist())]
-    return replace(split, ids=ids, image_bytes=torch.cat([split.image_bytes, plan.image_bytes]),
-                   input_ids=torch.cat([split.input_ids, split.input_ids[source]]),
-                   attention_mask=torch.cat([split.attention_mask, split.attention_mask[source]]),
-                   labels=torch.cat([split.labels, split.labels[source]]))
+    ids = [f"{split.ids[t]}~{split.ids[i]}" for t, i in zip(source.tolist(), plan.image_source.tolist())]
+    return split.joined(EncodedSplit(ids, plan.image_bytes, split.input_ids[source], split.attention_mask[source],
+                                     split.labels[source], split.tasks))

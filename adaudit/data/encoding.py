@@ -38,6 +38,15 @@ class EncodedSplit:
         return EncodedSplit([self.ids[i] for i in index.tolist()], self.image_bytes[index],
                             self.input_ids[index], self.attention_mask[index], self.labels[index], self.tasks)
 
+    def joined(self, other: "EncodedSplit") -> "EncodedSplit":
+        """This split's rows followed by `other`'s (the same tasks, the copy padded to the same length)."""
+        if other.tasks != self.tasks or other.input_ids.shape[1] != self.input_ids.shape[1]:
+            raise ValueError("splits to join need the same tasks and the same padded copy length")
+        return EncodedSplit(self.ids + other.ids, torch.cat([self.image_bytes, other.image_bytes]),
+                            torch.cat([self.input_ids, other.input_ids]),
+                            torch.cat([self.attention_mask, other.attention_mask]),
+                            torch.cat([self.labels, other.labels]), self.tasks)
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Index tensors covering the split once; shuffled when a generator is given."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
