@@ -23,6 +23,7 @@ from pathlib import Path
 
 from adaudit.files import atomic_folder
 from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
@@ -74,13 +75,15 @@ def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings,
     outputs = "\n".join(
         f'  {{ name: "{task}" data_type: TYPE_FP32 dims: [ {len(classes)} ] }},' for task, classes in config.tasks.items()
     ).rstrip(",")
+    dims = {"image_bytes": f"3, {config.image_size}, {config.image_size}", "input_ids": str(config.max_text_length),
+            "attention_mask": str(config.max_text_length)}
+    inputs = ",\n".join(f'  {{ name: "{input_name}" data_type: TYPE_{kind} dims: [ {dims[input_name]} ] }}'
+                         for input_name, kind in SERVED_INPUTS.items())
     return f"""name: "{name}"
 backend: "python"
 max_batch_size: {settings.max_batch_size}
 input [
-  {{ name: "pixel_values" data_type: TYPE_FP32 dims: [ 3, {config.image_size}, {config.image_size} ] }},
-  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ {config.max_text_length} ] }},
-  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ {config.max_text_length} ] }}
+{inputs}
 ]
 output [
 {outputs}

@@ -2,7 +2,8 @@
 
 `adaudit export` copies this file into every version of the model repository as `model.py`,
 next to the model folder (`<version>/model/`: config.json, model.safetensors, vocab.txt).
-Inputs are the tensors the gateway's preprocessing makes; outputs are one logits tensor per
+Inputs are the tensors the gateway's preprocessing makes (the picture as uint8, normalised here,
+as in training); outputs are one logits tensor per
 audit task. Requests are batched by Triton's dynamic batcher; `execute` runs them as one
 forward pass. A version whose files no longer match the checksums written at export is
 refused at load. On a GPU instance the model runs in the dtype named by the `precision`
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from adaudit.export.onnx_runtime import INPUTS, OnnxRuntimeAuditModel
+from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel
 from adaudit.export.repository import verify_checksums
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
 
 
 class TritonPythonModel:
@@ -48,9 +50,10 @@ class TritonPythonModel:
             self.model = AuditModel.from_pretrained(version_folder / "model").to(self.device, self.dtype).eval()
 
     def execute(self, requests):
-        arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in INPUTS}
+        arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in SERVED_INPUTS}
         sizes = [len(a) for a in arrays["input_ids"]]
-        pixel_values = torch.from_numpy(np.concatenate(arrays["pixel_values"])).to(self.device, self.dtype)
+        image_bytes = torch.from_numpy(np.concatenate(arrays["image_bytes"])).to(self.device)  # uint8 on the wire
+        pixel_values = AuditProcessor.normalise(image_bytes).to(self.dtype)
         input_ids = torch.from_numpy(np.concatenate(arrays["input_ids"])).to(self.device)
         attention_mask = torch.from_numpy(np.concatenate(arrays["attention_mask"])).to(self.device)
         length = max(int(attention_mask.sum(1).max()), 1)  # trim the copy's padding, as in training

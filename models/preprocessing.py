@@ -24,6 +24,9 @@ from .tokenizer import load_tokenizer, make_tokenizer
 
 IMAGE_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGE_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# What a served model takes (Triton's inputs, in Triton's type names): the picture resized but not yet
+# normalised, as uint8, a quarter of float32's bytes on the wire; the model's server normalises it
+SERVED_INPUTS = {"image_bytes": "UINT8", "input_ids": "INT64", "attention_mask": "INT64"}
 
 
 def padded_encoder(tokenizer, length: int) -> Tokenizer:
@@ -56,7 +59,9 @@ class AuditProcessor:
 
     @staticmethod
     def normalise(image_bytes: torch.Tensor) -> torch.Tensor:
-        return (image_bytes.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
+        """uint8 (batch, 3, size, size) -> the float32 pixel_values the model takes."""
+        device = image_bytes.device  # a GPU instance normalises on its GPU
+        return (image_bytes.float() / 255.0 - IMAGE_MEAN.to(device)) / IMAGE_STD.to(device)
 
     def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), int64 (batch, max_text_length): [CLS] copy [SEP], cut or padded."""

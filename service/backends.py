@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from adaudit.models.labels import TASKS
+from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, has_tokenizer
 
 from .encoding import ModelSpec
@@ -61,7 +62,7 @@ class _Loaded:
         mask = torch.from_numpy(inputs["attention_mask"])
         length = max(int(mask.sum(1).max()), 1)  # as export/triton_model.py: trim the copy's padding
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(inputs["pixel_values"]),
+            logits = self.model(AuditProcessor.normalise(torch.from_numpy(inputs["image_bytes"])),
                                 torch.from_numpy(inputs["input_ids"])[:, :length], mask[:, :length]).logits
         return {task: tensor.float().numpy() for task, tensor in logits.items()}
 
@@ -139,9 +140,6 @@ class EmbeddedBackend:
 
 
 # --- Triton ---------------------------------------------------------------------------------
-INPUT_TYPES = {"pixel_values": "FP32", "input_ids": "INT64", "attention_mask": "INT64"}
-
-
 class TritonBackend:
     name = "triton"
 
@@ -185,9 +183,10 @@ class TritonBackend:
         inputs = {item["name"]: [int(d) for d in item["dims"]] for item in config.get("input", [])}
         outputs = {item["name"]: [int(d) for d in item["dims"]] for item in config.get("output", [])}
         try:
-            image_size, max_text_length = inputs["pixel_values"][-1], inputs["input_ids"][-1]
+            image_size, max_text_length = inputs["image_bytes"][-1], inputs["input_ids"][-1]
         except KeyError:
-            raise not_ready(f"Triton model {model} does not take pixel_values and input_ids") from None
+            raise not_ready(f"Triton model {model} does not take image_bytes and input_ids (a repository exported "
+                            f"before the uint8 picture input takes pixel_values: export it again)") from None
         tasks = {}
         for task, dims in outputs.items():
             if task not in TASKS or dims[-1] != len(TASKS[task]):
@@ -218,7 +217,7 @@ class TritonBackend:
 
         request = []
         for name, array in inputs.items():
-            item = InferInput(name, list(array.shape), INPUT_TYPES[name])
+            item = InferInput(name, list(array.shape), SERVED_INPUTS[name])
             item.set_data_from_numpy(np.ascontiguousarray(array))
             request.append(item)
         try:

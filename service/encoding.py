@@ -3,7 +3,8 @@
 Inputs come from `models.preprocessing.AuditProcessor`, the one preprocessing implementation
 (training, evaluation and the gateway feed the model the same numbers), sized by the model's
 `ModelSpec` (image size, padded text length) and turned into the numpy arrays a backend takes:
-pixel_values float32 [B,3,S,S], input_ids and attention_mask int64 [B,L]. One processor per
+image_bytes uint8 [B,3,S,S] (resized, normalised by the backend: a quarter of float32's bytes to
+send), input_ids and attention_mask int64 [B,L]. One processor per
 distinct spec, so the primary and a shadow of the same shape share the tensors.
 
 Outputs: per task the argmax label and its softmax probability.
@@ -64,10 +65,10 @@ class Encoder:
             return self._processors[spec.input_key]
 
     def encode(self, ads: list[Ad], spec: ModelSpec) -> dict[str, np.ndarray]:
-        tensors = self.processor(spec)([ad.image for ad in ads], [ad.text for ad in ads])
-        return {"pixel_values": tensors["pixel_values"].numpy().astype(np.float32, copy=False),
-                "input_ids": tensors["input_ids"].numpy().astype(np.int64, copy=False),
-                "attention_mask": tensors["attention_mask"].numpy().astype(np.int64, copy=False)}
+        processor = self.processor(spec)
+        input_ids, attention_mask = processor.texts([ad.text for ad in ads])
+        return {"image_bytes": processor.image_bytes([ad.image for ad in ads]).numpy(),
+                "input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
 
 
 def select(inputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,8 @@ def test_repository_layout_and_config(student, tmp_path):
     assert "version_policy: { latest: { num_versions: 2 } }" in config
     assert 'name: "violation" data_type: TYPE_FP32 dims: [ 8 ]' in config
     assert 'key: "threads" value: { string_value: "0" }' in config
-    assert "dims: [ 3, 32, 32 ]" in config  # the tiny student's image size
+    # the picture travels as uint8 at the tiny student's image size; the model's server normalises it
+    assert 'name: "image_bytes" data_type: TYPE_UINT8 dims: [ 3, 32, 32 ]' in config
     checksums = json.loads((version / "checksums.json").read_text())
     assert 'key: "tokenizer" value: { string_value: "tokenizer.json" }' in config  # the gateway must read it
     assert set(checksums) == {"model.py"} | {f"model/{name}" for name in model_files}
