@@ -48,14 +48,19 @@ def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughpu
 
 
 def paired_latency(models: dict[str, AuditModel], split: EncodedSplit | dict[str, EncodedSplit],
-                   rounds: int = 5) -> dict[str, dict]:
+                   rounds: int = 5, settle_s: float = 0.2) -> dict[str, dict]:
     """Latency of several models measured in alternating rounds, so a change of machine load
     during the measurement affects them all alike; the figures to take ratios from. `split`: one
-    for all, or one per model (a student with a pruned vocabulary takes its own token ids)."""
+    for all, or one per model (a student with a pruned vocabulary takes its own token ids).
+
+    Before each model's turn the process sleeps `settle_s`: the worker threads of the model timed
+    just before (OpenMP's, ONNX Runtime's) spin for a while after their last call, and on two cores
+    they would take a core from the next model's first calls."""
     splits = split if isinstance(split, dict) else {name: split for name in models}
     samples: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
+            time.sleep(settle_s)
             samples[name].append(latency(model, splits[name], repeats=30, throughput_repeats=3))
     return {name: {key: float(np.median([s[key] for s in runs])) for key in runs[0]}
             for name, runs in samples.items()}
