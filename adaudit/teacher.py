@@ -92,9 +92,16 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     schedule = replace(SCHEDULES[preset_name], seed=seed, **({"epochs": epochs} if epochs else {}))
     checkpoint = checkpoint_folder(out)
     state, optimizer_state = TrainingState(), None
+    recombined = RECOMBINED.get(preset_name, 0.0) if recombined is None else recombined
+    if recombined < 0:
+        raise ValueError(f"recombined must be 0 or more, got {recombined}")
+    recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
     if resume and checkpoint.exists():
-        model, optimizer_state, state, _ = load_checkpoint(checkpoint)
-        log(f"resuming from {checkpoint} after epoch {state.epoch}")
+        model, optimizer_state, state, meta = load_checkpoint(checkpoint)
+        # the rows the run started with (a checkpoint from before recombined pairs: none), so that the
+        # epochs left cover the same rows and the learning-rate schedule the same steps
+        recombined = meta.get("recombined", 0.0)
+        log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined})")
     else:
         torch.manual_seed(seed)
         model = new_teacher(preset_name)
@@ -106,10 +113,6 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
     train = encode_split(data_dir, "train", processor, config.tasks, limit)
-    recombined = RECOMBINED.get(preset_name, 0.0) if recombined is None else recombined
-    if recombined < 0:
-        raise ValueError(f"recombined must be 0 or more, got {recombined}")
-    recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
     pairs = recombined_pairs(train, round(recombined * len(train)), seed=seed)
     train = blank_modality(train.joined(pairs), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
@@ -117,7 +120,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
         f"{len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
-        save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name})
+        save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name, "recombined": recombined})
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,

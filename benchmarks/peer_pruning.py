@@ -74,7 +74,8 @@ class TaylorPruner:
             model, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
             pruning_ratio=ratio, iterative_steps=steps, max_pruning_ratio=ratio,
             num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=head_ratio,
-            ignored_layers=list(model.heads.values()) + list(model.image_heads.values()),
+            ignored_layers=list(model.heads.values()) + list(model.image_heads.values())
+            + list(getattr(model, "agreement_heads", {}).values()),
             unwrapped_parameters=unwrapped_parameters(model), output_transform=all_logits)
         self.steps, self.done = steps, 0
 

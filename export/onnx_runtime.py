@@ -28,6 +28,7 @@ dependencies).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,10 @@ from adaudit.models.modeling import AuditModel, AuditOutput
 INPUTS = ("pixel_values", "input_ids", "attention_mask")  # what the model takes, in its call order
 OPSET = 17
 LENGTH_BUCKETS = (16, 24, 32)  # copy lengths of the batch-1 graphs, beside the model's longest copy
+# Batch-1 graphs pay where the fixed cost per operator dominates: small models. Each holds its own copy of
+# the weights, so a larger model (a teacher) gets none and runs one ad on the any-batch graph.
+BATCH_ONE_MAX_PARAMETERS = 20_000_000
+BATCH_ONE_NAME = re.compile(r"\.batch1\.len(\d+)\.onnx$")
 
 
 class _Logits(nn.Module):
@@ -105,15 +110,18 @@ def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, 
     shorter than the bucket so that the padding is exercised."""
     path = Path(path)
     model = model.eval()
+    for stale in batch_one_graphs(path).values():  # an earlier model's, in a reused folder
+        stale.unlink()
     atomic_write_bytes(path, _graph(model, inputs, dynamic_shapes=True))
     one = {k: v[:1] for k, v in inputs.items()}
-    for length in length_buckets(model.config.max_text_length):
+    buckets = length_buckets(model.config.max_text_length) if model.num_parameters() <= BATCH_ONE_MAX_PARAMETERS else ()
+    for length in buckets:
         padded = {**one, "input_ids": _pad(one["input_ids"], length), "attention_mask": _pad(one["attention_mask"], length)}
         atomic_write_bytes(batch_one_path(path, length), _graph(model, padded, dynamic_shapes=False))
     engine = OnnxRuntimeAuditModel(path)
     with torch.inference_mode():
         checks = [(engine(**inputs), model(**inputs))]
-        for length in length_buckets(model.config.max_text_length):
+        for length in buckets:
             ad = {**one, "input_ids": _pad(one["input_ids"], length - 1, fill=5),
                   "attention_mask": torch.ones(1, length - 1, dtype=torch.int64)}
             checks.append((engine(**ad), model(**ad)))
@@ -121,6 +129,18 @@ def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, 
         for task in model.heads:
             torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=atol, rtol=atol)
     return path
+
+
+def batch_one_graphs(path: Path) -> dict[int, Path]:
+    """The batch-1 graphs written beside the graph at `path`, by copy length."""
+    path = Path(path)
+    stem = path.name.removesuffix(".onnx")
+    graphs = {}
+    for graph in path.parent.glob(f"{stem}.batch1.len*.onnx"):
+        match = BATCH_ONE_NAME.search(graph.name)
+        if match and graph.name == batch_one_path(path, int(match.group(1))).name:
+            graphs[int(match.group(1))] = graph
+    return graphs
 
 
 def _pad(tensor: torch.Tensor, length: int, fill: int = 0) -> torch.Tensor:
@@ -166,9 +186,7 @@ class OnnxRuntimeAuditModel(nn.Module):
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
-        path = Path(path)
-        graphs = {int(graph.name.rsplit(".len", 1)[1].removesuffix(".onnx")): graph
-                  for graph in path.parent.glob(batch_one_path(path, 0).name.replace(".len0.", ".len*."))}
+        graphs = batch_one_graphs(path)
         # one ad: a session per copy length, shortest first (each holds the weights: a student's few MB)
         self.single = {length: session(graphs[length]) for length in sorted(graphs)} if batch_one else {}
         self.session = session(path, spinning=not self.single)  # with batch-1 graphs: larger batches only

@@ -24,6 +24,8 @@ from pathlib import Path
 from adaudit.files import atomic_folder
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS
+
+SERVED_INPUT_MARK = "SERVED_INPUTS"  # in every model.py that reads the inputs config_pbtxt declares
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
@@ -128,11 +130,23 @@ def verify_checksums(version_folder: Path) -> None:
         raise ValueError(f"{version_folder}: files changed since export: {', '.join(changed)}")
 
 
+def refuse_versions_with_other_inputs(model_root: Path, version: int) -> None:
+    """One config.pbtxt declares the inputs of every version of a model: a version exported before the
+    picture travelled as uint8 (its model.py reads pixel_values) cannot be served beside a new one."""
+    for other in sorted(model_root.glob("[0-9]*")):
+        script = other / "model.py"
+        if other.name != str(version) and script.is_file() and SERVED_INPUT_MARK not in script.read_text():
+            raise ValueError(f"{other} was exported by an older adaudit (its model takes pixel_values, not "
+                             f"image_bytes): export it again with --version {other.name}, or remove it, "
+                             f"before adding version {version}")
+
+
 def export_model(model_folder: Path, repository: Path, name: str, version: int,
                  settings: ServingSettings) -> Path:
     """Add `version` of model `name` to the repository (atomically); returns the version folder."""
     model = AuditModel.from_pretrained(model_folder)  # refuses a broken folder before anything is written
     model_root = Path(repository) / name
+    refuse_versions_with_other_inputs(model_root, version)
     model_root.mkdir(parents=True, exist_ok=True)
     version_folder = model_root / str(version)
     with atomic_folder(version_folder) as staging:

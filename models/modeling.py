@@ -230,7 +230,7 @@ class AuditModel(nn.Module):
         if self.config.industry_agreement:
             disagreement = industry_disagreement(image_logits["industry"], logits["industry"])
             for task, head in self.agreement_heads.items():
-                logits[task] = logits[task] + head(disagreement).to(logits[task].dtype)
+                logits[task] = logits[task] + head(disagreement.to(head.weight.dtype)).to(logits[task].dtype)
         hidden_states = None
         if output_hidden_states:
             hidden_states = {"vision": vision.hidden_states, "qformer": qformer.hidden_states,

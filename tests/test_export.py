@@ -95,3 +95,18 @@ def test_onnxruntime_engine_writes_a_checked_onnx_graph(student, tmp_path):
             torch.testing.assert_close(other.logits[task], theirs.logits[task], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="engine"):
         ServingSettings(engine="tensorrt")
+
+
+def test_a_version_exported_before_the_uint8_input_is_not_served_beside_a_new_one(student, tmp_path):
+    """One config.pbtxt declares every version's inputs: an old version (its model.py reads pixel_values)
+    must be exported again before a new version joins it."""
+    folder, _ = student
+    repo = tmp_path / "repo"
+    old = export_model(folder, repo, "student", 1, ServingSettings())
+    script = old / "model.py"
+    script.write_text(script.read_text().replace("SERVED_INPUTS", "INPUTS"))  # as an older export wrote it
+    with pytest.raises(ValueError, match="export it again with --version 1"):
+        export_model(folder, repo, "student", 2, ServingSettings())
+    assert not (repo / "student" / "2").exists()
+    export_model(folder, repo, "student", 1, ServingSettings())  # exported again: now version 2 may join
+    export_model(folder, repo, "student", 2, ServingSettings())

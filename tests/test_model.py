@@ -186,6 +186,9 @@ def test_industry_agreement_adds_what_the_disagreement_of_picture_and_copy_says(
     smaller = shrink_hidden(remove_blocks(model, {"text": [0, 2]}), {"text": torch.arange(0, 64, 2)})
     assert smaller.config.industry_agreement
     assert torch.equal(smaller.agreement_heads["verdict"].weight, model.agreement_heads["verdict"].weight)
+    half = AuditModel(config).to(torch.bfloat16).eval()  # a GPU instance runs the model in 16 bits
+    with torch.no_grad():
+        assert half(**{**inputs, "pixel_values": inputs["pixel_values"].bfloat16()}).logits["verdict"].dtype == torch.bfloat16
     legacy = config.to_dict()
     del legacy["industry_agreement"]  # a config.json written before the flag existed
     assert AuditModelConfig.from_dict(legacy).industry_agreement is False

@@ -5,6 +5,7 @@ not against the function's arithmetic.
 """
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -68,6 +69,7 @@ def test_mismatch_share_and_seed(train_split):
     first, second = recombined_pairs(train_split, 50, seed=3), recombined_pairs(train_split, 50, seed=3)
     assert first.ids == second.ids and first.ids != recombined_pairs(train_split, 50, seed=4).ids
     assert len(recombined_pairs(train_split, 0)) == 0
+    assert len(recombined_pairs(replace(train_split, tasks=["logo"], labels=train_split.labels[:, -1:]), 0)) == 0
     with pytest.raises(ValueError, match="mismatch_share"):
         recombined_pairs(train_split, 10, mismatch_share=1.5)
 

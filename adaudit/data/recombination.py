@@ -37,6 +37,8 @@ def recombined_pairs(split: EncodedSplit, count: int, mismatch_share: float = 0.
     its own industry (labels of the copy, attributes of the picture)."""
     if not 0.0 <= mismatch_share <= 1.0:
         raise ValueError(f"mismatch_share must be within 0..1, got {mismatch_share}")
+    if count <= 0:
+        return split.subset(torch.zeros(0, dtype=torch.long))
     column = {task: i for i, task in enumerate(split.tasks)}
     missing = [task for task in ("verdict", "violation", "industry") if task not in column]
     if missing:
@@ -47,7 +49,7 @@ def recombined_pairs(split: EncodedSplit, count: int, mismatch_share: float = 0.
     clean = violation == violations.index("none")
     usable = clean | torch.isin(violation, torch.tensor([violations.index(v) for v in COPY_ONLY_VIOLATIONS]))
     pictures = {int(k): torch.nonzero(usable & (industry == k)).flatten() for k in industry[usable].unique()}
-    if count <= 0 or not pictures:
+    if not pictures:
         return split.subset(torch.zeros(0, dtype=torch.long))
 
     generator = torch.Generator().manual_seed(seed)
