@@ -31,7 +31,7 @@ SCHEDULES = {
     "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
     # pretrained towers (models/pretrained.py): a few epochs at a fine-tuning learning rate; the
     # Q-Former, projector and heads around them start from random weights and learn 5x faster
-    "pretrained": Schedule(epochs=8, batch_size=32, learning_rate=2e-4, fresh_learning_rate=1e-3,
+    "pretrained": Schedule(epochs=4, batch_size=32, learning_rate=2e-4, fresh_learning_rate=1e-3,
                            fresh_modules=("qformer", "query_tokens", "projector", "heads", "image_heads",
                                           "agreement_heads")),
 }

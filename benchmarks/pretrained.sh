@@ -3,12 +3,14 @@
 # benchmark data, its single-modality ablations, and the default recipe from it.
 # Needs `pip install '.[pretrained]'` (make install does it) and the data of benchmarks/compression.sh.
 # Steps whose output exists are skipped, so an interrupted run continues (--resume).
-# Usage: benchmarks/pretrained.sh    (teacher about 50 minutes on two CPU cores, compression more)
+# Usage: benchmarks/pretrained.sh    (teacher about 32 minutes on two CPU cores, compression more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
 DATA=${DATA:-runs/bench/data}
 BASE=${BASE:-runs/bench/teacher}
+# without a trained `base` teacher here, its figures as measured before on the same data
+[ -d "$BASE" ] || BASE=benchmarks/results/pretrained-previous-teacher.json
 RUN=${RUN:-runs/pretrained}
 mkdir -p "$RUN"
 

@@ -169,8 +169,9 @@ class OnnxRuntimeAuditModel(nn.Module):
     length bucket its copy fits, padded to it, when the export wrote those graphs next to `path`; more
     ads run the graph at `path`."""
 
-    def __init__(self, path: Path, threads: int | None = None, batch_one: bool = True):
-        """`batch_one` False: every batch on the any-batch graph (to measure what the batch-1 graphs buy)."""
+    def __init__(self, path: Path, threads: int | None = None, batch_one: bool = True, spinning: bool = True):
+        """`batch_one` False: every batch on the any-batch graph (to measure what the batch-1 graphs buy);
+        `spinning` False: no batch-1 session's idle workers spin (see `session`)."""
         super().__init__()
         import onnxruntime
 
@@ -188,7 +189,7 @@ class OnnxRuntimeAuditModel(nn.Module):
 
         graphs = batch_one_graphs(path)
         # one ad: a session per copy length, shortest first (each holds the weights: a student's few MB)
-        self.single = {length: session(graphs[length]) for length in sorted(graphs)} if batch_one else {}
+        self.single = {length: session(graphs[length], spinning) for length in sorted(graphs)} if batch_one else {}
         self.session = session(path, spinning=not self.single)  # with batch-1 graphs: larger batches only
         self.names = [output.name for output in self.session.get_outputs()]
 
