@@ -12,8 +12,7 @@ OUT/physical_limit.{json,md}:
     python benchmarks/physical_limit.py --student runs/bench/student --data runs/bench/data --out benchmarks/results
 
 Engines: eager PyTorch, torch.compile (inductor), ONNX Runtime with the any-batch graph only, and
-ONNX Runtime as serving runs it (one ad on the batch-1 graph of its copy's length bucket, every
-shape fixed; export/onnx_runtime.py). Latency
+ONNX Runtime as serving runs it (the batch-1 graph for one ad; export/onnx_runtime.py). Latency
 is the p50 of batch-1 calls over the test split's ads, their copy trimmed as in every other
 latency figure; the batch-32 time per ad is beside it. The student's weights do not change its
 latency, so any student of the default recipe's shape gives the same figures.
@@ -87,7 +86,7 @@ def engines(student: Path, work: Path) -> dict[str, torch.nn.Module]:
     graph = export_onnx(model, example_inputs(model.config), work / "model.onnx")
     return {"eager PyTorch": model,
             "ONNX Runtime, any-batch graph": OnnxRuntimeAuditModel(graph, batch_one=False),
-            "ONNX Runtime, batch-1 graphs by copy length (serving)": OnnxRuntimeAuditModel(graph)}
+            "ONNX Runtime, batch-1 graph for one ad (serving)": OnnxRuntimeAuditModel(graph)}
 
 
 def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) -> dict:

@@ -8,18 +8,24 @@ computation as a graph with fused kernels and a few microseconds per node.
 into two graphs, and checks that ONNX Runtime gives PyTorch's logits with each:
 
 - `path`: any batch size, any copy length: what a batched Triton execution runs;
-- `batch_one_path(path, length)` (`model.batch1.len24.onnx`, ...): the same weights specialised to
-  one ad with its copy padded to `length` tokens, one graph per length of `length_buckets` (16, 24,
-  32 and the model's longest copy). With every shape fixed, ONNX Runtime folds away all the shape
-  arithmetic (Shape, Gather, Unsqueeze, Concat, Where) that a dynamic batch or length keeps at run
-  time: 188 nodes against 289 for one ad with its length free, and 0.84 against 1.09 ms for the
-  student on the 2-core AMD EPYC. The copy's padding is masked, so the logits are the same. Like
-  a TensorRT optimisation profile, the engine picks the graph by the batch and length it is given.
+- `batch_one_path(path)` (`model.batch1.onnx`): the same weights specialised to one ad (the copy
+  length stays free). With the batch dimension fixed, ONNX Runtime folds away the shape
+  arithmetic that a dynamic batch keeps at run time, about half of the graph's nodes. Like a
+  TensorRT optimisation profile, the engine picks the graph by the batch it is given.
 
 Both graphs then go through ONNX Runtime's transformer fusions (`onnxruntime.transformers`:
 LayerNorm + residual into SkipLayerNormalization, bias + GELU into BiasGelu). On the 2-core
-AMD EPYC the batch-1 graph and these fusions took the student's batch-1 latency from 2.34 ms to
-1.38 ms, timed alone, before the length was fixed too.
+AMD EPYC these two steps took the student's batch-1 latency from 2.34 ms to 1.38 ms, timed
+alone (in benchmarks/physical_limit.py's alternating rounds the two graphs come out closer).
+Only a model of up to BATCH_ONE_MAX_PARAMETERS gets the batch-1 graph.
+
+Tried and left out: fixing the copy length too, one batch-1 graph per length bucket (16, 24, 32,
+48), every shape constant. At one length it was faster (0.84 against 1.09 ms, 188 nodes against
+289), but over the test split's ads, whose lengths vary, switching between the buckets' sessions
+(each with its own thread pool and copy of the weights) cost more than the folding saved: p50
+1.45-1.93 ms against 1.02-1.41 for the any-batch graph in the same runs, p95 6-9 ms. One
+fixed-length graph with every copy padded to 48 tokens came out within the machine's noise of
+the any-batch graph (1.16-1.30 against 1.02-1.41 ms).
 
 `OnnxRuntimeAuditModel(path)` runs them behind the model's own call signature, so evaluation and
 latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (core
@@ -28,7 +34,6 @@ dependencies).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +45,10 @@ from adaudit.models.modeling import AuditModel, AuditOutput
 
 INPUTS = ("pixel_values", "input_ids", "attention_mask")  # what the model takes, in its call order
 OPSET = 17
-LENGTH_BUCKETS = (16, 24, 32)  # copy lengths of the batch-1 graphs, beside the model's longest copy
-# Batch-1 graphs pay where the fixed cost per operator dominates: small models. Each holds its own copy of
+BATCH_ONE_SUFFIX = ".batch1.onnx"
+# The batch-1 graph pays where the fixed cost per operator dominates: small models. It holds its own copy of
 # the weights, so a larger model (a teacher) gets none and runs one ad on the any-batch graph.
 BATCH_ONE_MAX_PARAMETERS = 20_000_000
-BATCH_ONE_NAME = re.compile(r"\.batch1\.len(\d+)\.onnx$")
 
 
 class _Logits(nn.Module):
@@ -59,19 +63,14 @@ class _Logits(nn.Module):
         return (*output.logits.values(), *output.image_logits.values())
 
 
-def length_buckets(max_text_length: int) -> tuple[int, ...]:
-    """The copy lengths a model's batch-1 graphs are specialised to: every copy pads to the next one."""
-    return tuple(sorted({min(length, max_text_length) for length in LENGTH_BUCKETS} | {max_text_length}))
-
-
-def batch_one_path(path: Path, length: int) -> Path:
-    """Where the batch-1 graph for copies of `length` tokens is: model.onnx -> model.batch1.len24.onnx."""
+def batch_one_path(path: Path) -> Path:
+    """Where the batch-1 graph of the graph at `path` is: model.onnx -> model.batch1.onnx."""
     path = Path(path)
-    return path.with_name(f"{path.name.removesuffix('.onnx')}.batch1.len{length}.onnx")
+    return path.with_name(path.name.removesuffix(".onnx") + BATCH_ONE_SUFFIX)
 
 
-def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], dynamic_shapes: bool) -> bytes:
-    """The traced, fused ONNX graph of `model`: batch and copy length dynamic, or both fixed to `inputs`'."""
+def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], batch_dynamic: bool) -> bytes:
+    """The traced, fused ONNX graph of `model` (its copy length dynamic; its batch too when asked)."""
     import copy
     import io
     import logging
@@ -80,9 +79,9 @@ def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], dynamic_shapes: b
     from onnxruntime.transformers.optimizer import optimize_model
 
     names = output_names(model)
-    batch, length = ({0: "batch"}, {1: "length"}) if dynamic_shapes else ({}, {})
-    dynamic = {"pixel_values": dict(batch), "input_ids": {**batch, **length},
-               "attention_mask": {**batch, **length}, **{name: dict(batch) for name in names}}
+    batch = {0: "batch"} if batch_dynamic else {}
+    dynamic = {"pixel_values": dict(batch), "input_ids": {**batch, 1: "length"},
+               "attention_mask": {**batch, 1: "length"}, **{name: dict(batch) for name in names}}
     traced = copy.deepcopy(model).eval()  # tracing leaves the traced modules computing otherwise afterwards
     buffer = io.BytesIO()
     with torch.no_grad():
@@ -104,50 +103,23 @@ def output_names(model: AuditModel) -> list[str]:
 
 
 def export_onnx(model: AuditModel, inputs: dict[str, torch.Tensor], path: Path, atol: float = 1e-4) -> Path:
-    """Write `model` as ONNX to `path` (any batch, any length) and the batch-1 graphs beside it (one per
-    length bucket), atomically, and check ONNX Runtime's logits against PyTorch's: on `inputs` with the
-    any-batch graph, and on one ad of each bucket's length with that bucket's graph, its copy a token
-    shorter than the bucket so that the padding is exercised."""
+    """Write `model` as ONNX to `path` (any batch) and `batch_one_path(path)` (one ad), atomically, and
+    check ONNX Runtime's logits against PyTorch's on `inputs` (the batch-1 graph on each of its rows)."""
     path = Path(path)
-    model = model.eval()
-    for stale in batch_one_graphs(path).values():  # an earlier model's, in a reused folder
-        stale.unlink()
-    atomic_write_bytes(path, _graph(model, inputs, dynamic_shapes=True))
-    one = {k: v[:1] for k, v in inputs.items()}
-    buckets = length_buckets(model.config.max_text_length) if model.num_parameters() <= BATCH_ONE_MAX_PARAMETERS else ()
-    for length in buckets:
-        padded = {**one, "input_ids": _pad(one["input_ids"], length), "attention_mask": _pad(one["attention_mask"], length)}
-        atomic_write_bytes(batch_one_path(path, length), _graph(model, padded, dynamic_shapes=False))
+    batch_one = batch_one_path(path)
+    atomic_write_bytes(path, _graph(model, inputs, batch_dynamic=True))
+    batch_one.unlink(missing_ok=True)  # an earlier model's, in a reused folder
+    if model.num_parameters() <= BATCH_ONE_MAX_PARAMETERS:
+        atomic_write_bytes(batch_one, _graph(model, {k: v[:1] for k, v in inputs.items()}, batch_dynamic=False))
     engine = OnnxRuntimeAuditModel(path)
     with torch.inference_mode():
-        checks = [(engine(**inputs), model(**inputs))]
-        for length in buckets:
-            ad = {**one, "input_ids": _pad(one["input_ids"], length - 1, fill=5),
-                  "attention_mask": torch.ones(1, length - 1, dtype=torch.int64)}
-            checks.append((engine(**ad), model(**ad)))
-    for ours, theirs in checks:
-        for task in model.heads:
-            torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=atol, rtol=atol)
+        ours, theirs = engine(**inputs), model.eval()(**inputs)
+        rows = [engine(**{k: v[i:i + 1] for k, v in inputs.items()}) for i in range(len(inputs["input_ids"]))]
+    for task in model.heads:
+        torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=atol, rtol=atol)
+        torch.testing.assert_close(torch.cat([row.logits[task] for row in rows]), theirs.logits[task],
+                                   atol=atol, rtol=atol)
     return path
-
-
-def batch_one_graphs(path: Path) -> dict[int, Path]:
-    """The batch-1 graphs written beside the graph at `path`, by copy length."""
-    path = Path(path)
-    stem = path.name.removesuffix(".onnx")
-    graphs = {}
-    for graph in path.parent.glob(f"{stem}.batch1.len*.onnx"):
-        match = BATCH_ONE_NAME.search(graph.name)
-        if match and graph.name == batch_one_path(path, int(match.group(1))).name:
-            graphs[int(match.group(1))] = graph
-    return graphs
-
-
-def _pad(tensor: torch.Tensor, length: int, fill: int = 0) -> torch.Tensor:
-    """`tensor` (batch, copy length) cut or padded with `fill` to `length` columns."""
-    if tensor.shape[1] >= length:
-        return tensor[:, :length]
-    return torch.cat([tensor, tensor.new_full((tensor.shape[0], length - tensor.shape[1]), fill)], dim=1)
 
 
 def example_inputs(config, batch: int = 3) -> dict[str, torch.Tensor]:
@@ -165,13 +137,11 @@ def example_inputs(config, batch: int = 3) -> dict[str, torch.Tensor]:
 
 class OnnxRuntimeAuditModel(nn.Module):
     """An exported audit model in ONNX Runtime sessions, called like an AuditModel (no pooled state,
-    no hidden states: what evaluation and serving read). One ad runs the batch-1 graph of the shortest
-    length bucket its copy fits, padded to it, when the export wrote those graphs next to `path`; more
-    ads run the graph at `path`."""
+    no hidden states: what evaluation and serving read). One ad runs the batch-1 graph when the
+    export wrote one next to `path`; more run the graph at `path`."""
 
-    def __init__(self, path: Path, threads: int | None = None, batch_one: bool = True, spinning: bool = True):
-        """`batch_one` False: every batch on the any-batch graph (to measure what the batch-1 graphs buy);
-        `spinning` False: no batch-1 session's idle workers spin (see `session`)."""
+    def __init__(self, path: Path, threads: int | None = None, batch_one: bool = True):
+        """`batch_one` False: every batch on the any-batch graph (to measure what the batch-1 graph buys)."""
         super().__init__()
         import onnxruntime
 
@@ -187,23 +157,16 @@ class OnnxRuntimeAuditModel(nn.Module):
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
-        graphs = batch_one_graphs(path)
-        # one ad: a session per copy length, shortest first (each holds the weights: a student's few MB)
-        self.single = {length: session(graphs[length], spinning) for length in sorted(graphs)} if batch_one else {}
-        self.session = session(path, spinning=not self.single)  # with batch-1 graphs: larger batches only
+        single = batch_one_path(path)
+        self.single = session(single) if batch_one and single.is_file() else None
+        self.session = session(path, spinning=self.single is None)  # with a batch-1 graph: larger batches only
         self.names = [output.name for output in self.session.get_outputs()]
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AuditOutput:
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values.numpy(), dtype=np.float32),
                  "input_ids": input_ids.numpy().astype(np.int64, copy=False),
                  "attention_mask": attention_mask.numpy().astype(np.int64, copy=False)}
-        session = self.session
-        if len(input_ids) == 1:
-            length = next((bucket for bucket in self.single if bucket >= input_ids.shape[1]), None)
-            if length is not None:
-                session = self.single[length]
-                feeds["input_ids"], feeds["attention_mask"] = (
-                    np.pad(feeds[name], ((0, 0), (0, length - input_ids.shape[1]))) for name in ("input_ids", "attention_mask"))
+        session = self.single if self.single is not None and len(input_ids) == 1 else self.session
         outputs = dict(zip(self.names, session.run(self.names, feeds)))
         logits = {name.removeprefix("logits."): torch.from_numpy(value)
                   for name, value in outputs.items() if name.startswith("logits.")}
