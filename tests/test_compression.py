@@ -173,3 +173,30 @@ def test_compress_picks_the_recipe_written_for_the_teachers_preset(teacher, tmp_
     load_recipe("pretrained").check_against(preset("pretrained", 6000))
     with pytest.raises(RecipeError):
         load_recipe("default").check_against(preset("pretrained", 6000))
+
+
+def test_a_teacher_with_industry_agreement_compresses_into_a_student_that_keeps_it(dataset, tmp_path, monkeypatch):
+    """The pretrained preset's agreement heads go through every stage (vocabulary, blocks, widths,
+    hidden) whole, and the student reloads and exports to ONNX with them."""
+    from adaudit import teacher as teacher_module
+    from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel, example_inputs, export_onnx
+
+    plain_teacher = teacher_module.new_teacher
+
+    def agreeing_teacher(preset_name):
+        model = plain_teacher(preset_name)
+        model.config.industry_agreement = True
+        return AuditModel(model.config)
+
+    monkeypatch.setattr(teacher_module, "new_teacher", agreeing_teacher)
+    teacher_folder = tmp_path / "teacher"
+    teacher_module.train_teacher(dataset, teacher_folder, "tiny", epochs=1, limit=96, recombined=0.5, log=quiet)
+    compress(teacher_folder, dataset, tmp_path / "student", TINY_RECIPE, log=quiet)
+    student = AuditModel.from_pretrained(tmp_path / "student")
+    assert student.config.industry_agreement and set(student.agreement_heads) == {"verdict", "violation"}
+    assert student.num_parameters() < AuditModel.from_pretrained(teacher_folder).num_parameters()
+    inputs = example_inputs(student.config)
+    graph = export_onnx(student, inputs, tmp_path / "onnx" / "model.onnx")  # checks ONNX Runtime's logits
+    with torch.inference_mode():
+        torch.testing.assert_close(OnnxRuntimeAuditModel(graph)(**inputs).logits["violation"],
+                                   student(**inputs).logits["violation"], atol=1e-4, rtol=1e-4)
