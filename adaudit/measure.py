@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,17 +49,21 @@ def latency(model: AuditModel, split: EncodedSplit, repeats: int = 60, throughpu
 
 
 def paired_latency(models: dict[str, AuditModel], split: EncodedSplit | dict[str, EncodedSplit],
-                   rounds: int = 5, settle_s: float = 0.2) -> dict[str, dict]:
+                   rounds: int = 5, settle_s: float = 0.2,
+                   before_round: Callable[[], None] | None = None) -> dict[str, dict]:
     """Latency of several models measured in alternating rounds, so a change of machine load
     during the measurement affects them all alike; the figures to take ratios from. `split`: one
     for all, or one per model (a student with a pruned vocabulary takes its own token ids).
 
     Before each model's turn the process sleeps `settle_s`: the worker threads of the model timed
     just before (OpenMP's, ONNX Runtime's) spin for a while after their last call, and on two cores
-    they would take a core from the next model's first calls."""
+    they would take a core from the next model's first calls. `before_round`, if given, runs at the start
+    of every round (a measurement that must drift with the models', such as the machine's peak rate)."""
     splits = split if isinstance(split, dict) else {name: split for name in models}
     samples: dict[str, list[dict]] = {name: [] for name in models}
     for _ in range(rounds):
+        if before_round is not None:
+            before_round()
         for name, model in models.items():
             time.sleep(settle_s)
             samples[name].append(latency(model, splits[name], repeats=30, throughput_repeats=3))

@@ -106,17 +106,12 @@ def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) ->
               "alternating rounds", flush=True)
         # the machine's speed drifts within minutes: the peak is measured in every round, beside the engines,
         # and the floor comes from its median, as the latencies come from theirs
-        peaks, samples = [], {label: [] for label in models}
-        for _ in range(rounds):
-            peaks.append(peak_matmul())
-            for label, figures in paired_latency(models, test, rounds=1).items():
-                samples[label].append(figures)
+        peaks = []
+        timings = paired_latency(models, test, rounds=rounds, before_round=lambda: peaks.append(peak_matmul()))
         peak = {**peaks[0], **{key: float(statistics.median(p[key] for p in peaks))
                                for key in ("gflops_single_thread", "gflops_all_threads")}}
         peak["gflops_all_threads_by_round"] = [p["gflops_all_threads"] for p in peaks]
         floor = floor_ms(flops, peak["gflops_all_threads"])
-        timings = {label: {key: float(statistics.median(s[key] for s in runs)) for key in runs[0]}
-                   for label, runs in samples.items()}
         rows = []
         for label, figures in timings.items():
             rows.append({"engine": label, **figures, "latency_over_floor": figures["latency_ms_p50"] / floor,

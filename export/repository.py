@@ -24,9 +24,9 @@ from pathlib import Path
 from adaudit.files import atomic_folder
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS
+from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 SERVED_INPUT_MARK = "SERVED_INPUTS"  # in every model.py that reads the inputs config_pbtxt declares
-from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 TRITON_MODEL_FILE = Path(__file__).with_name("triton_model.py")
 CHECKSUMS_FILE = "checksums.json"
