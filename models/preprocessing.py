@@ -50,12 +50,16 @@ class AuditProcessor:
     def from_folder(cls, config: AuditModelConfig, model_folder: Path) -> "AuditProcessor":
         return cls(config, load_tokenizer(model_folder))
 
-    def image_bytes(self, images: list[Image.Image]) -> torch.Tensor:
-        """uint8 (batch, 3, size, size): compact enough to keep a whole data set in memory."""
+    def image_array(self, images: list[Image.Image]) -> np.ndarray:
+        """uint8 (batch, 3, size, size), in numpy only: what the gateway sends (no torch call per ad)."""
         size = (self.image_size, self.image_size)
         arrays = [np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(size, Image.BILINEAR))
                   for image in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
+    def image_bytes(self, images: list[Image.Image]) -> torch.Tensor:
+        """uint8 (batch, 3, size, size): compact enough to keep a whole data set in memory."""
+        return torch.from_numpy(self.image_array(images))
 
     @staticmethod
     def normalise(image_bytes: torch.Tensor) -> torch.Tensor:
@@ -63,12 +67,17 @@ class AuditProcessor:
         device = image_bytes.device  # a GPU instance normalises on its GPU
         return (image_bytes.float() / 255.0 - IMAGE_MEAN.to(device)) / IMAGE_STD.to(device)
 
-    def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), int64 (batch, max_text_length): [CLS] copy [SEP], cut or padded."""
         encodings = self._encoder.encode_batch(texts)
         input_ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64).reshape(len(texts), -1)
         attention_mask = np.array([encoding.attention_mask for encoding in encodings],
                                   dtype=np.int64).reshape(len(texts), -1)
+        return input_ids, attention_mask
+
+    def texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`text_arrays` as torch tensors (sharing their memory)."""
+        input_ids, attention_mask = self.text_arrays(texts)
         return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
     def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, torch.Tensor]:

@@ -65,10 +65,10 @@ class Encoder:
             return self._processors[spec.input_key]
 
     def encode(self, ads: list[Ad], spec: ModelSpec) -> dict[str, np.ndarray]:
-        processor = self.processor(spec)
-        input_ids, attention_mask = processor.texts([ad.text for ad in ads])
-        return {"image_bytes": processor.image_bytes([ad.image for ad in ads]).numpy(),
-                "input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        processor = self.processor(spec)  # numpy all the way: no torch call on the request path
+        input_ids, attention_mask = processor.text_arrays([ad.text for ad in ads])
+        return {"image_bytes": processor.image_array([ad.image for ad in ads]),
+                "input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def select(inputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
