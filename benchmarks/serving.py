@@ -33,7 +33,9 @@ Triton adds a batch's compute time to nv_inference_compute_infer_duration_us onc
 the batch, so for batched points the compute per execution comes from Triton's statistics API
 (/v2/models/<m>/stats, batch_stats), which counts each execution once and also gives the
 executions per batch size. CPU seconds of the load generator, the gateway and Triton (server and
-model stubs) are read from /proc for every point. Results: OUT/serving.json and OUT/serving.md.
+model stubs) are read from /proc for every point. Results: OUT/serving.json and OUT/serving.md for
+the default engine, OUT/serving-ENGINE.{json,md} for another (`--engine onnxruntime`), so runs of
+both engines sit side by side.
 """
 
 from __future__ import annotations
@@ -832,8 +834,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "serving.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(args.out / "serving.md", markdown(summary))
+    stem = "serving" if args.engine == ServingSettings().engine else f"serving-{args.engine}"
+    atomic_write_text(args.out / f"{stem}.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(args.out / f"{stem}.md", markdown(summary))
     a, m = summary["achieved"], summary["met"]
     log(f"gateway overhead {fmt(a['gateway_overhead_ms'])} ms (goal < 3 ms: {m['gateway_overhead_ms']}); "
         f"student c32/c1 throughput {fmt(a['student_batching_lift'])}x at Triton batch "
@@ -841,7 +844,7 @@ def main(argv: list[str] | None = None) -> None:
         f"shadow p99 {fmt(a['shadow_p99_increase_pct'], '+.1f')}% (goal < 10%: {m['shadow_p99_increase_pct']})")
     if summary["disturbed"]:
         log(f"WARNING: disturbed by other processes (up to {summary['other_processes_max_cores']:.2f} cores)")
-    log(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.md'} in {summary['wall_seconds']:.0f} s")
+    log(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')} in {summary['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":
