@@ -134,7 +134,8 @@ class Gateway:
         return groups, ads, prepared, time.perf_counter() - started
 
     def _decode_and_encode(self, raw: list[RawAd], groups: dict[Target, list[int]], specs: dict) -> tuple[list, dict]:
-        ads = decode_ads(raw, self.limits)
+        sizes = [spec.image_size for spec in specs.values() if isinstance(spec, ModelSpec)]
+        ads = decode_ads(raw, self.limits, max(sizes, default=None))  # a JPEG decodes no larger than needed
         prepared = {}
         for target, indexes in groups.items():
             spec = specs[target]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from adaudit.models.preprocessing import decode_at_least
+
 from .errors import bad_request, too_large, unprocessable
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -65,7 +67,9 @@ def check_text(text: str | bytes, limits: Limits, field: str = "text") -> str:
     return text
 
 
-def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:
+def decode_image(data: bytes, limits: Limits, field: str = "image", size: int | None = None) -> Image.Image:
+    """`size`: the largest image size of the models the ad goes to; a JPEG may then decode at a reduced
+    scale, as in training (models.preprocessing.decode_at_least)."""
     if not data:
         raise bad_request("image_empty", f"{field} is empty")
     if len(data) > limits.max_image_bytes:
@@ -85,17 +89,17 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
         raise too_large("decompression_bomb", f"{field} is {width}x{height} = {width * height} pixels; "
                         f"the limit is {limits.max_image_pixels} (decompression bomb?)")
     try:
-        image.load()
+        decode_at_least(image, size).load()
         return image if image.mode == "RGB" else image.convert("RGB")
     except Exception as error:  # OSError "image file is truncated", SyntaxError, struct.error, ...
         raise bad_request("corrupt_image", f"{field} is truncated or corrupt: {error}") from None
 
 
-def decode_ads(raw: list[RawAd], limits: Limits) -> list[Ad]:
+def decode_ads(raw: list[RawAd], limits: Limits, size: int | None = None) -> list[Ad]:
     """Every ad checked; the first problem raises, naming the batch item when there are several."""
     ads = []
     for index, item in enumerate(raw):
         prefix = f"items[{index}]." if len(raw) > 1 else ""
         text = check_text(item.text, limits, prefix + "text")
-        ads.append(Ad(decode_image(item.image, limits, prefix + "image"), text, item.ad_id, item))
+        ads.append(Ad(decode_image(item.image, limits, prefix + "image", size), text, item.ad_id, item))
     return ads

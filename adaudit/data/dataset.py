@@ -108,11 +108,14 @@ def _check_labels(labels: dict, require_all_tasks: bool) -> dict[str, str]:
     return dict(labels)
 
 
-def load_image(path: Path) -> Image.Image:
-    """The image at `path` as RGB; DatasetError if it is missing or cannot be decoded."""
+def load_image(path: Path, size: int | None = None) -> Image.Image:
+    """The image at `path` as RGB; DatasetError if it is missing or cannot be decoded. `size`: the
+    model's image size, a JPEG may then decode at a reduced scale (models.preprocessing.decode_at_least)."""
+    from adaudit.models.preprocessing import decode_at_least
+
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return decode_at_least(image, size).convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"image {path} not found") from None
     except (UnidentifiedImageError, OSError) as error:

@@ -54,7 +54,7 @@ class EncodedSplit:
 
 
 def encode_records(records: list[AdRecord], processor: AuditProcessor, tasks: dict[str, list[str]]) -> EncodedSplit:
-    images = [load_image(record.image_path) for record in records]
+    images = [load_image(record.image_path, processor.image_size) for record in records]
     input_ids, attention_mask = processor.texts([record.text for record in records])
     labels = torch.tensor([[names.index(record.labels[task]) for task, names in tasks.items()]
                            for record in records], dtype=torch.long).view(len(records), len(tasks))
