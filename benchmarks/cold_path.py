@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -47,6 +48,14 @@ def load_raw_ads(data: Path, limit: int) -> list:
             if len(ads) == limit:
                 break
     return ads
+
+
+@contextlib.contextmanager
+def restored_threads(threads: int):
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def decision_row(model: str) -> dict:
@@ -74,7 +83,8 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
     raw = load_raw_ads(data, ads)
     spec = asyncio.run(EmbeddedBackend(student.parent).describe(student.name))
     encoder = Encoder()
-    torch.set_num_threads(1)  # one Triton instance's thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one Triton instance's thread (restored at the end)
     matrix = torch.randn(384, 384)
 
     def compute_for(seconds: float) -> None:
@@ -86,11 +96,11 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
               "after compute": lambda: compute_for(gap_ms / 1000)}
     steps = {"decode": [], "encode": [], "log write": []}
     samples = {condition: {step: [] for step in steps} for condition in CONDITIONS}
-    with tempfile.TemporaryDirectory(prefix="adaudit-cold-") as work:
+    with tempfile.TemporaryDirectory(prefix="adaudit-cold-") as work, restored_threads(threads):
         log = DecisionLog(f"sqlite:///{work}/decisions.db")
         log.create_tables()
         for item in raw[:20]:  # warm-up: first calls load the tokenizer and compile SQL
-            encoder.encode(decode_ads([item], limits), spec)
+            encoder.encode(decode_ads([item], limits, [spec.image_size]), spec)
             log.add_decisions([decision_row(spec.name)])
         for round_number in range(rounds):
             for condition in CONDITIONS:
@@ -99,7 +109,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
                     row = decision_row(spec.name)
                     before[condition]()
                     t0 = time.perf_counter()
-                    decoded = decode_ads([item], limits)
+                    decoded = decode_ads([item], limits, [spec.image_size])
                     t1 = time.perf_counter()
                     encoder.encode(decoded, spec)
                     t2 = time.perf_counter()

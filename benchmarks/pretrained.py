@@ -82,6 +82,10 @@ def markdown(result: dict) -> str:
                   "violation F1 % | agreement % |", "|---|---|---|---|---|---|---|---|---|",
                   row("teacher (pretrained)", report["teacher"])]
         lines += [row(f"after {stage['name']}", stage) for stage in report["stages"]]
+        lines += [row("student (paired with the teacher)", report["student"]), "",
+                  "Each stage's latency is timed at the end of that stage. The teacher's row and the last row "
+                  "come from rounds that alternate teacher and student at the end of the run; the speedup "
+                  "goal is their ratio."]
         vocabulary = next((s for s in report["stages"] if s["name"] == "vocabulary"), None)
         if vocabulary:
             lines += ["", f"Vocabulary: {vocabulary['vocabulary_before']:,} -> {vocabulary['vocabulary_after']:,} "

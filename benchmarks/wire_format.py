@@ -58,7 +58,7 @@ async def measure(url: str, student: Path, data: Path, rounds: int) -> dict:
     model = AuditModel.from_pretrained(student)
     processor = AuditProcessor(model.config, model.tokenizer)
     records = read_split(data, "test")[:64]
-    images = [load_image(record.image_path) for record in records]
+    images = [load_image(record.image_path, processor.image_size) for record in records]
     backend = TritonBackend(url)
 
     async def infer(name: str, arrays: dict, kinds: dict) -> dict:

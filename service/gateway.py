@@ -97,7 +97,7 @@ class Gateway:
         started = time.perf_counter()
         inputs = (reuse or {}).get(spec.input_key)
         if inputs is None:
-            inputs = await asyncio.to_thread(self.encoder.encode, ads, spec)
+            inputs = await asyncio.to_thread(self._encode_for, ads, spec)
         encoded = time.perf_counter()
         size = len(inputs["input_ids"])
         step = spec.max_batch_size or size
@@ -134,14 +134,25 @@ class Gateway:
         return groups, ads, prepared, time.perf_counter() - started
 
     def _decode_and_encode(self, raw: list[RawAd], groups: dict[Target, list[int]], specs: dict) -> tuple[list, dict]:
-        sizes = [spec.image_size for spec in specs.values() if isinstance(spec, ModelSpec)]
-        ads = decode_ads(raw, self.limits, max(sizes, default=None))  # a JPEG decodes no larger than needed
+        sizes: list[int | None] = [None] * len(raw)  # each ad's JPEG decoded for its own model, as in its training
+        for target, indexes in groups.items():
+            if isinstance(specs[target], ModelSpec):
+                for index in indexes:
+                    sizes[index] = specs[target].image_size
+        ads = decode_ads(raw, self.limits, sizes)
         prepared = {}
         for target, indexes in groups.items():
             spec = specs[target]
             prepared[target] = spec if isinstance(spec, BackendError) else \
                 {spec.input_key: self.encoder.encode([ads[i] for i in indexes], spec)}
         return ads, prepared
+
+    def _encode_for(self, ads: list[Ad], spec: ModelSpec) -> dict[str, np.ndarray]:
+        """`spec`'s inputs; an ad decoded for another image size (a failed canary's, answered by the
+        primary) is decoded again from its bytes, so every model sees the pixels it was trained on."""
+        ads = [ad if ad.decoded_for == spec.image_size or ad.source is None
+               else decode_ads([ad.source], self.limits, [spec.image_size])[0] for ad in ads]
+        return self.encoder.encode(ads, spec)
 
     async def _infer_together(self, key: tuple[str, str], parts: list[dict]) -> list[dict]:
         """One backend call for the inputs of several requests; each gets its own rows back."""

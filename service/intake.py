@@ -46,6 +46,7 @@ class Ad:
     text: str
     ad_id: str | None = None
     source: RawAd | None = None  # the bytes it came from (a shadow model of another shape decodes them again)
+    decoded_for: int | None = None  # the image size its JPEG was decoded for (None: full size)
 
 
 def check_text(text: str | bytes, limits: Limits, field: str = "text") -> str:
@@ -95,11 +96,13 @@ def decode_image(data: bytes, limits: Limits, field: str = "image", size: int | 
         raise bad_request("corrupt_image", f"{field} is truncated or corrupt: {error}") from None
 
 
-def decode_ads(raw: list[RawAd], limits: Limits, size: int | None = None) -> list[Ad]:
-    """Every ad checked; the first problem raises, naming the batch item when there are several."""
+def decode_ads(raw: list[RawAd], limits: Limits, sizes: list[int | None] | None = None) -> list[Ad]:
+    """Every ad checked; the first problem raises, naming the batch item when there are several.
+    `sizes`: per ad, the image size of the model it goes to (None: decode at full size)."""
     ads = []
     for index, item in enumerate(raw):
         prefix = f"items[{index}]." if len(raw) > 1 else ""
+        size = sizes[index] if sizes is not None else None
         text = check_text(item.text, limits, prefix + "text")
-        ads.append(Ad(decode_image(item.image, limits, prefix + "image", size), text, item.ad_id, item))
+        ads.append(Ad(decode_image(item.image, limits, prefix + "image", size), text, item.ad_id, item, size))
     return ads

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -14,6 +15,7 @@ from cold_path import CONDITIONS, main, run  # noqa: E402
 
 def test_every_condition_and_step_is_timed(student, dataset, tmp_path):
     folder, _ = student
+    threads = torch.get_num_threads()
     summary = run(folder, dataset, tmp_path, ads=8, rounds=2, per_round=3, gap_ms=1.0)
     assert set(summary["p50_ms"]) == set(CONDITIONS)
     for figures in summary["p50_ms"].values():
@@ -23,7 +25,8 @@ def test_every_condition_and_step_is_timed(student, dataset, tmp_path):
     written = json.loads((tmp_path / "cold_path.json").read_text())
     assert written["p50_ms"] == summary["p50_ms"] and written["per_round"] == 3
     assert "| after idle |" in (tmp_path / "cold_path.md").read_text()
-    assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave nothing behind
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cold_path.json", "cold_path.md"]  # no leftovers
+    assert torch.get_num_threads() == threads  # the benchmark's one thread does not leak into the process
 
 
 def test_a_folder_that_is_not_a_model_is_one_readable_line(dataset, tmp_path):

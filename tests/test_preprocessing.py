@@ -46,3 +46,35 @@ def test_training_and_the_gateway_feed_the_model_the_same_pixels(tmp_path):
     assert np.array_equal(processor.image_array([trained_on]), processor.image_array([served]))
     full = processor.image_array([decode_image(data, LIMITS)]).astype(float)
     assert np.abs(processor.image_array([served]).astype(float) - full).mean() < 2.0  # close to a full decode
+
+
+def test_the_gateway_decodes_each_ad_for_its_own_model_and_again_on_a_fallback(tmp_path):
+    """A batch split between a primary (32 px) and a canary (128 px): each ad gets the pixels it would get
+    alone, and an ad decoded for the canary is decoded again when the primary answers it instead."""
+    from adaudit.models.labels import TASKS
+    from adaudit.service.backends import make_backend
+    from adaudit.service.decision_log import DecisionLog
+    from adaudit.service.encoding import ModelSpec
+    from adaudit.service.gateway import Gateway
+    from adaudit.service.intake import RawAd
+    from adaudit.service.metrics import GatewayMetrics
+    from adaudit.service.policy import Target
+    from adaudit.service.settings import GatewaySettings
+
+    settings = GatewaySettings(backend="embedded", model_dir=tmp_path, database_url="sqlite://",
+                               max_image_bytes=LIMITS.max_image_bytes, max_image_pixels=LIMITS.max_image_pixels)
+    gateway = Gateway(settings, make_backend(settings), DecisionLog("sqlite://"), GatewayMetrics())
+    tasks = {task: tuple(names) for task, names in TASKS.items()}
+    small, large = ModelSpec("student", "1", 32, 16, tasks), ModelSpec("teacher", "1", 128, 16, tasks)
+    primary, canary = Target("primary", "student", None), Target("canary", "teacher", None)
+    raw = [RawAd(picture(1200, 900, "JPEG"), "限时特价"), RawAd(picture(1200, 900, "JPEG"), "全网最低价")]
+
+    alone, _ = gateway._decode_and_encode(raw[:1], {primary: [0]}, {primary: small})
+    mixed, prepared = gateway._decode_and_encode(raw, {primary: [0], canary: [1]}, {primary: small, canary: large})
+    assert mixed[0].image.size == alone[0].image.size == (150, 113)  # 1/8 for 32 px
+    assert mixed[1].image.size == (300, 225)  # 1/4 for 128 px: 1/8 would leave 113 rows
+    assert np.array_equal(prepared[primary][small.input_key]["image_bytes"],
+                          gateway.encoder.encode(alone, small)["image_bytes"])
+    fallback = gateway._encode_for([mixed[1]], small)["image_bytes"]  # the canary failed: the primary answers
+    again, _ = gateway._decode_and_encode(raw[1:], {primary: [0]}, {primary: small})
+    assert np.array_equal(fallback, gateway.encoder.encode(again, small)["image_bytes"])
