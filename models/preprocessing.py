@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tokenizers import Tokenizer
 
 from .configuration import AuditModelConfig
@@ -39,14 +39,22 @@ def padded_encoder(tokenizer, length: int) -> Tokenizer:
     return encoder
 
 
-def decode_at_least(image: Image.Image, size: int | None) -> Image.Image:
-    """Before `image` is decoded: let a JPEG decode at 1/2, 1/4 or 1/8 scale, as long as both sides stay
-    at least `size` (the model's image size). The resize to `size` follows anyway, and a 1080x1080 ad
-    then decodes in about a sixth of the time. Training, evaluation and the gateway all decode
-    through here, so they feed the model the same pixels. Other formats, and None, change nothing."""
+def decode_picture(image: Image.Image, size: int | None) -> Image.Image:
+    """Decode an opened picture the one way training, evaluation and the gateway all use, so they
+    feed the model the same pixels:
+
+    - a JPEG decodes at 1/2, 1/4 or 1/8 scale as long as both sides stay at least `size` (the
+      model's image size; None: full size). The resize to `size` follows anyway, and a 1080x1080
+      ad then decodes in about a sixth of the time;
+    - the picture is turned upright by its EXIF orientation (a phone photo saved sideways);
+    - the result is RGB.
+
+    Decoding errors (a truncated or corrupt file) propagate to the caller."""
     if size is not None:
         image.draft("RGB", (size, size))
-    return image
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class AuditProcessor:

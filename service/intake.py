@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from adaudit.models.preprocessing import decode_at_least
+from adaudit.models.preprocessing import decode_picture
 
 from .errors import bad_request, too_large, unprocessable
 
@@ -70,7 +70,7 @@ def check_text(text: str | bytes, limits: Limits, field: str = "text") -> str:
 
 def decode_image(data: bytes, limits: Limits, field: str = "image", size: int | None = None) -> Image.Image:
     """`size`: the largest image size of the models the ad goes to; a JPEG may then decode at a reduced
-    scale, as in training (models.preprocessing.decode_at_least)."""
+    scale, turned upright by its EXIF orientation, as in training (models.preprocessing.decode_picture)."""
     if not data:
         raise bad_request("image_empty", f"{field} is empty")
     if len(data) > limits.max_image_bytes:
@@ -90,8 +90,7 @@ def decode_image(data: bytes, limits: Limits, field: str = "image", size: int | 
         raise too_large("decompression_bomb", f"{field} is {width}x{height} = {width * height} pixels; "
                         f"the limit is {limits.max_image_pixels} (decompression bomb?)")
     try:
-        decode_at_least(image, size).load()
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return decode_picture(image, size)
     except Exception as error:  # OSError "image file is truncated", SyntaxError, struct.error, ...
         raise bad_request("corrupt_image", f"{field} is truncated or corrupt: {error}") from None
 

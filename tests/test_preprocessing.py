@@ -78,3 +78,17 @@ def test_the_gateway_decodes_each_ad_for_its_own_model_and_again_on_a_fallback(t
     fallback = gateway._encode_for([mixed[1]], small)["image_bytes"]  # the canary failed: the primary answers
     again, _ = gateway._decode_and_encode(raw[1:], {primary: [0]}, {primary: small})
     assert np.array_equal(fallback, gateway.encoder.encode(again, small)["image_bytes"])
+
+
+def test_a_picture_saved_sideways_is_turned_upright_in_training_and_serving(tmp_path):
+    upright = Image.open(io.BytesIO(picture(300, 200, "PNG"))).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels must be turned 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif, quality=95)  # stored sideways
+    path = tmp_path / "sideways.jpg"
+    path.write_bytes(buffer.getvalue())
+    served, trained_on = decode_image(buffer.getvalue(), LIMITS), load_image(path)
+    assert served.size == trained_on.size == (300, 200)  # as a viewer shows it, not the stored 200x300
+    assert np.array_equal(np.asarray(served), np.asarray(trained_on))
+    assert np.abs(np.asarray(served).astype(float) - np.asarray(upright).astype(float)).mean() < 8  # JPEG noise only

@@ -110,12 +110,13 @@ def _check_labels(labels: dict, require_all_tasks: bool) -> dict[str, str]:
 
 def load_image(path: Path, size: int | None = None) -> Image.Image:
     """The image at `path` as RGB; DatasetError if it is missing or cannot be decoded. `size`: the
-    model's image size, a JPEG may then decode at a reduced scale (models.preprocessing.decode_at_least)."""
-    from adaudit.models.preprocessing import decode_at_least
+    model's image size, decoded as the gateway decodes it (models.preprocessing.decode_picture)."""
+    from adaudit.models.preprocessing import decode_picture
 
     try:
         with Image.open(path) as image:
-            return decode_at_least(image, size).convert("RGB")
+            picture = decode_picture(image, size)
+            return picture.copy() if picture is image else picture  # closing the file invalidates `image`
     except FileNotFoundError:
         raise DatasetError(f"image {path} not found") from None
     except (UnidentifiedImageError, OSError) as error:
