@@ -1,6 +1,7 @@
 """Atomic writes: an interrupted run never leaves a folder or file that looks complete."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -35,6 +36,12 @@ def atomic_folder(folder: Path):
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_results(out: Path, stem: str, summary: dict, markdown: str) -> None:
+    """A benchmark's results: OUT/<stem>.json (the figures) and OUT/<stem>.md (the report), each atomically."""
+    atomic_write_text(Path(out) / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(Path(out) / f"{stem}.md", markdown)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -38,16 +37,11 @@ CONDITIONS = ("hot", "after idle", "after compute")
 
 
 def load_raw_ads(data: Path, limit: int) -> list:
+    """The first `limit` test ads as a request carries them: image bytes and copy."""
+    from adaudit.data.dataset import read_split
     from adaudit.service.intake import RawAd
 
-    ads = []
-    with open(data / "test.jsonl", encoding="utf-8") as stream:
-        for line in stream:
-            row = json.loads(line)
-            ads.append(RawAd((data / row["image"]).read_bytes(), row["text"], row["id"]))
-            if len(ads) == limit:
-                break
-    return ads
+    return [RawAd(record.image_path.read_bytes(), record.text, record.id) for record in read_split(data, "test")[:limit]]
 
 
 @contextlib.contextmanager
@@ -69,7 +63,7 @@ def decision_row(model: str) -> dict:
 
 
 def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: int, gap_ms: float) -> dict:
-    from adaudit.files import atomic_write_text
+    from adaudit.files import write_results
     from adaudit.measure import machine
     from adaudit.service.backends import EmbeddedBackend
     from adaudit.service.decision_log import DecisionLog
@@ -126,9 +120,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
                "machine": machine(), "ads": len(raw), "rounds": rounds, "per_round": per_round, "gap_ms": gap_ms,
                "p50_ms": table, "cold_over_hot": table["after idle"]["all three"] / table["hot"]["all three"],
                "wall_seconds": time.perf_counter() - started}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "cold_path.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "cold_path.md", report(summary))
+    write_results(out, "cold_path", summary, report(summary))
     return summary
 
 

@@ -21,7 +21,6 @@ latency, so any student of the default recipe's shape gives the same figures.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -92,7 +91,7 @@ def engines(student: Path, work: Path) -> dict[str, torch.nn.Module]:
 
 def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) -> dict:
     from adaudit.data.encoding import encode_split
-    from adaudit.files import atomic_write_text
+    from adaudit.files import write_results
     from adaudit.measure import flops_per_ad, machine, paired_latency
     from adaudit.models.preprocessing import AuditProcessor
 
@@ -127,9 +126,7 @@ def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) ->
                "floor_ms": floor, "rounds": rounds, "engines": rows, "goal": GOAL, "best_engine": best["engine"],
                "best_latency_over_floor": best["latency_over_floor"], "met": best["latency_over_floor"] <= GOAL,
                "wall_seconds": time.perf_counter() - started}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "physical_limit.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "physical_limit.md", report(summary))
+    write_results(out, "physical_limit", summary, report(summary))
     return summary
 
 

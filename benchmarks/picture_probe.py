@@ -17,7 +17,6 @@ Writes OUT/picture_probe-<task>-<model folder name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def run(model_folder: Path, data: Path, out: Path, task: str, train_ads: int) ->
     from sklearn.linear_model import LogisticRegression
 
     from adaudit.data.encoding import encode_split
-    from adaudit.files import atomic_write_text
+    from adaudit.files import write_results
     from adaudit.measure import machine
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
@@ -71,10 +70,7 @@ def run(model_folder: Path, data: Path, out: Path, task: str, train_ads: int) ->
     summary = {"command": " ".join(["python", "benchmarks/picture_probe.py", *sys.argv[1:]]), "model": str(model_folder),
                "task": task, "train_ads": len(train_y), "test_ads": len(test_y), "majority_class": majority,
                "probe_accuracy": scores, "machine": machine(), "wall_seconds": time.perf_counter() - started}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"picture_probe-{task}-{model_folder.name}"
-    atomic_write_text(out / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / f"{stem}.md", report(summary))
+    write_results(out, f"picture_probe-{task}-{model_folder.name}", summary, report(summary))
     return summary
 
 

@@ -16,7 +16,7 @@ import torch
 
 from adaudit.data.encoding import encode_split
 from adaudit.evaluation import evaluate
-from adaudit.files import atomic_write_text
+from adaudit.files import write_results
 from adaudit.measure import machine
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
@@ -128,9 +128,7 @@ def main() -> None:
     if args.student and (args.student / "report.json").is_file():
         result["compression"] = json.loads((args.student / "report.json").read_text())
         result["commands"].insert(1, f"adaudit compress --teacher {args.teacher} --data {args.data} --out {args.student}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "pretrained.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "pretrained.md", markdown(result))
+    write_results(args.out, "pretrained", result, markdown(result))
     print(markdown(result))
 
 

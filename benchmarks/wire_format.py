@@ -127,7 +127,7 @@ def main() -> int:
     args = parser.parse_args()
     from adaudit.export.repository import ServingSettings, export_model
     from adaudit.export.server import TritonServer
-    from adaudit.files import atomic_write_text
+    from adaudit.files import write_results
     from adaudit.measure import machine
     from serving import free_ports
 
@@ -138,9 +138,7 @@ def main() -> int:
         with TritonServer(repository, *free_ports(3), log_file=Path(work) / "tritonserver.log", ready_timeout=120) as server:
             result = asyncio.run(measure(server.url, args.student, args.data, args.rounds))
     result = {"command": " ".join(["python", "benchmarks/wire_format.py", *sys.argv[1:]]), "machine": machine(), **result}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "wire_format.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "wire_format.md", report(result))
+    write_results(args.out, "wire_format", result, report(result))
     print(report(result))
     return 0 if result["same_logits"] else 1
 
