@@ -108,6 +108,7 @@ class DecisionLog:
             if url in ("sqlite://", "sqlite:///:memory:"):  # one in-memory database shared by every thread
                 options["poolclass"] = StaticPool
         self.engine = create_engine(url, **options)
+        self.local = sqlite  # a file (or memory) on this machine: a write never waits on a network
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
@@ -121,9 +122,10 @@ class DecisionLog:
         self.engine.dispose()
 
     def add_decisions(self, rows: list[dict]) -> None:
-        # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here)
+        # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here);
+        # a lone row as one execute, not an executemany (a third less of SQLAlchemy's time)
         with self.engine.begin() as connection:
-            connection.execute(insert(DecisionRow), rows)
+            connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
 
     def decision(self, request_id: str) -> dict | None:
         with Session(self.engine) as session:

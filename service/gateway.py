@@ -4,10 +4,12 @@
 `max_batch` for the batch route):
 
 1. the policy picks each ad's target (primary, or the canary: sticky per ad id);
-2. one worker-thread call checks and decodes every ad (intake.py: bad input is a 4xx here) and
-   makes each target's inputs with `encoding.Encoder`, sized by the model's `ModelSpec` (cached
-   `SPEC_TTL_S` seconds, so a newly rolled-out version is picked up): one thread hop per
-   request, not one for decoding and another for encoding;
+2. one call checks and decodes every ad (intake.py: bad input is a 4xx here) and makes each
+   target's inputs with `encoding.Encoder`, sized by the model's `ModelSpec` (cached
+   `SPEC_TTL_S` seconds, so a newly rolled-out version is picked up). It runs in a worker
+   thread while other audits are in flight, so the event loop keeps serving them, and inline
+   for a request that is alone: at batch 1 the two thread hops cost more than they free
+   (`Gateway.offload`);
 3. per target, its ads go to the backend through a `Coalescer` (coalescing.py): ads of
    concurrent requests for one model leave in one backend call, up to the model's max batch
    size, with at most `backend_calls_in_flight` calls per model at once; a canary that fails
@@ -16,8 +18,11 @@
    answered: if the log cannot take it (database down, locked past `request_timeout_s`) the
    request fails with 503 `decision_log_unavailable` and the client retries, so no answer ever
    goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
-   restart). Concurrent requests' rows share one commit (a `Coalescer` again). Answered ads are
-   counted in `adaudit_predictions_total`;
+   restart). Concurrent requests' rows share one commit (a `Coalescer` again), written like the
+   ads are decoded (inline when alone, a worker thread otherwise) when the log is a local SQLite
+   file; a database over the network is always written from a worker thread, so a slow or
+   unreachable server never blocks the event loop. Answered ads are counted in
+   `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
 
@@ -45,6 +50,14 @@ SPEC_TTL_S = 10.0
 HEADLINE_TASKS = ("verdict", "violation")
 
 
+async def together(*awaitables):
+    """`asyncio.gather`, without its task per awaitable when there is only one (the usual request:
+    one ad, one target, one backend call)."""
+    if len(awaitables) == 1:
+        return [await awaitables[0]]
+    return await asyncio.gather(*awaitables)
+
+
 class Gateway:
     def __init__(self, settings, backend, decision_log: DecisionLog, metrics: GatewayMetrics,
                  policy: TrafficPolicy | None = None):
@@ -56,6 +69,7 @@ class Gateway:
                                lambda key, ads: metrics.backend_batch.labels(*key).observe(ads))
         self.writes = Coalescer(self._write_together)
         self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
+        self.audits_in_flight = 0
         self.shadow = None
         if self.policy.shadow is not None:
             self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreement, metrics,
@@ -77,6 +91,14 @@ class Gateway:
         await self.backend.close()
         await asyncio.to_thread(self.log.close)
 
+    async def offload(self, work, *args):
+        """`work(*args)`, CPU-bound and bounded: inline when this audit is the only one in flight (no
+        thread hop, which at batch 1 costs more than it frees), else in a worker thread so the event
+        loop keeps serving the others."""
+        if self.audits_in_flight <= 1:
+            return work(*args)
+        return await asyncio.to_thread(work, *args)
+
     # --- models ---------------------------------------------------------------------------
     async def spec(self, model: str, version: str | None) -> ModelSpec:
         key = (model, version)
@@ -97,12 +119,12 @@ class Gateway:
         started = time.perf_counter()
         inputs = (reuse or {}).get(spec.input_key)
         if inputs is None:
-            inputs = await asyncio.to_thread(self._encode_for, ads, spec)
+            inputs = await self.offload(self._encode_for, ads, spec)
         encoded = time.perf_counter()
         size = len(inputs["input_ids"])
         step = spec.max_batch_size or size
         try:
-            parts = await asyncio.gather(*(
+            parts = await together(*(
                 self.calls.submit((spec.name, spec.version), {k: v[i:i + step] for k, v in inputs.items()},
                                   min(step, size - i), spec.max_batch_size)
                 for i in range(0, size, step)))
@@ -117,7 +139,7 @@ class Gateway:
     async def prepare(self, raw: list[RawAd]) -> tuple[dict[Target, list[int]], list[Ad], dict, float]:
         """(ad indexes per target, checked ads, inputs or backend error per target, seconds taken).
 
-        Decoding and encoding happen in one worker-thread call. A target whose model cannot be
+        Decoding and encoding happen in one call (`offload`). A target whose model cannot be
         described (backend down) gets its error, answered after the ads are checked, so bad
         input is a 4xx even then."""
         groups: dict[Target, list[int]] = {}
@@ -130,7 +152,7 @@ class Gateway:
             except BackendError as error:
                 specs[target] = error
         started = time.perf_counter()
-        ads, prepared = await asyncio.to_thread(self._decode_and_encode, raw, groups, specs)
+        ads, prepared = await self.offload(self._decode_and_encode, raw, groups, specs)
         return groups, ads, prepared, time.perf_counter() - started
 
     def _decode_and_encode(self, raw: list[RawAd], groups: dict[Target, list[int]], specs: dict) -> tuple[list, dict]:
@@ -168,7 +190,11 @@ class Gateway:
         return answers
 
     async def _write_together(self, _key, row_lists: list[list[dict]]) -> list[None]:
-        await asyncio.to_thread(self.log.add_decisions, [row for rows in row_lists for row in rows])
+        rows = [row for rows in row_lists for row in rows]
+        if self.log.local:
+            await self.offload(self.log.add_decisions, rows)
+        else:
+            await asyncio.to_thread(self.log.add_decisions, rows)
         return [None] * len(row_lists)
 
     async def _answer(self, target: Target, ads: list[Ad], prepared: dict | BackendError | None = None):
@@ -185,9 +211,16 @@ class Gateway:
 
     # --- the audit path ---------------------------------------------------------------------
     async def audit(self, raw: list[RawAd], received: float, caller: str | None = None) -> list[dict]:
+        self.audits_in_flight += 1
+        try:
+            return await self._audit(raw, received, caller)
+        finally:
+            self.audits_in_flight -= 1
+
+    async def _audit(self, raw: list[RawAd], received: float, caller: str | None) -> list[dict]:
         groups, ads, prepared, decode_s = await self.prepare(raw)
-        answered = await asyncio.gather(*(self._answer(t, [ads[i] for i in idx], prepared[t])
-                                          for t, idx in groups.items()))
+        answered = await together(*(self._answer(t, [ads[i] for i in idx], prepared[t])
+                                    for t, idx in groups.items()))
         results: list[dict | None] = [None] * len(ads)
         jobs: list[ShadowJob] = []
         rows = []
