@@ -171,9 +171,11 @@ class DecisionLog:
             return [{"model": m, "version": v, "task": t, "reviewed": n, "correct": int(c or 0),
                      "accuracy": round((c or 0) / n, 6)} for m, v, t, n, c in session.execute(query)]
 
-    def add_disagreement(self, row: dict) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.add(DisagreementRow(created_at=now(), **row))
+    def add_disagreements(self, rows: list[dict]) -> None:
+        """One shadow call's disagreements, in one transaction (one Core INSERT, as add_decisions)."""
+        moment = now()
+        with self.engine.begin() as connection:
+            connection.execute(insert(DisagreementRow), [{"created_at": moment, **row} for row in rows])
 
     def disagreements(self, limit: int) -> list[dict]:
         query = select(DisagreementRow).order_by(DisagreementRow.id.desc()).limit(limit)

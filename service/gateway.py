@@ -72,7 +72,7 @@ class Gateway:
         self.audits_in_flight = 0
         self.shadow = None
         if self.policy.shadow is not None:
-            self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreement, metrics,
+            self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreements, metrics,
                                        settings.shadow_queue_size, settings.shadow_workers, settings.shadow_batch,
                                        settings.shadow_busy_fraction)
 

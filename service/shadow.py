@@ -8,7 +8,8 @@ model takes the same shapes) and, only when it may need other inputs, the ad's b
 decoded image, so the queue's memory stays bounded. `shadow_workers` tasks take jobs, run the
 shadow model (`run`: the gateway's `predict`, the same path as the primary), compare verdict
 and violation with the answer, count agreements and disagreement pairs, and store every
-disagreement (request id and both outputs) in the decision log for review. A failing shadow
+disagreement (request id and both outputs) in the decision log for review (one write per
+shadow call). A failing shadow
 model is counted (`adaudit_errors_total{kind="shadow_failed"}`) and logged, nothing more.
 
 Two settings keep a shadow that shares the primary's machine (a CPU box, or one GPU) from
@@ -50,8 +51,8 @@ class ShadowJob:
 class ShadowMirror:
     def __init__(self, target, run, record, metrics, queue_size: int, workers: int, batch: int = 1,
                  busy_fraction: float = 1.0):
-        """`run(jobs) -> (spec, [Prediction])` runs the shadow model on several jobs at once; `record(row)`
-        stores a disagreement."""
+        """`run(jobs) -> (spec, [Prediction])` runs the shadow model on several jobs at once; `record(rows)`
+        stores the disagreements of one call."""
         if not 0 < busy_fraction <= 1 or batch < 1:
             raise ValueError("the shadow needs batch >= 1 and 0 < busy_fraction <= 1")
         self.target, self.run, self.record, self.metrics = target, run, record, metrics
@@ -118,6 +119,7 @@ class ShadowMirror:
 
     async def compare(self, jobs: list[ShadowJob]) -> None:
         spec, shadows = await self.run(jobs)
+        disagreements = []
         for job, shadow in zip(jobs, shadows):
             primary, labels = job.prediction.labels, shadow.labels
             self.metrics.shadow_comparisons.labels(job.model, spec.name).inc()
@@ -130,7 +132,9 @@ class ShadowMirror:
                     self.metrics.shadow_disagreements.labels(job.model, spec.name, task, primary[task],
                                                              labels[task]).inc()
             if disagree:
-                await asyncio.to_thread(self.record, {
+                disagreements.append({
                     "request_id": job.request_id, "primary_model": job.model, "primary_version": job.version,
                     "shadow_model": spec.name, "shadow_version": spec.version,
                     "primary_outputs": job.prediction.as_dict(), "shadow_outputs": shadow.as_dict()})
+        if disagreements:  # one thread hop and one commit for the whole shadow call
+            await asyncio.to_thread(self.record, disagreements)
