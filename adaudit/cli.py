@@ -131,8 +131,8 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
                help="CPU instances of the teacher: normal, or idle (SCHED_IDLE) when it shadows the student "
                     "on the same CPUs, so it only gets the time the student leaves")] = "normal",
            engine: Annotated[str, typer.Option(
-               help="CPU instances: torch (eager PyTorch) or onnxruntime (the same weights as model.onnx, "
-                    "checked at export)")] = "torch"):
+               help="CPU instances: onnxruntime (the same weights as model.onnx, checked at export) or torch "
+                    "(eager PyTorch); GPU instances run PyTorch either way")] = "onnxruntime"):
     """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
     from adaudit.export.repository import ServingSettings, export_model
 

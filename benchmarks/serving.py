@@ -33,9 +33,8 @@ Triton adds a batch's compute time to nv_inference_compute_infer_duration_us onc
 the batch, so for batched points the compute per execution comes from Triton's statistics API
 (/v2/models/<m>/stats, batch_stats), which counts each execution once and also gives the
 executions per batch size. CPU seconds of the load generator, the gateway and Triton (server and
-model stubs) are read from /proc for every point. Results: OUT/serving.json and OUT/serving.md for
-the default engine, OUT/serving-ENGINE.{json,md} for another (`--engine onnxruntime`), so runs of
-both engines sit side by side.
+model stubs) are read from /proc for every point. Results: OUT/serving-ENGINE.{json,md} (`--engine`:
+onnxruntime, the default, or torch), so runs of both engines sit side by side.
 """
 
 from __future__ import annotations
@@ -834,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "serving" if args.engine == ServingSettings().engine else f"serving-{args.engine}"
+    stem = f"serving-{args.engine}"
     atomic_write_text(args.out / f"{stem}.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(args.out / f"{stem}.md", markdown(summary))
     a, m = summary["achieved"], summary["met"]

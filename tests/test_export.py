@@ -11,7 +11,8 @@ from adaudit.models.modeling import ModelFolderError
 def test_repository_layout_and_config(student, tmp_path):
     folder, _ = student
     repo = tmp_path / "repo"
-    version = export_model(folder, repo, "student", 1, ServingSettings(max_batch_size=16, preferred_batch_sizes=[4, 16]))
+    version = export_model(folder, repo, "student", 1, ServingSettings(max_batch_size=16, preferred_batch_sizes=[4, 16],
+                                                                       engine="torch"))
     assert sorted(p.name for p in version.iterdir()) == ["checksums.json", "model", "model.py"]
     model_files = {p.name for p in (version / "model").iterdir()}  # the student's pruned vocabulary: tokenizer.json
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files and "vocab.txt" not in model_files
@@ -35,6 +36,8 @@ def test_a_new_version_rolls_out_beside_the_old(student, tmp_path):
     export_model(folder, repo, "student", 2, ServingSettings(instance_kind="KIND_GPU"))
     assert sorted(p.name for p in (repo / "student").iterdir()) == ["1", "2", "config.pbtxt"]
     assert "kind: KIND_GPU" in (repo / "student" / "config.pbtxt").read_text()
+    # the default engine: ONNX Runtime on CPU instances; a GPU instance runs PyTorch and gets no ONNX files
+    assert (repo / "student" / "1" / "model.onnx").is_file() and not (repo / "student" / "2" / "model.onnx").exists()
 
 
 def test_changed_files_fail_the_checksum(student, tmp_path):
