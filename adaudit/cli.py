@@ -126,7 +126,7 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
            instances: Annotated[int, typer.Option(min=1)] = 1,
            keep_versions: Annotated[int, typer.Option(min=1, help="versions served side by side")] = 2,
            precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16",
-           threads: Annotated[int, typer.Option(min=0, help="torch threads per model instance (0: all cores)")] = 0,
+           threads: Annotated[int, typer.Option(min=0, help="threads per model instance, torch's or ONNX Runtime's (0: all cores)")] = 0,
            teacher_cpu_priority: Annotated[str, typer.Option(
                help="CPU instances of the teacher: normal, or idle (SCHED_IDLE) when it shadows the student "
                     "on the same CPUs, so it only gets the time the student leaves")] = "normal",

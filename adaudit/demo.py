@@ -51,7 +51,8 @@ def run_demo(workdir: Path, port: int, log=print) -> None:
     data, teacher, student = build_models(workdir, log)
     repository = workdir / "repository"
     for name, folder in (("student", student), ("teacher", teacher)):
-        export_model(folder, repository, name, 1, ServingSettings(threads=1))  # two models share the cores
+        # ONNX Runtime (the CPU default), one thread each: the two models share the cores
+        export_model(folder, repository, name, 1, ServingSettings(threads=1))
     http, grpc, metrics = TRITON_PORTS
     log(f"starting tritonserver on ports {http} (HTTP), {grpc} (gRPC), {metrics} (metrics)")
     with TritonServer(repository, http, grpc, metrics, log_file=workdir / "triton.log"):

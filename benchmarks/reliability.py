@@ -227,7 +227,8 @@ def run(args) -> dict:
     bodies = load_ads(args.data, args.ads)
     (workdir / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
     repo = workdir / "repository"
-    serving = ServingSettings(threads=1)  # the two model processes share the two cores with locust and the gateway
+    serving = ServingSettings(threads=1)  # ONNX Runtime (the CPU default); the two model processes share the two
+    # cores with locust and the gateway
     export_model(args.student, repo, "student", 1, serving)
     export_model(args.teacher, repo, "teacher", 1, serving)
     http, grpc, metrics_port = free_ports(3)

@@ -46,12 +46,12 @@ class ServingSettings:
     instance_count: int = 1
     keep_versions: int = 2
     precision: str = "float16"  # on GPU instances: float16 or bfloat16
-    threads: int = 0  # torch threads per model instance; 0: torch's default (all cores)
+    threads: int = 0  # threads per model instance (torch's, or ONNX Runtime's intra-op); 0: all cores
     cpu_priority: str = "normal"  # CPU instances: "normal", or "idle" for a shadow model (below)
     # CPU instances: "onnxruntime" (the default) runs the model's weights exported to
     # <version>/model.onnx (export/onnx_runtime.py, logits checked against PyTorch's at export),
     # with far less cost per operator; "torch" runs the model folder in eager PyTorch. On the 2-core
-    # AMD EPYC the student's batch-1 Triton compute is 2.3-3.1 ms against 6.4 (benchmarks/results/
+    # AMD EPYC the student's batch-1 Triton compute is 2.3-3.2 ms against 5.9-6.4 (benchmarks/results/
     # serving-*.md). GPU instances run PyTorch in `precision` either way (no ONNX files are written).
     engine: str = "onnxruntime"
 

@@ -108,7 +108,6 @@ class DecisionLog:
             if url in ("sqlite://", "sqlite:///:memory:"):  # one in-memory database shared by every thread
                 options["poolclass"] = StaticPool
         self.engine = create_engine(url, **options)
-        self.local = sqlite  # a file (or memory) on this machine: a write never waits on a network
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
 

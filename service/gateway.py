@@ -7,9 +7,9 @@
 2. one call checks and decodes every ad (intake.py: bad input is a 4xx here) and makes each
    target's inputs with `encoding.Encoder`, sized by the model's `ModelSpec` (cached
    `SPEC_TTL_S` seconds, so a newly rolled-out version is picked up). It runs in a worker
-   thread while other audits are in flight, so the event loop keeps serving them, and inline
-   for a request that is alone: at batch 1 the two thread hops cost more than they free
-   (`Gateway.offload`);
+   thread, so the event loop keeps serving other requests meanwhile, except for one small ad
+   (at most `INLINE_IMAGE_BYTES`) with no other audit in flight: that is decoded inline, since
+   at batch 1 the two thread hops cost more than they free (`Gateway.inline`);
 3. per target, its ads go to the backend through a `Coalescer` (coalescing.py): ads of
    concurrent requests for one model leave in one backend call, up to the model's max batch
    size, with at most `backend_calls_in_flight` calls per model at once; a canary that fails
@@ -18,11 +18,10 @@
    answered: if the log cannot take it (database down, locked past `request_timeout_s`) the
    request fails with 503 `decision_log_unavailable` and the client retries, so no answer ever
    goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
-   restart). Concurrent requests' rows share one commit (a `Coalescer` again), written like the
-   ads are decoded (inline when alone, a worker thread otherwise) when the log is a local SQLite
-   file; a database over the network is always written from a worker thread, so a slow or
-   unreachable server never blocks the event loop. Answered ads are counted in
-   `adaudit_predictions_total`;
+   restart). Concurrent requests' rows share one commit (a `Coalescer` again), always from a
+   worker thread: a database that waits (a SQLite lock held by a reviewer's feedback or a backup,
+   a PostgreSQL server that is slow or gone) never blocks the event loop. Answered ads are
+   counted in `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
 
@@ -47,6 +46,7 @@ from .shadow import ShadowJob, ShadowMirror
 
 log = logging.getLogger("adaudit.service")
 SPEC_TTL_S = 10.0
+INLINE_IMAGE_BYTES = 256 * 1024  # a lone ad's picture up to this size is decoded on the event loop (~1-2 ms at most)
 HEADLINE_TASKS = ("verdict", "violation")
 
 
@@ -91,13 +91,10 @@ class Gateway:
         await self.backend.close()
         await asyncio.to_thread(self.log.close)
 
-    async def offload(self, work, *args):
-        """`work(*args)`, CPU-bound and bounded: inline when this audit is the only one in flight (no
-        thread hop, which at batch 1 costs more than it frees), else in a worker thread so the event
-        loop keeps serving the others."""
-        if self.audits_in_flight <= 1:
-            return work(*args)
-        return await asyncio.to_thread(work, *args)
+    def inline(self, raw: list[RawAd]) -> bool:
+        """Whether to decode and encode `raw` on the event loop: one small ad, and no other audit in flight
+        (so nothing waits behind it); anything larger or busier goes to a worker thread."""
+        return self.audits_in_flight <= 1 and len(raw) == 1 and len(raw[0].image) <= INLINE_IMAGE_BYTES
 
     # --- models ---------------------------------------------------------------------------
     async def spec(self, model: str, version: str | None) -> ModelSpec:
@@ -119,7 +116,7 @@ class Gateway:
         started = time.perf_counter()
         inputs = (reuse or {}).get(spec.input_key)
         if inputs is None:
-            inputs = await self.offload(self._encode_for, ads, spec)
+            inputs = await asyncio.to_thread(self._encode_for, ads, spec)
         encoded = time.perf_counter()
         size = len(inputs["input_ids"])
         step = spec.max_batch_size or size
@@ -139,9 +136,9 @@ class Gateway:
     async def prepare(self, raw: list[RawAd]) -> tuple[dict[Target, list[int]], list[Ad], dict, float]:
         """(ad indexes per target, checked ads, inputs or backend error per target, seconds taken).
 
-        Decoding and encoding happen in one call (`offload`). A target whose model cannot be
-        described (backend down) gets its error, answered after the ads are checked, so bad
-        input is a 4xx even then."""
+        Decoding and encoding happen in one call, in a worker thread (inline for one small lone ad: see
+        `inline`). A target whose model cannot be described (backend down) gets its error, answered
+        after the ads are checked, so bad input is a 4xx even then."""
         groups: dict[Target, list[int]] = {}
         for index, item in enumerate(raw):
             groups.setdefault(self.policy.target(item.ad_id), []).append(index)
@@ -152,7 +149,10 @@ class Gateway:
             except BackendError as error:
                 specs[target] = error
         started = time.perf_counter()
-        ads, prepared = await self.offload(self._decode_and_encode, raw, groups, specs)
+        if self.inline(raw):
+            ads, prepared = self._decode_and_encode(raw, groups, specs)
+        else:
+            ads, prepared = await asyncio.to_thread(self._decode_and_encode, raw, groups, specs)
         return groups, ads, prepared, time.perf_counter() - started
 
     def _decode_and_encode(self, raw: list[RawAd], groups: dict[Target, list[int]], specs: dict) -> tuple[list, dict]:
@@ -190,11 +190,7 @@ class Gateway:
         return answers
 
     async def _write_together(self, _key, row_lists: list[list[dict]]) -> list[None]:
-        rows = [row for rows in row_lists for row in rows]
-        if self.log.local:
-            await self.offload(self.log.add_decisions, rows)
-        else:
-            await asyncio.to_thread(self.log.add_decisions, rows)
+        await asyncio.to_thread(self.log.add_decisions, [row for rows in row_lists for row in rows])
         return [None] * len(row_lists)
 
     async def _answer(self, target: Target, ads: list[Ad], prepared: dict | BackendError | None = None):

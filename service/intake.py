@@ -7,7 +7,8 @@ costs nothing; then the pixels are decoded fully, so a truncated or corrupt file
 not later in the model. Text: valid UTF-8 (no lone surrogates), not empty or only whitespace,
 at most `max_text_chars` characters.
 
-Runs in a worker thread (`asyncio.to_thread`): decoding a large JPEG takes tens of ms.
+Runs in a worker thread (`asyncio.to_thread`): decoding a large JPEG takes tens of ms. One small ad
+with no other audit in flight is decoded on the event loop instead (gateway.py, `Gateway.inline`).
 """
 
 from __future__ import annotations

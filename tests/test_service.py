@@ -30,7 +30,6 @@ from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
-from adaudit.service.decision_log import DecisionLog
 from adaudit.service.encoding import ModelSpec, Prediction
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.policy import TrafficPolicy
@@ -447,49 +446,45 @@ def test_a_failing_log_or_an_unexpected_error_never_gives_a_500(client):
     assert client.get("/healthz").status_code == 200  # the worker lives on
 
 
-def test_a_lone_audit_works_on_the_event_loop_and_one_among_others_in_worker_threads(client):
-    """Decoding and the SQLite write run inline for a request alone (no thread hop at batch 1) and in a
-    worker thread while another audit is in flight (the event loop keeps serving it)."""
+def test_one_small_lone_ad_is_decoded_on_the_event_loop_and_others_in_a_worker_thread(client, monkeypatch):
+    """One small ad with no other audit in flight is decoded and encoded inline (no thread hop at batch 1);
+    an ad that comes while another is in flight, a batch, or a large picture, in a worker thread."""
     gateway = client.app.state.gateway
-    decoded_on, written_on, loop_thread = [], [], []
-    decode, write, infer = gateway._decode_and_encode, gateway.log.add_decisions, gateway.backend.infer
+    decoded_on, loop_thread, second_decoded = [], [], threading.Event()
+    decode, infer = gateway._decode_and_encode, gateway.backend.infer
 
     def recording_decode(*args):
         decoded_on.append(threading.get_ident())
+        if len(decoded_on) == 2:
+            second_decoded.set()
         return decode(*args)
-
-    def recording_write(rows):
-        written_on.append(threading.get_ident())
-        return write(rows)
 
     async def infer_once_both_are_in(*args):
         loop_thread.append(threading.get_ident())
-        for _ in range(1000):  # the first audit waits here until the second has been decoded
-            if len(decoded_on) >= 2:
-                break
-            await asyncio.sleep(0.005)
+        if len(loop_thread) == 1:  # the first audit waits here until the second has been decoded
+            await asyncio.to_thread(second_decoded.wait, 30)
         return await infer(*args)
 
-    gateway._decode_and_encode, gateway.log.add_decisions = recording_decode, recording_write
-    gateway.backend.infer = infer_once_both_are_in
+    gateway._decode_and_encode, gateway.backend.infer = recording_decode, infer_once_both_are_in
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(audit_json, client)
-        while not decoded_on:
+        deadline = time.monotonic() + 30
+        while not decoded_on and time.monotonic() < deadline:
             time.sleep(0.005)
         second = pool.submit(audit_json, client)
         assert first.result().status_code == 200 and second.result().status_code == 200
-    assert len(decoded_on) == 2 and written_on
+    assert second_decoded.is_set() and len(decoded_on) == 2
     assert decoded_on[0] == loop_thread[0]  # alone when it came in: inline
     assert decoded_on[1] != loop_thread[0]  # the first one in flight: a worker thread
-    assert written_on[0] != loop_thread[0]  # both answers in flight when the first row is written
+    item = {"image_base64": b64(png()), "text": COPY}
+    assert client.post("/v1/audits:batch", json={"items": [item, item]}).status_code == 200
+    assert decoded_on[-1] != loop_thread[0]  # a batch: a worker thread
+    monkeypatch.setattr("adaudit.service.gateway.INLINE_IMAGE_BYTES", len(png()) - 1)
     assert audit_json(client).status_code == 200
-    assert decoded_on[-1] == written_on[-1] == loop_thread[0]  # alone again: both inline
-    assert gateway.audits_in_flight == 0
-
-
-def test_only_a_local_decision_log_is_written_from_the_event_loop(tmp_path):
-    assert DecisionLog(f"sqlite:///{tmp_path / 'log.db'}").local
-    assert not DecisionLog("postgresql+psycopg://adaudit@localhost:5432/adaudit").local
+    assert decoded_on[-1] != loop_thread[0]  # a picture over the inline limit: a worker thread
+    monkeypatch.undo()
+    assert audit_json(client).status_code == 200
+    assert decoded_on[-1] == loop_thread[0] and gateway.audits_in_flight == 0  # alone and small again: inline
 
 
 # --- settings ------------------------------------------------------------------------------
