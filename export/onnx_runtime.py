@@ -74,6 +74,7 @@ def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], batch_dynamic: bo
     import copy
     import io
     import logging
+    import warnings
 
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
@@ -84,7 +85,10 @@ def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], batch_dynamic: bo
                "attention_mask": {**batch, 1: "length"}, **{name: dict(batch) for name in names}}
     traced = copy.deepcopy(model).eval()  # tracing leaves the traced modules computing otherwise afterwards
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # tracing warns about every Python branch on a tensor in the transformers blocks and about the legacy
+    # exporter; export_onnx checks the graph's logits against PyTorch's instead, so they are silenced here
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(_Logits(traced), tuple(inputs[name] for name in INPUTS), buffer, input_names=list(INPUTS),
                           output_names=names, dynamic_axes={k: v for k, v in dynamic.items() if v},
                           opset_version=OPSET, dynamo=False)
