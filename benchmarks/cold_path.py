@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 CONDITIONS = ("hot", "after idle", "after compute")
+STEPS = ("decode", "encode", "log write")
 
 
 def load_raw_ads(data: Path, limit: int) -> list:
@@ -88,8 +89,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
 
     before = {"hot": lambda: None, "after idle": lambda: time.sleep(gap_ms / 1000),
               "after compute": lambda: compute_for(gap_ms / 1000)}
-    steps = {"decode": [], "encode": [], "log write": []}
-    samples = {condition: {step: [] for step in steps} for condition in CONDITIONS}
+    samples = {condition: {step: [] for step in STEPS} for condition in CONDITIONS}
     with tempfile.TemporaryDirectory(prefix="adaudit-cold-") as work, restored_threads(threads):
         log = DecisionLog(f"sqlite:///{work}/decisions.db")
         log.create_tables()
@@ -115,7 +115,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
     table = {condition: {step: statistics.median(values) for step, values in by_step.items()}
              for condition, by_step in samples.items()}
     for figures in table.values():
-        figures["all three"] = sum(figures[step] for step in steps)
+        figures["all three"] = sum(figures[step] for step in STEPS)
     summary = {"command": " ".join(["python", "benchmarks/cold_path.py", *sys.argv[1:]]), "student": str(student),
                "machine": machine(), "ads": len(raw), "rounds": rounds, "per_round": per_round, "gap_ms": gap_ms,
                "p50_ms": table, "cold_over_hot": table["after idle"]["all three"] / table["hot"]["all three"],

@@ -70,8 +70,8 @@ def check_text(text: str | bytes, limits: Limits, field: str = "text") -> str:
 
 
 def decode_image(data: bytes, limits: Limits, field: str = "image", size: int | None = None) -> Image.Image:
-    """`size`: the largest image size of the models the ad goes to; a JPEG may then decode at a reduced
-    scale, turned upright by its EXIF orientation, as in training (models.preprocessing.decode_picture)."""
+    """`size`: the image size of the model the ad goes to (None: full size); a JPEG may then decode at a
+    reduced scale, turned upright by its EXIF orientation, as in training (models.preprocessing.decode_picture)."""
     if not data:
         raise bad_request("image_empty", f"{field} is empty")
     if len(data) > limits.max_image_bytes:
