@@ -179,6 +179,16 @@ def _build_text(config: AuditModelConfig) -> BertModel:
     return model
 
 
+def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The text tower's attention mask as the bias its blocks add to their attention scores: 0 where a
+    token may be read, the dtype's minimum at padding, shaped (batch, 1, length, length). Built here in
+    three operations, instead of by transformers' general mask functions (a chain of some forty nodes in
+    the exported graph), and in the shape ONNX Runtime's fused attention takes (export/onnx_graph.py)."""
+    length = mask.shape[1]
+    bias = (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
+    return bias[:, None, None, :].expand(-1, 1, length, -1)
+
+
 class AuditModel(nn.Module):
     def __init__(self, config: AuditModelConfig):
         super().__init__()
@@ -219,7 +229,7 @@ class AuditModel(nn.Module):
         query_mask = attention_mask.new_ones(attention_mask.shape[0], visual_tokens.shape[1])
         text = self.text(
             inputs_embeds=torch.cat([visual_tokens, word_embeddings], dim=1),
-            attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+            attention_mask=padding_bias(torch.cat([query_mask, attention_mask], dim=1), word_embeddings.dtype),
             output_hidden_states=output_hidden_states,
         )
         pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token

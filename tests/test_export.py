@@ -97,6 +97,54 @@ def test_onnxruntime_engine_writes_a_checked_onnx_graph(student, tmp_path):
     with pytest.raises(ValueError, match="engine"):
         ServingSettings(engine="tensorrt")
 
+def test_onnx_graphs_have_every_attention_fused_and_constant_reshape_targets(student, tmp_path):
+    """The export's graph passes (export/onnx_graph.py): each attention is one fused node, each Reshape
+    target in the blocks a constant; and the mask reaches the fused text attention as given, so a mask with its padding
+    anywhere (not only on the right) still gives PyTorch's logits."""
+    import onnx
+    import torch
+
+    from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel, batch_one_path, example_inputs, export_onnx
+    from adaudit.models.modeling import AuditModel
+
+    model = AuditModel.from_pretrained(student[0]).eval()
+    path = export_onnx(model, example_inputs(model.config), tmp_path / "model.onnx")
+    config = model.config
+    blocks = {tower: len(getattr(config, tower).blocks) for tower in ("vision", "qformer", "text")}
+    for graph_path, qformer_self in ((path, blocks["qformer"]), (batch_one_path(path), 0)):
+        graph = onnx.load(str(graph_path)).graph
+        kinds = [node.op_type for node in graph.node]
+        constants = {i.name for i in graph.initializer}
+        assert "Softmax" not in kinds
+        # self-attention of the vision and text towers (and of the Q-Former's queries, which the batch-1 graph
+        # folds into a constant), and the Q-Former's cross-attention to the picture
+        assert kinds.count("Attention") == blocks["vision"] + blocks["text"] + qformer_self
+        assert kinds.count("MultiHeadAttention") == blocks["qformer"]
+        # inside the blocks every Reshape's target is a constant (the mask's construction may keep one)
+        assert [n.name for n in graph.node if n.op_type == "Reshape" and "/encoder/" in n.name
+                and n.input[1] not in constants] == []
+    engine = OnnxRuntimeAuditModel(path, threads=1)
+    inputs = {"pixel_values": torch.randn(2, 3, config.image_size, config.image_size),
+              "input_ids": torch.randint(5, config.vocab_size, (2, 6)),
+              "attention_mask": torch.tensor([[1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]])}
+    with torch.inference_mode():
+        ours, theirs = engine(**inputs), model(**inputs)
+    for task in config.tasks:
+        torch.testing.assert_close(ours.logits[task], theirs.logits[task], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("source, result, target", [
+    ([1, "length", 128], [1, "length", 2, 64], [1, 0, 2, 64]),  # split into heads: the length copied
+    ([1, "length", 128], [1, "length", "made_up", 64], [1, 0, 2, 64]),  # a `view(..., -1, 64)`: heads worked out
+    (["batch", "length", 2, 64], ["batch", "length", 128], [0, 0, 128]),  # heads merged back
+    (["batch", "length", 128], ["a", "b", 128], None),  # two unknowns: not one constant target
+])
+def test_constant_reshape_target(source, result, target):
+    from adaudit.export.onnx_graph import _reshape_target
+
+    assert _reshape_target(source, result) == target
+
+
 def test_a_version_exported_before_the_uint8_input_is_not_served_beside_a_new_one(student, tmp_path):
     """One config.pbtxt declares every version's inputs: an old version (its model.py reads pixel_values)
     must be exported again before a new version joins it."""
