@@ -9,7 +9,7 @@ import torch
 from adaudit.models.configuration import AuditModelConfig, ConfigError, preset
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel, ModelFolderError
-from adaudit.models.preprocessing import AuditProcessor
+from adaudit.models.preprocessing import PARALLEL_TOKENISING_FROM, AuditProcessor
 from adaudit.models.tokenizer import build_vocabulary, fast_tokenizer, gb2312_characters, make_tokenizer
 
 
@@ -35,6 +35,28 @@ def test_towers_are_transformers_blocks(tiny_model):
     assert type(tiny_model.vision).__name__ == "Dinov2Model"
     assert type(tiny_model.qformer).__name__ == "Blip2QFormerModel"
     assert type(tiny_model.text).__name__ == "BertModel"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_padding_bias_masks_as_transformers_own_mask_does(tiny_model, attention):
+    """The text tower reads the model's additive padding bias exactly as it reads a 0/1 mask through
+    transformers' mask functions: same hidden states at every real token, for both attention kernels."""
+    from adaudit.models.modeling import padding_bias
+
+    text = tiny_model.text
+    text.set_attn_implementation(attention)
+    try:
+        embeddings = torch.randn(2, 9, tiny_model.config.text.hidden_size, generator=torch.Generator().manual_seed(1))
+        mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0, 0, 0, 0]])
+        with torch.inference_mode():
+            ours = text(inputs_embeds=embeddings, attention_mask=padding_bias(mask, embeddings.dtype)).last_hidden_state
+            theirs = text(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
+            unmasked = text(inputs_embeds=embeddings).last_hidden_state
+    finally:
+        text.set_attn_implementation("sdpa")
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours[1, :2], unmasked[1, :2], atol=1e-3)  # the padding really was hidden
 
 
 def test_save_and_reload_gives_identical_logits(tiny_model, tmp_path):
@@ -151,6 +173,10 @@ def test_processor_tokenises_like_the_transformers_tokenizer(kind):
     np.testing.assert_array_equal(attention_mask.numpy(), expected["attention_mask"])
     assert attention_mask[4].sum() == config.max_text_length  # the long copy is cut, [SEP] kept
     assert input_ids[4, -1] == tokenizer.sep_token_id
+    # a data set's worth of copy goes through the tokenizer's thread pool instead: the same ids
+    many = texts * 10
+    assert len(many) > PARALLEL_TOKENISING_FROM
+    np.testing.assert_array_equal(processor.texts(many)[0].numpy(), np.tile(input_ids.numpy(), (10, 1)))
 
 
 def test_industry_agreement_adds_what_the_disagreement_of_picture_and_copy_says(tmp_path):
