@@ -202,7 +202,8 @@ def _attention(graph: _Graph, softmax) -> tuple[list, dict] | None:
 
 
 def fuse_attention(model: onnx.ModelProto) -> int:
-    """Replace each unmasked attention with one Attention or MultiHeadAttention node; returns how many."""
+    """Replace each attention with one Attention or MultiHeadAttention node; returns how many. A mask of
+    another shape than (batch or 1, 1, length, length) would fail in ONNX Runtime, and so export_onnx's check."""
     graph = _Graph(model)
     replaced, replacement = set(), {}
     for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
