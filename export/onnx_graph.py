@@ -37,17 +37,21 @@ def _dimensions(value: onnx.ValueInfoProto) -> list[int | str | None]:
 def _reshape_target(source: list, result: list) -> list[int] | None:
     """The constant Reshape target that turns a tensor of dims `source` into one of dims `result`
     (ints and symbols), or None when it cannot be written with one -1."""
-    if None in source or None in result:
-        return None
+    if None in source or None in result or 0 in source or 0 in result:
+        return None  # a literal 0 in a target means "copy": not for empty tensors
+    if any(result.count(d) > source.count(d) for d in result if isinstance(d, str) and d in source):
+        return None  # a symbol used twice: which one copies is ambiguous
     unmatched = list(source)
     for dimension in result:
         if isinstance(dimension, str) and dimension in unmatched:
             unmatched.remove(dimension)
     unknown = {d for d in result if isinstance(d, str) and d not in source}
-    if len(unknown) == 1 and all(isinstance(d, int) for d in unmatched):
+    if len(unknown) == 1 and sum(d in unknown for d in result) == 1 and all(isinstance(d, int) for d in unmatched):
         # a symbol the inference made up for a -1 (the head count of a `view(..., -1, head_dim)`)
-        known = int(np.prod([d for d in result if isinstance(d, int)]))
-        result = [int(np.prod(unmatched)) // known if d in unknown else d for d in result]
+        known, total = int(np.prod([d for d in result if isinstance(d, int)])), int(np.prod(unmatched))
+        if total % known:
+            return None
+        result = [total // known if d in unknown else d for d in result]
     target = [d if isinstance(d, int) else 0 if i < len(source) and source[i] == d else -1
               for i, d in enumerate(result)]
     return target if target.count(-1) <= 1 else None
@@ -70,7 +74,8 @@ def constant_reshape_targets(model: onnx.ModelProto) -> int:
         n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     nodes, changed = [], 0
     for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[1] not in constants and node.input[0] in dims \
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if node.op_type == "Reshape" and not allowzero and node.input[1] not in constants and node.input[0] in dims \
                 and node.output[0] in dims:
             target = _reshape_target(dims[node.input[0]], dims[node.output[0]])
             if target is not None:
@@ -150,6 +155,8 @@ class _Graph:
 
 def _attention(graph: _Graph, softmax) -> tuple[list, dict] | None:
     """The nodes of one attention ending at `softmax`'s product with V, and what replaces them."""
+    if [a.i for a in softmax.attribute if a.name == "axis"] not in ([], [-1], [3]):
+        return None  # a softmax over the last axis (the keys) only; opset 13+ defaults to it
     scaled, bias = softmax.input[0], ""
     mask = graph.parent(scaled, "Add")
     if mask is not None:  # an additive mask (the copy's padding): handed to the fused node as its attention bias
@@ -179,9 +186,13 @@ def _attention(graph: _Graph, softmax) -> tuple[list, dict] | None:
     merge = graph.only_reader(merge_heads.output[0], "Reshape") if merge_heads is not None else None
     if None in split or merge is None or graph.perm(merge_heads) != [0, 2, 1, 3]:
         return None
-    # the head count: the third dimension of whichever split's target states it (a traced `view` may write -1)
-    counts = [int(t[2]) for t in (graph.constants.get(r.input[1]) for r in split) if t is not None and len(t) == 4]
-    if not counts or max(counts) <= 0:
+    # the head count: the third dimension of the splits' targets (a traced `view` may write -1 in some); query,
+    # key and value must agree (not multi-query attention)
+    targets = [graph.constants.get(r.input[1]) for r in split]
+    if any(t is None or len(t) != 4 for t in targets):
+        return None
+    counts = {int(t[2]) for t in targets if t[2] > 0}
+    if len(counts) != 1:
         return None
     inner = [scale, scores, query_heads, key_heads, value_heads, *split, *([mask] if mask is not None else [])]
     if any(len(graph.readers.get(node.output[0], [])) != 1 for node in inner):
@@ -189,10 +200,11 @@ def _attention(graph: _Graph, softmax) -> tuple[list, dict] | None:
     query, key, value = (reshape.input[0] for reshape in split)
     if not any(name in graph.varying for name in (query, key, value)):
         return None  # constants only: ONNX Runtime folds it away
-    heads, factor = max(counts), float(graph.constants[scale.input[1]].reshape(()))
+    heads, factor = counts.pop(), float(graph.constants[scale.input[1]].reshape(()))
     nodes = [*inner, softmax, mixed, merge_heads, merge]
     projections = [graph.projection(name) for name in (query, key, value)]
-    if None not in projections and len({source for source, _, _ in projections}) == 1:
+    if None not in projections and len({source for source, _, _ in projections}) == 1 \
+            and len({w.shape[1] for _, w, _ in projections}) == 1 and projections[0][1].shape[1] % heads == 0:
         # self-attention: one node projects the input to query, key and value with the three weights packed
         return nodes, {"source": projections[0][0], "heads": heads, "scale": factor, "mask": bias,
                        "weight": np.concatenate([w for _, w, _ in projections], axis=1),
@@ -211,11 +223,11 @@ def fuse_attention(model: onnx.ModelProto) -> int:
         if found is None:
             continue
         nodes, plan = found
-        name = softmax.name.rsplit("/", 1)[0] + "/fused"
+        name = softmax.name + "/fused"
         if "source" in plan:
             weight, bias = name + "/qkv_weight", name + "/qkv_bias"
-            model.graph.initializer.extend([numpy_helper.from_array(plan["weight"].astype(np.float32), weight),
-                                            numpy_helper.from_array(plan["bias"].astype(np.float32), bias)])
+            model.graph.initializer.extend([numpy_helper.from_array(plan["weight"], weight),
+                                            numpy_helper.from_array(plan["bias"], bias)])
             # inputs: input, packed weights and bias, mask index, past state, attention bias
             inputs = [plan["source"], weight, bias, "", "", plan["mask"]]
             fused = helper.make_node("Attention", inputs if plan["mask"] else inputs[:3], [plan["output"]],

@@ -181,9 +181,11 @@ def _build_text(config: AuditModelConfig) -> BertModel:
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The text tower's attention mask as the bias its blocks add to their attention scores: 0 where a
-    token may be read, the dtype's minimum at padding, shaped (batch, 1, length, length). Built here in
-    three operations, instead of by transformers' general mask functions (a chain of some forty nodes in
-    the exported graph), and in the shape ONNX Runtime's fused attention takes (export/onnx_graph.py)."""
+    token may be read, the dtype's minimum at padding, shaped (batch, 1, length, length). What the ONNX
+    export traces: three operations instead of transformers' general mask functions (a chain of some
+    forty nodes in the graph), in the shape ONNX Runtime's fused attention takes (export/onnx_graph.py).
+    Training and PyTorch serving keep transformers' own mask, which lets SDPA drop a mask of all ones
+    and use its fastest kernels on a GPU; tests/test_model.py checks that both mask alike."""
     length = mask.shape[1]
     bias = (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
     return bias[:, None, None, :].expand(-1, 1, length, -1)
@@ -227,9 +229,12 @@ class AuditModel(nn.Module):
         visual_tokens = self.projector(qformer.last_hidden_state)
         word_embeddings = self.text.embeddings.word_embeddings(input_ids)
         query_mask = attention_mask.new_ones(attention_mask.shape[0], visual_tokens.shape[1])
+        text_mask = torch.cat([query_mask, attention_mask], dim=1)
+        if torch.onnx.is_in_onnx_export():  # elsewhere transformers' own mask (SDPA may then drop an all-ones one)
+            text_mask = padding_bias(text_mask, word_embeddings.dtype)
         text = self.text(
             inputs_embeds=torch.cat([visual_tokens, word_embeddings], dim=1),
-            attention_mask=padding_bias(torch.cat([query_mask, attention_mask], dim=1), word_embeddings.dtype),
+            attention_mask=text_mask,
             output_hidden_states=output_hidden_states,
         )
         pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token

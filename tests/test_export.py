@@ -99,7 +99,7 @@ def test_onnxruntime_engine_writes_a_checked_onnx_graph(student, tmp_path):
 
 def test_onnx_graphs_have_every_attention_fused_and_constant_reshape_targets(student, tmp_path):
     """The export's graph passes (export/onnx_graph.py): each attention is one fused node, each Reshape
-    target in the blocks a constant; and the mask reaches the fused text attention as given, so a mask with its padding
+    target a constant; and the mask reaches the fused text attention as given, so a mask with its padding
     anywhere (not only on the right) still gives PyTorch's logits."""
     import onnx
     import torch
@@ -120,12 +120,12 @@ def test_onnx_graphs_have_every_attention_fused_and_constant_reshape_targets(stu
         # folds into a constant), and the Q-Former's cross-attention to the picture
         assert kinds.count("Attention") == blocks["vision"] + blocks["text"] + qformer_self
         assert kinds.count("MultiHeadAttention") == blocks["qformer"]
-        # inside the blocks every Reshape's target is a constant (the mask's construction may keep one)
-        assert [n.name for n in graph.node if n.op_type == "Reshape" and "/encoder/" in n.name
-                and n.input[1] not in constants] == []
+        assert [n.name for n in graph.node if n.op_type == "Reshape" and n.input[1] not in constants] == []
+        assert "And" not in kinds  # the padding bias, not transformers' mask functions (models/modeling.py)
     engine = OnnxRuntimeAuditModel(path, threads=1)
-    inputs = {"pixel_values": torch.randn(2, 3, config.image_size, config.image_size),
-              "input_ids": torch.randint(5, config.vocab_size, (2, 6)),
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"pixel_values": torch.randn(2, 3, config.image_size, config.image_size, generator=generator),
+              "input_ids": torch.randint(5, config.vocab_size, (2, 6), generator=generator),
               "attention_mask": torch.tensor([[1, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]])}
     with torch.inference_mode():
         ours, theirs = engine(**inputs), model(**inputs)
@@ -138,6 +138,9 @@ def test_onnx_graphs_have_every_attention_fused_and_constant_reshape_targets(stu
     ([1, "length", 128], [1, "length", "made_up", 64], [1, 0, 2, 64]),  # a `view(..., -1, 64)`: heads worked out
     (["batch", "length", 2, 64], ["batch", "length", 128], [0, 0, 128]),  # heads merged back
     (["batch", "length", 128], ["a", "b", 128], None),  # two unknowns: not one constant target
+    (["length", 4], ["length", "length", "u"], None),  # a symbol twice: which one copies is ambiguous
+    (["b", "s", 6], ["b", "s", 4, "u"], None),  # 6 is not a multiple of 4
+    ([2, 0], [0, 2], None),  # an empty tensor: a literal 0 would read as "copy"
 ])
 def test_constant_reshape_target(source, result, target):
     from adaudit.export.onnx_graph import _reshape_target
@@ -158,3 +161,57 @@ def test_a_version_exported_before_the_uint8_input_is_not_served_beside_a_new_on
     assert not (repo / "student" / "2").exists()
     export_model(folder, repo, "student", 1, ServingSettings())  # exported again: now version 2 may join
     export_model(folder, repo, "student", 2, ServingSettings())
+
+
+def _attention_graph(scale: float, softmax_axis: int = -1, key_heads: int = 2):
+    """One self-attention as torch.onnx writes it (projections, split into heads, Q K^T * scale, Softmax,
+    times V, heads merged), 2 heads of 4 on 5 tokens."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tokens, width, heads, head = 5, 8, 2, 4
+    constants = [numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+                 numpy_helper.from_array(np.array([1, tokens, heads, head], np.int64), "split_query"),
+                 numpy_helper.from_array(np.array([1, tokens, key_heads, width // key_heads], np.int64), "split_key"),
+                 numpy_helper.from_array(np.array([1, tokens, width], np.int64), "merge")]
+    nodes = []
+    for name in ("q", "k", "v"):
+        constants += [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{name}"),
+                      numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{name}")]
+        nodes += [helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}m"]),
+                  helper.make_node("Add", [f"b{name}", f"{name}m"], [f"{name}p"]),
+                  helper.make_node("Reshape", [f"{name}p", "split_key" if name == "k" else "split_query"], [f"{name}r"])]
+    nodes += [helper.make_node("Transpose", ["qr"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["kr"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["vr"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+              helper.make_node("Softmax", ["scaled"], ["weights"], axis=softmax_axis, name="attention/Softmax"),
+              helper.make_node("MatMul", ["weights", "vt"], ["mixed"]),
+              helper.make_node("Transpose", ["mixed"], ["merged"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["merged", "merge"], ["y"])]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, width])], constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fuse_attention_keeps_the_scale_and_leaves_what_it_cannot_fuse():
+    """A scale other than 1/sqrt(head size) survives the fusion (same output in ONNX Runtime); a softmax
+    over another axis, or key heads that differ from the query's, are not attention it may fuse."""
+    import numpy as np
+    import onnxruntime
+
+    from adaudit.export.onnx_graph import fuse_attention
+
+    def run(model):
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": np.random.default_rng(1).standard_normal((1, 5, 8)).astype(np.float32)})[0]
+
+    model = _attention_graph(scale=0.3)
+    expected = run(model)
+    assert fuse_attention(model) == 1
+    assert [node.op_type for node in model.graph.node] == ["Attention"]  # the projections packed into it
+    np.testing.assert_allclose(run(model), expected, atol=1e-5)
+    assert fuse_attention(_attention_graph(scale=0.3, softmax_axis=2)) == 0
+    assert fuse_attention(_attention_graph(scale=0.3, key_heads=1)) == 0
