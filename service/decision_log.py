@@ -19,7 +19,15 @@ Waiting is bounded by `lock_timeout_s` (the gateway's request timeout): SQLite's
 PostgreSQL's connect timeout and the pool's checkout timeout. A database that is down or locked
 past it raises `SQLAlchemyError`, which the gateway answers with a 503 (see gateway.py).
 
-The methods are synchronous; the gateway calls them with `asyncio.to_thread`.
+The methods are synchronous; the gateway calls them with `asyncio.to_thread`, except
+`add_decisions_now`: for a SQLite file, one lone request's row is written on the event loop
+through a connection kept open for it, if the write lock is free that instant (SQLite's busy
+timeout 0 on that connection); when it is not, nothing is written and the gateway takes the
+worker-thread path, which waits for the lock as above. On a 2-core machine the thread hop (a
+worker woken, then the loop woken) costs more than the write: 0.36 against 0.06 ms. That
+connection never checkpoints the WAL itself (a checkpoint copies pages and syncs, which the
+event loop must not wait for): `checkpoint_due` tells the gateway to run `checkpoint` in a
+worker thread every `CHECKPOINT_EVERY` such writes.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, cast,
                         create_engine, event, func, insert, inspect, select, text)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
+
+
+CHECKPOINT_EVERY = 200  # rows written by add_decisions_now between two WAL checkpoints
 
 
 class Base(DeclarativeBase):
@@ -110,6 +121,10 @@ class DecisionLog:
         self.engine = create_engine(url, **options)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        # writes on the caller's thread: a SQLite file only (an in-memory log is one connection for every thread)
+        self.writes_in_place = sqlite and options.get("poolclass") is not StaticPool
+        self._in_place = None  # the connection add_decisions_now keeps open
+        self._since_checkpoint = 0
 
     def create_tables(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -118,6 +133,7 @@ class DecisionLog:
                 connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
 
     def close(self) -> None:
+        self._drop_in_place()
         self.engine.dispose()
 
     def add_decisions(self, rows: list[dict]) -> None:
@@ -125,6 +141,49 @@ class DecisionLog:
         # a lone row as one execute, not an executemany (a third less of SQLAlchemy's time)
         with self.engine.begin() as connection:
             connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
+
+    def add_decisions_now(self, rows: list[dict]) -> bool:
+        """`add_decisions` without waiting for anything: True once the rows are committed; False, with
+        nothing written, where the log is not a SQLite file or its write lock is held right now (or
+        any other error: `add_decisions` then raises it, or waits for the lock)."""
+        if not self.writes_in_place:
+            return False
+        try:
+            if self._in_place is None:
+                self._in_place = self.engine.connect()
+                self._in_place.exec_driver_sql("PRAGMA busy_timeout = 0")  # this connection never waits
+                self._in_place.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it
+                self._in_place.commit()
+            self._in_place.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
+            self._in_place.commit()
+        except SQLAlchemyError:  # locked right now, most likely: keep the connection unless it is broken
+            try:
+                self._in_place.rollback()
+            except (SQLAlchemyError, AttributeError):
+                self._drop_in_place()
+            return False
+        self._since_checkpoint += len(rows)
+        return True
+
+    def checkpoint_due(self) -> bool:
+        """True once every CHECKPOINT_EVERY rows add_decisions_now writes: time to run `checkpoint`."""
+        if self._since_checkpoint < CHECKPOINT_EVERY:
+            return False
+        self._since_checkpoint = 0
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's pages into the database file (PASSIVE: writers carry on meanwhile)."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _drop_in_place(self) -> None:
+        connection, self._in_place = self._in_place, None
+        if connection is not None:
+            try:
+                connection.close()  # rolls back what the failed write left open
+            except SQLAlchemyError:
+                connection.invalidate()
 
     def decision(self, request_id: str) -> dict | None:
         with Session(self.engine) as session:

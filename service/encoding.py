@@ -12,6 +12,7 @@ Outputs: per task the argmax label and its softmax probability.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,15 +78,16 @@ def select(inputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
 
 
 def predictions(logits: dict[str, np.ndarray], tasks: dict[str, tuple[str, ...]]) -> list[Prediction]:
-    batch = len(next(iter(logits.values())))
-    labels: list[dict[str, str]] = [{} for _ in range(batch)]
-    scores: list[dict[str, float]] = [{} for _ in range(batch)]
-    for task, names in tasks.items():
-        values = logits[task].astype(np.float64)
-        probabilities = np.exp(values - values.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        best = probabilities.argmax(axis=1)
-        for i in range(batch):
-            labels[i][task] = names[int(best[i])]
-            scores[i][task] = round(float(probabilities[i, best[i]]), 6)
-    return [Prediction(l, s) for l, s in zip(labels, scores)]
+    """Per ad and task: the argmax label and its softmax probability, 1 / sum(exp(logit - max)), in
+    float64 (plain Python floats: a few classes per task, where numpy's per-call cost would dominate)."""
+    rows = {task: logits[task].tolist() for task in tasks}
+    answers = []
+    for i in range(len(next(iter(rows.values())))):
+        labels, scores = {}, {}
+        for task, names in tasks.items():
+            row = rows[task][i]
+            top = max(row)
+            labels[task] = names[row.index(top)]
+            scores[task] = round(1.0 / sum(math.exp(value - top) for value in row), 6)
+        answers.append(Prediction(labels, scores))
+    return answers

@@ -18,10 +18,13 @@
    answered: if the log cannot take it (database down, locked past `request_timeout_s`) the
    request fails with 503 `decision_log_unavailable` and the client retries, so no answer ever
    goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
-   restart). Concurrent requests' rows share one commit (a `Coalescer` again), always from a
-   worker thread: a database that waits (a SQLite lock held by a reviewer's feedback or a backup,
-   a PostgreSQL server that is slow or gone) never blocks the event loop. Answered ads are
-   counted in `adaudit_predictions_total`;
+   restart). Concurrent requests' rows share one commit (a `Coalescer` again), from a worker
+   thread: a database that waits (a SQLite lock held by a reviewer's feedback or a backup, a
+   PostgreSQL server that is slow or gone) never blocks the event loop. The one exception is a
+   lone audit on a SQLite file: its row is written on the event loop when the write lock is free
+   that instant (`DecisionLog.add_decisions_now`, which never waits; else the thread path), since
+   at batch 1 the thread hop costs more than the write. Answered ads are counted in
+   `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
 
@@ -70,6 +73,7 @@ class Gateway:
         self.writes = Coalescer(self._write_together)
         self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
         self.audits_in_flight = 0
+        self._checkpoint: asyncio.Task | None = None  # the decision log's WAL checkpoint, when one runs
         self.shadow = None
         if self.policy.shadow is not None:
             self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreements, metrics,
@@ -89,6 +93,8 @@ class Gateway:
         if self.shadow:
             await self.shadow.stop(self.settings.shutdown_drain_s)
         await self.backend.close()
+        if self._checkpoint is not None:
+            await self._checkpoint
         await asyncio.to_thread(self.log.close)
 
     def inline(self, raw: list[RawAd]) -> bool:
@@ -288,7 +294,17 @@ class Gateway:
                 "violation_score": result["violation_score"], "outputs": {"labels": labels, "scores": result["scores"]},
                 "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"]}
 
+    async def _run_checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(self.log.checkpoint)
+        except Exception as error:  # noqa: BLE001 - the next one tries again; SQLite checkpoints at close anyway
+            log.warning("decision log checkpoint failed: %s", type(error).__name__)
+
     async def _log(self, rows: list[dict]) -> None:
+        if self.audits_in_flight <= 1 and self.log.add_decisions_now(rows):
+            if self.log.checkpoint_due() and (self._checkpoint is None or self._checkpoint.done()):
+                self._checkpoint = asyncio.create_task(self._run_checkpoint())
+            return
         try:
             await self.writes.submit("decisions", rows, len(rows))
         except Exception as error:  # no answer without its row: the client gets a 503 and retries

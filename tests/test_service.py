@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import re
+import sqlite3
 import struct
 import threading
 import time
@@ -432,6 +433,7 @@ def test_a_failing_log_or_an_unexpected_error_never_gives_a_500(client):
         raise RuntimeError("disk full")
 
     gateway.log.add_decisions = broken
+    gateway.log.add_decisions_now = lambda rows: False  # as it answers for any error: the thread path then fails
     answer = audit_json(client)
     assert answer.status_code == 503  # no answer without its decision-log row (tests/test_reliability.py)
     assert answer.json()["kind"] == "decision_log_unavailable"
@@ -485,6 +487,58 @@ def test_one_small_lone_ad_is_decoded_on_the_event_loop_and_others_in_a_worker_t
     monkeypatch.undo()
     assert audit_json(client).status_code == 200
     assert decoded_on[-1] == loop_thread[0] and gateway.audits_in_flight == 0  # alone and small again: inline
+
+
+def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_thread(client, tmp_path, monkeypatch):
+    """A lone audit's row is committed on the event loop when SQLite's write lock is free that instant;
+    with the lock held elsewhere the in-place write gives up at once (nothing written) and the thread
+    path waits for the lock; every CHECKPOINT_EVERY in-place rows a WAL checkpoint runs in a thread."""
+    gateway = client.app.state.gateway
+    in_place, in_threads, checkpoints = [], [], []
+    add_now, add, checkpoint = gateway.log.add_decisions_now, gateway.log.add_decisions, gateway.log.checkpoint
+
+    def recording_add_now(rows):
+        written = add_now(rows)
+        in_place.append((threading.get_ident(), written))
+        return written
+
+    def recording_add(rows):
+        in_threads.append(threading.get_ident())
+        return add(rows)
+
+    def recording_checkpoint():
+        checkpoints.append(threading.get_ident())
+        checkpoint()
+
+    monkeypatch.setattr(gateway.log, "add_decisions_now", recording_add_now)
+    monkeypatch.setattr(gateway.log, "add_decisions", recording_add)
+    monkeypatch.setattr(gateway.log, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr("adaudit.service.decision_log.CHECKPOINT_EVERY", 3)
+    answers = [audit_json(client).json()["request_id"] for _ in range(3)]
+    loop_thread = in_place[0][0]
+    assert in_place == [(loop_thread, True)] * 3 and in_threads == []
+    deadline = time.monotonic() + 10
+    while not checkpoints and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(checkpoints) == 1 and checkpoints[0] != loop_thread
+
+    database = tmp_path / "log.db"
+    blocker = sqlite3.connect(database, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the write lock (readers carry on)
+    release = threading.Timer(0.3, blocker.rollback)
+    release.start()
+    try:
+        started = time.monotonic()
+        held = audit_json(client)
+    finally:
+        release.join()
+        blocker.close()
+    assert held.status_code == 200 and time.monotonic() - started >= 0.25  # it waited for the lock, in a thread
+    assert in_place[-1] == (loop_thread, False) and in_threads and in_threads[-1] != loop_thread
+    assert audit_json(client).status_code == 200 and in_place[-1] == (loop_thread, True)  # in place again
+    with sqlite3.connect(database) as reader:
+        logged = {row[0] for row in reader.execute("SELECT request_id FROM decisions")}
+    assert logged >= {*answers, held.json()["request_id"]} and len(logged) == 5
 
 
 # --- settings ------------------------------------------------------------------------------
