@@ -213,7 +213,7 @@ class TritonBackend:
 
     async def infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tritonclient.grpc import InferInput
-        from tritonclient.utils import InferenceServerException
+        from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
         request = []
         for name, array in inputs.items():
@@ -225,8 +225,9 @@ class TritonBackend:
                                                client_timeout=self.timeout_s)
         except InferenceServerException as error:
             raise self._error(model, error) from None
-        response = result.get_response()
-        return {output.name: result.as_numpy(output.name) for output in response.outputs}
+        response = result.get_response()  # each output's bytes in order (InferResult.as_numpy looks each name up)
+        return {output.name: np.frombuffer(raw, triton_to_np_dtype(output.datatype)).reshape(tuple(output.shape))
+                for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)}
 
     async def ready(self, model: str, version: str | None = None) -> bool:
         from tritonclient.utils import InferenceServerException
