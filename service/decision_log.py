@@ -156,7 +156,7 @@ class DecisionLog:
                 self._in_place.commit()
             self._in_place.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
             self._in_place.commit()
-        except SQLAlchemyError:  # locked right now, most likely: keep the connection unless it is broken
+        except Exception:  # noqa: BLE001 - locked right now, most likely; anything else add_decisions raises again
             try:
                 self._in_place.rollback()
             except (SQLAlchemyError, AttributeError):
