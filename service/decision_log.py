@@ -137,10 +137,8 @@ class DecisionLog:
         self.engine.dispose()
 
     def add_decisions(self, rows: list[dict]) -> None:
-        # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here);
-        # a lone row as one execute, not an executemany (a third less of SQLAlchemy's time)
         with self.engine.begin() as connection:
-            connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
+            _insert_decisions(connection, rows)
 
     def add_decisions_now(self, rows: list[dict]) -> bool:
         """`add_decisions` without waiting for anything: True once the rows are committed; False, with
@@ -154,7 +152,7 @@ class DecisionLog:
                 self._in_place.exec_driver_sql("PRAGMA busy_timeout = 0")  # this connection never waits
                 self._in_place.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it
                 self._in_place.commit()
-            self._in_place.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
+            _insert_decisions(self._in_place, rows)
             self._in_place.commit()
         except Exception:  # noqa: BLE001 - locked right now, most likely; anything else add_decisions raises again
             try:
@@ -242,6 +240,12 @@ class DecisionLog:
                      "primary_version": r.primary_version, "shadow_model": r.shadow_model,
                      "shadow_version": r.shadow_version, "primary": r.primary_outputs, "shadow": r.shadow_outputs}
                     for r in session.scalars(query)]
+
+
+def _insert_decisions(connection, rows: list[dict]) -> None:
+    # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here);
+    # a lone row as one execute, not an executemany (a third less of SQLAlchemy's time)
+    connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
 
 
 def _columns(row: DecisionRow) -> dict:
