@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -31,6 +32,7 @@ from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
+from adaudit.service.decision_log import DecisionLog
 from adaudit.service.encoding import ModelSpec, Prediction
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.policy import TrafficPolicy
@@ -540,6 +542,30 @@ def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_th
         logged = {row[0] for row in reader.execute("SELECT request_id FROM decisions")}
     assert logged >= {*answers, held.json()["request_id"]} and len(logged) == 5
 
+
+
+def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp_path):
+    """add_decisions_now runs SQLAlchemy's compiled INSERT on the DBAPI connection: the same stored values
+    (time zone, JSON, Boolean) as add_decisions; a row short of a column is left to add_decisions."""
+    log = DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")
+    log.create_tables()
+    row = {"created_at": datetime(2026, 12, 2, 17, 30, 5, 123456, tzinfo=timezone.utc), "ad_id": "ad-7",
+           "model": "student", "version": "3", "arm": "canary", "verdict": "reject", "violation": "gambling",
+           "violation_score": 0.8125, "latency_ms": 4.5, "shadowed": True, "caller": "partner",
+           "outputs": {"labels": {"verdict": "reject", "violation": "gambling", "logo": "有"},
+                       "scores": {"verdict": 0.75, "violation": 0.8125, "logo": float("nan")}}}
+    assert log.add_decisions_now([{**row, "request_id": "in-place"}])
+    log.add_decisions([{**row, "request_id": "through-sqlalchemy"}])
+    in_place, through = log.decision("in-place"), log.decision("through-sqlalchemy")
+    assert in_place.pop("request_id") == "in-place" and through.pop("request_id") == "through-sqlalchemy"
+    assert repr(in_place) == repr(through)  # repr: NaN == NaN
+    assert in_place["created_at"] == row["created_at"] and in_place["shadowed"] is True
+
+    short = {key: value for key, value in row.items() if key not in ("shadowed", "caller")}
+    assert not log.add_decisions_now([{**short, "request_id": "short"}]) and log.decision("short") is None
+    log.add_decisions([{**short, "request_id": "short"}])
+    assert log.decision("short")["shadowed"] is False  # the column's default, from SQLAlchemy
+    log.close()
 
 # --- settings ------------------------------------------------------------------------------
 def test_settings_from_env_and_yaml(tmp_path, monkeypatch):
