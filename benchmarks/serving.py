@@ -837,9 +837,10 @@ def run(args: argparse.Namespace) -> dict:
             "definitions": {
                 "gateway_overhead_ms": "p50 of the end-to-end latency of POST /v1/audits (JSON, "
                                        "image_base64) as the socket client sees it (SocketClient: a blocking "
-                                       "socket and httptools, microseconds per request), batch 1, one request at a time, minus p50 of Triton's "
-                                       "compute for the same requests: per request, the delta of "
-                                       "nv_inference_compute_infer_duration_us read from Triton's metrics "
+                                       "socket and httptools, microseconds per request), batch 1, one request "
+                                       "at a time, minus p50 of Triton's compute for the same requests: per "
+                                       "request, the delta of nv_inference_compute_infer_duration_us read from "
+                                       "Triton's metrics "
                                        "endpoint before and after it (its execution was the only one: "
                                        "d nv_inference_exec_count = 1)",
                 "average_batch": "d nv_inference_count / d nv_inference_exec_count over the point",

@@ -177,8 +177,8 @@ class DecisionLog:
     def _decision_insert(self) -> tuple[str, list]:
         """The INSERT of a decision row naming every column, compiled by SQLAlchemy once, with the type
         conversions (DateTime, JSON, Boolean) of this database's dialect, in the statement's parameter
-        order. add_decisions_now runs it on the DBAPI connection: SQLAlchemy's per-execution work took
-        0.3-0.45 ms of the 0.6 ms a write cost between two requests, against 0.15 ms without it."""
+        order. add_decisions_now runs it on the DBAPI connection: in the gateway, between two requests,
+        a write took 0.31 ms this way and 0.59 ms through SQLAlchemy's execution path."""
         if self._insert is None:
             dialect, columns = self.engine.dialect, DecisionRow.__table__.columns
             compiled = insert(DecisionRow).compile(dialect=dialect, column_keys=[c.key for c in columns])

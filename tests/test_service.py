@@ -543,7 +543,6 @@ def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_th
     assert logged >= {*answers, held.json()["request_id"]} and len(logged) == 5
 
 
-
 def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp_path):
     """add_decisions_now runs SQLAlchemy's compiled INSERT on the DBAPI connection: the same stored values
     (time zone, JSON, Boolean) as add_decisions; a row short of a column is left to add_decisions."""
@@ -566,6 +565,7 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
     log.add_decisions([{**short, "request_id": "short"}])
     assert log.decision("short")["shadowed"] is False  # the column's default, from SQLAlchemy
     log.close()
+
 
 # --- settings ------------------------------------------------------------------------------
 def test_settings_from_env_and_yaml(tmp_path, monkeypatch):
