@@ -189,7 +189,9 @@ def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
 def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
           port: Annotated[int, typer.Option()] = 8080,
           backend: Annotated[Optional[str], typer.Option(help="triton or embedded (default: settings)")] = None,
-          triton_url: Annotated[Optional[str], typer.Option(help="HOST:GRPC_PORT of Triton")] = None,
+          triton_url: Annotated[Optional[str], typer.Option(
+              help="HOST:PORT of Triton: its HTTP port, or its gRPC port with --triton-protocol grpc")] = None,
+          triton_protocol: Annotated[Optional[str], typer.Option(help="http (default) or grpc")] = None,
           model_dir: Annotated[Optional[Path], typer.Option(help="embedded backend: folder of model folders")] = None,
           model_repository: Annotated[Optional[Path], typer.Option(
               help="triton backend: the model repository Triton serves (for students with their own tokenizer)")] = None):
@@ -200,7 +202,8 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
     from adaudit.service.app import create_app
     from adaudit.service.settings import GatewaySettings
 
-    overrides = {k: v for k, v in {"backend": backend, "triton_url": triton_url, "model_dir": model_dir,
+    overrides = {k: v for k, v in {"backend": backend, "triton_url": triton_url, "triton_protocol": triton_protocol,
+                                   "model_dir": model_dir,
                                    "model_repository": model_repository}.items()
                  if v is not None}
     try:

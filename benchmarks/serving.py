@@ -615,7 +615,8 @@ def markdown(summary: dict) -> str:
         f"{sv['preferred_batch_sizes']}, queue delay {sv['max_queue_delay_microseconds']} us, one CPU instance per "
         f"model, torch threads per model stub: {threads}, the teacher's stub at CPU priority "
         f"{summary.get('teacher_cpu_priority', 'normal')} (student: normal). "
-        f"Gateway: one uvicorn worker, gateway-side batching (coalescing.py), SQLite decision log. Load: "
+        f"Gateway: one uvicorn worker, Triton's {summary.get('triton_protocol', 'grpc')} protocol, gateway-side "
+        f"batching (coalescing.py), SQLite decision log. Load: "
         f"{summary['distinct_ads']} real ads from `{summary['data']}/test.jsonl`, JSON with `image_base64`, "
         f"asyncio + aiohttp on the same machine.", "",
         "| goal | target | achieved | met |", "| --- | --- | --- | --- |",
@@ -644,7 +645,7 @@ def markdown(summary: dict) -> str:
               "Each ad is sent twice, in alternating order: by a socket client that adds microseconds (the overhead "
               "figure) and by aiohttp, the load generator's client (the last row):",
               "", "| client | end to end | GET /healthz (HTTP floor) | in the gateway (server-side total) | "
-              "gateway's Triton call (gRPC) | Triton request | Triton queue | Triton compute | overhead |",
+              "gateway's Triton call | Triton request | Triton queue | Triton compute | overhead |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
               f"| socket | {fmt(o['e2e_p50_ms'])} | {fmt(o['http_floor_p50_ms'])} | {fmt(o['gateway_total_p50_ms'])} | "
               f"{fmt(o['gateway_inference_p50_ms'])} | "
@@ -714,7 +715,9 @@ def run(args: argparse.Namespace) -> dict:
         teacher_n = {c: max(1, int(round(k * args.teacher_scale))) for c, k in n.items()}
 
         def launch(name: str, **settings) -> GatewayProcess:
-            gateways.append(GatewayProcess(name, workdir, triton.url, model_repository=repository, **settings))
+            gateways.append(GatewayProcess(name, workdir, triton.url_for(args.triton_protocol),
+                                           model_repository=repository, triton_protocol=args.triton_protocol,
+                                           **settings))
             return gateways[-1].start()
 
         def point(gateway: GatewayProcess, model: str, shadow: float, label: str, concurrency: int, requests: int,
@@ -826,7 +829,7 @@ def run(args: argparse.Namespace) -> dict:
             "command": args.command, "started_utc": started_utc, "wall_seconds": round(time.monotonic() - started, 1),
             "machine": {**machine(), "load_average_at_start": load_at_start,
                         "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}, "triton_version": version,
-            "teacher_cpu_priority": args.teacher_cpu_priority,
+            "teacher_cpu_priority": args.teacher_cpu_priority, "triton_protocol": args.triton_protocol,
             "serving": {**serving.__dict__, "triton_omp_num_threads": args.triton_threads},
             "student": str(args.student), "teacher": str(args.teacher), "data": str(args.data), "models": models,
             "distinct_ads": len(bodies),
@@ -897,6 +900,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the teacher's model process: idle = SCHED_IDLE (it shadows the student on these CPUs)")
     parser.add_argument("--engine", choices=("torch", "onnxruntime"), default=ServingSettings().engine,
                         help="what runs both models inside Triton: eager PyTorch or ONNX Runtime (model.onnx)")
+    parser.add_argument("--triton-protocol", choices=("http", "grpc"),
+                        default=GatewaySettings.model_fields["triton_protocol"].default,
+                        help="how the gateway talks to Triton (the gateway's triton_protocol setting)")
     parser.add_argument("--triton-threads", type=int, default=None,
                         help="OMP_NUM_THREADS for Triton's model stubs (default: unset, torch's own choice)")
     parser.add_argument("--other-limit", type=float, default=0.15,

@@ -53,13 +53,13 @@ async def measure(url: str, student: Path, data: Path, rounds: int) -> dict:
     from adaudit.data.dataset import load_image, read_split
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
-    from adaudit.service.backends import TritonBackend
+    from adaudit.service.backends import TritonGrpcBackend
 
     model = AuditModel.from_pretrained(student)
     processor = AuditProcessor(model.config, model.tokenizer)
     records = read_split(data, "test")[:64]
     images = [load_image(record.image_path, processor.image_size) for record in records]
-    backend = TritonBackend(url)
+    backend = TritonGrpcBackend(url)
 
     async def infer(name: str, arrays: dict, kinds: dict) -> dict:
         request = []

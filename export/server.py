@@ -145,7 +145,15 @@ class TritonServer:
 
     @property
     def url(self) -> str:
+        """host:port of the HTTP endpoint, what the gateway talks to by default (`grpc_url` for gRPC)."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    def url_for(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.url
 
     def ready(self) -> bool:
         try:

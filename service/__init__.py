@@ -6,7 +6,8 @@
     bodies.py         reading request bodies: size limit, content type, JSON, multipart
     intake.py         checking ads: image decoding with limits, text validation (bad input -> 4xx)
     encoding.py       model inputs via models/preprocessing.AuditProcessor; logits -> labels
-    backends.py       TritonBackend (gRPC, asyncio) and EmbeddedBackend (torch in-process)
+    backends.py       TritonHttpBackend / TritonGrpcBackend (asyncio) and EmbeddedBackend (torch in-process)
+    triton_http.py    keep-alive HTTP/1.1 connections to Triton (the bodies are tritonclient's)
     gateway.py        the audit path: policy, inference, decision log, shadow offer
     policy.py         canary / A-B arm (sticky per ad id) and shadow sampling
     shadow.py         the bounded shadow queue, its workers and the comparison

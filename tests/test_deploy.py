@@ -178,7 +178,8 @@ def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch
         monkeypatch.setenv(name, value)
     settings = GatewaySettings()
     expected = values.get("gateway", {}).get("settings", {})
-    assert settings.backend == "triton" and settings.triton_url == "adaudit-triton:8001"
+    assert settings.backend == "triton" and settings.triton_url == "adaudit-triton:8000"
+    assert settings.triton_protocol == "http"
     assert settings.shadow_fraction == expected.get("shadow_fraction", 0)
     assert settings.canary_fraction == expected.get("canary_fraction", 0)
     assert settings.canary_version == expected.get("canary_version")

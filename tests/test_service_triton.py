@@ -102,9 +102,10 @@ def triton(model_dir, tmp_path_factory):
     server.stop()
 
 
-def gateway(model_dir, tmp_path, backend: str, triton=None, **overrides) -> TestClient:
-    settings = GatewaySettings(backend=backend, model_dir=model_dir, triton_url=triton.url if triton else "x:1",
-                               database_url=f"sqlite:///{tmp_path / backend}.db", max_batch=8,
+def gateway(model_dir, tmp_path, backend: str, triton=None, protocol: str = "http", **overrides) -> TestClient:
+    settings = GatewaySettings(backend=backend, model_dir=model_dir, triton_protocol=protocol,
+                               triton_url=triton.url_for(protocol) if triton else "x:1",
+                               database_url=f"sqlite:///{tmp_path / backend}-{protocol}.db", max_batch=8,
                                **{"request_timeout_s": 10, **overrides})
     return TestClient(create_app(settings))
 
@@ -113,8 +114,10 @@ def labels(answer: dict) -> dict:
     return {"verdict": answer["verdict"], "violation": answer["violation"], **answer["attributes"]}
 
 
-def test_triton_answers_equal_the_embedded_backend(model_dir, tmp_path, triton):
-    with gateway(model_dir, tmp_path, "triton", triton) as remote, gateway(model_dir, tmp_path, "embedded") as local:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_answers_equal_the_embedded_backend(model_dir, tmp_path, triton, protocol):
+    with gateway(model_dir, tmp_path, "triton", triton, protocol) as remote, \
+            gateway(model_dir, tmp_path, "embedded") as local:
         assert remote.get("/readyz").json()["ready"] is True
         for ad in ADS:
             via_triton, in_process = remote.post("/v1/audits", json=ad), local.post("/v1/audits", json=ad)
@@ -211,9 +214,10 @@ def test_a_pruned_vocabulary_student_takes_its_own_tokenizer_from_the_repository
                                                                 abs=1e-4)
 
 
-def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model_dir, tmp_path, triton):
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model_dir, tmp_path, triton, protocol):
     """Triton alive and connected but answering nothing (SIGSTOP): a 503 after request_timeout_s, no hang."""
-    with gateway(model_dir, tmp_path, "triton", triton, request_timeout_s=2) as client:
+    with gateway(model_dir, tmp_path, "triton", triton, protocol, request_timeout_s=2) as client:
         warm_up(client)
         os.kill(triton.process.pid, signal.SIGSTOP)
         try:
@@ -228,9 +232,10 @@ def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model
         assert client.post("/v1/audits", json=ADS[1]).status_code == 200
 
 
-def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_path, triton):
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_path, triton, protocol):
     """Triton killed (SIGKILL: the server and its model processes) and restarted on the same ports."""
-    with gateway(model_dir, tmp_path, "triton", triton) as client:
+    with gateway(model_dir, tmp_path, "triton", triton, protocol) as client:
         assert client.post("/v1/audits", json=ADS[0]).status_code == 200
         triton.kill()  # SIGKILL to the server and its stubs; waits for them and removes their /dev/shm regions
         down = client.post("/v1/audits", json=ADS[0])
@@ -240,7 +245,8 @@ def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_p
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         triton.start()
-        wait_until_ready(client)  # no gateway restart: the gRPC channel reconnects on its own
+        wait_until_ready(client)  # no gateway restart: the HTTP client opens new connections, the gRPC channel
+        # reconnects on its own
         warm_up(client)
         answers = [client.post("/v1/audits", json=ad) for ad in ADS]
         assert [a.status_code for a in answers] == [200] * len(ADS)

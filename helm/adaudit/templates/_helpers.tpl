@@ -50,12 +50,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-secrets" (include "adaudit.fullname" .) -}}
 {{- end -}}
 
-{{/* Triton's gRPC host:port for the gateway. */}}
+{{/* Triton's host:port for the gateway: its HTTP or gRPC port, by triton.protocol. */}}
 {{- define "adaudit.tritonUrl" -}}
 {{- if .Values.triton.enabled -}}
-{{- printf "%s:%v" (include "adaudit.componentName" (dict "root" . "component" "triton")) .Values.triton.ports.grpc -}}
+{{- $port := ternary .Values.triton.ports.grpc .Values.triton.ports.http (eq .Values.triton.protocol "grpc") -}}
+{{- printf "%s:%v" (include "adaudit.componentName" (dict "root" . "component" "triton")) $port -}}
 {{- else -}}
-{{- required "triton.externalUrl is required when triton.enabled is false (host:grpc_port)" .Values.triton.externalUrl -}}
+{{- required "triton.externalUrl is required when triton.enabled is false (host:port of triton.protocol)" .Values.triton.externalUrl -}}
 {{- end -}}
 {{- end -}}
 

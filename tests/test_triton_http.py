@@ -1,0 +1,141 @@
+"""The gateway's HTTP transport to Triton (service/triton_http.py) against real sockets.
+
+A small asyncio HTTP server on a free loopback port stands in for Triton here (its protocol
+work is tritonclient's, checked against the real server in test_service_triton.py); each test
+server misbehaves in one way: it closes idle connections, never answers, or answers garbage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+
+from adaudit.service.triton_http import TritonHttpClient, TritonHttpError
+
+
+class Server:
+    """Answers `POST /echo` with the sha256 of the body and the request path, on keep-alive connections."""
+
+    def __init__(self, mode: str = "normal"):
+        self.mode, self.connections, self.server = mode, 0, None
+
+    async def __aenter__(self) -> "Server":
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.url = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                if self.mode == "silent":
+                    await asyncio.sleep(60)
+                if self.mode == "garbage":
+                    writer.write(b"\x00\x01 this is not HTTP\r\n\r\n")
+                    await writer.drain()
+                    continue
+                answer = f"{lines[0].split()[1]} {hashlib.sha256(body).hexdigest()}".encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Seen: %s\r\n\r\n%s"
+                             % (len(answer), headers.get("x-tag", "").encode(), answer))
+                await writer.drain()
+                if self.mode == "close_after_answer":  # as a server whose keep-alive ran out
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_calls_reuse_one_keep_alive_connection_and_bodies_arrive_intact():
+    async def go():
+        async with Server() as server:
+            client = TritonHttpClient(server.url)
+            big = bytes(range(256)) * 1024  # 256 KiB: written in two parts
+            for body in (b"", b"small", big):
+                answer = await client.request("POST", "/echo", body, {"X-Tag": "t1"})
+                assert answer.status == 200 and answer.headers["x-seen"] == "t1"
+                assert answer.body.decode() == f"/echo {hashlib.sha256(body).hexdigest()}"
+            await client.close()
+            return server.connections
+    assert run(go()) == 1
+
+
+def test_concurrent_calls_get_their_own_connections_and_answers():
+    async def go():
+        async with Server() as server:
+            client = TritonHttpClient(server.url)
+            answers = await asyncio.gather(*(client.request("POST", f"/echo/{i}", str(i).encode()) for i in range(6)))
+            for i, answer in enumerate(answers):
+                assert answer.body.decode() == f"/echo/{i} {hashlib.sha256(str(i).encode()).hexdigest()}"
+            connections = server.connections
+            await client.request("GET", "/echo")  # an idle one is reused: no seventh connection
+            await client.close()
+            return connections, server.connections
+    connections, after = run(go())
+    assert connections == 6 and after == 6
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    async def go():
+        async with Server("close_after_answer") as server:
+            client = TritonHttpClient(server.url)
+            for i in range(3):
+                answer = await client.request("POST", "/echo", b"x")
+                assert answer.status == 200
+                await asyncio.sleep(0.05)  # the server's close reaches the client
+            await client.close()
+            return server.connections
+    assert run(go()) == 3
+
+
+def test_a_server_that_never_answers_is_an_error_after_the_timeout():
+    async def go():
+        async with Server("silent") as server:
+            client = TritonHttpClient(server.url)
+            started = time.monotonic()
+            with pytest.raises(TritonHttpError, match="did not answer within 0.3 s"):
+                await client.request("POST", "/echo", b"x", timeout=0.3)
+            waited = time.monotonic() - started
+            assert client._idle == []  # the half-used connection is dropped, never read by the next call
+            return waited
+    assert run(go()) < 5  # bounded by the timeout, not by the server's 60 s
+
+
+def test_an_answer_that_is_not_http_is_an_error():
+    async def go():
+        async with Server("garbage") as server:
+            client = TritonHttpClient(server.url)
+            with pytest.raises(TritonHttpError, match="not HTTP"):
+                await client.request("GET", "/echo", timeout=5)
+    run(go())
+
+
+def test_nothing_listening_is_an_error_naming_the_address():
+    async def go():
+        async with Server() as server:
+            url = server.url
+        client = TritonHttpClient(url)  # the server is gone: its port refuses
+        with pytest.raises(TritonHttpError, match=f"cannot connect to {url}"):
+            await client.request("GET", "/echo")
+    run(go())
+
+
+@pytest.mark.parametrize("url", ["localhost", "localhost:http", ":8000"])
+def test_an_address_without_a_port_is_refused(url):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        TritonHttpClient(url)
