@@ -28,7 +28,11 @@ was the only execution: d nv_inference_exec_count = 1). Overhead = p50 of the en
 minus p50 of those compute times, over the same requests. The end-to-end time is taken by a
 socket client that costs microseconds (SocketClient); each ad is also sent through aiohttp, in
 alternating order, and that client's figure (about 0.6 ms more: aiohttp's own time) is reported
-beside it. Triton's queue (the dynamic batcher waits up to the queue delay for company) and the
+beside it. The gateway talks to Triton over `--triton-protocol` (http, the gateway's default, or
+grpc); with `--compare-protocols` each overhead ad also goes, by a socket client, to a second
+gateway on the other protocol, so the two are compared request by request in one run (files
+serving-ENGINE-protocols.*: the third process between requests leaves colder caches, so that
+run's absolute figures are above a plain run's). Triton's queue (the dynamic batcher waits up to the queue delay for company) and the
 rest of its request time are outside "compute", so they count as overhead; both are reported
 beside it.
 
@@ -37,7 +41,8 @@ the batch, so for batched points the compute per execution comes from Triton's s
 (/v2/models/<m>/stats, batch_stats), which counts each execution once and also gives the
 executions per batch size. CPU seconds of the load generator, the gateway and Triton (server and
 model stubs) are read from /proc for every point. Results: OUT/serving-ENGINE.{json,md} (`--engine`:
-onnxruntime, the default, or torch), so runs of both engines sit side by side.
+onnxruntime, the default, or torch; OUT/serving-ENGINE-protocols.* with --compare-protocols), so runs
+of both engines sit side by side.
 """
 
 from __future__ import annotations
@@ -281,13 +286,13 @@ def machine_busy() -> float:
 
 
 class CpuClock:
-    """CPU seconds spent by the load generator (this process), the gateway, Triton, and everything else."""
+    """CPU seconds spent by the load generator (this process), the gateway(s), Triton, and everything else."""
 
-    def __init__(self, gateway_pid: int, triton_session: int):
-        self.gateway_pid, self.triton_session = gateway_pid, triton_session
+    def __init__(self, gateway_pid: int, triton_session: int, *more_gateway_pids: int):
+        self.gateway_pids, self.triton_session = (gateway_pid, *more_gateway_pids), triton_session
 
     def read(self) -> dict[str, float]:
-        return {"client": time.process_time(), "gateway": cpu_of(pid=self.gateway_pid),
+        return {"client": time.process_time(), "gateway": sum(cpu_of(pid=pid) for pid in self.gateway_pids),
                 "triton": cpu_of(session=self.triton_session), "machine": machine_busy()}
 
     @staticmethod
@@ -452,13 +457,16 @@ class SocketClient:
         self.socket.close()
 
 
-def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, model: str, bodies: list[bytes],
+def overhead(gateway: GatewayProcess, other: GatewayProcess | None, triton: TritonMetrics, clock: CpuClock, model: str,
+             bodies: list[bytes],
              requests: int, max_seconds: float) -> dict:
     """One request at a time; Triton's counters read between requests give each request's own Triton times.
 
     Each ad is sent twice, by the socket client and by aiohttp, in alternating order: the overhead is
-    the socket client's (the gateway's own), aiohttp's is reported beside it."""
-    clients = ("socket", "aiohttp")
+    the socket client's (the gateway's own), aiohttp's is reported beside it. With `other` (the same
+    gateway on Triton's other protocol) each ad also goes there, by a socket client: the two protocols
+    measured request by request in one run."""
+    clients = ("socket", "aiohttp") + (("other",) if other is not None else ())
     e2e = {name: [] for name in clients}
     compute = {name: [] for name in clients}
     healthz = {name: [] for name in clients}
@@ -478,11 +486,12 @@ def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mo
     async def go():
         nonlocal skipped
         plain = SocketClient(HOST, gateway.port)
+        sockets = {"socket": plain, **({"other": SocketClient(HOST, other.port)} if other is not None else {})}
         async with client_for(gateway, 1) as client:
             async def send(name: str, method: str, path: str, content: bytes = b"") -> tuple[Answer, float]:
                 sent = time.perf_counter()
-                if name == "socket":
-                    answer = plain.request(method, path, content)
+                if name in sockets:
+                    answer = sockets[name].request(method, path, content)
                 elif method == "GET":
                     answer = await client.get(path)
                 else:
@@ -517,7 +526,8 @@ def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mo
                             gateway_total.append(timings["total_ms"])
                             gateway_inference.append(timings["inference_ms"])
                     previous = now
-        plain.close()
+        for socket_client in sockets.values():
+            socket_client.close()
 
     cpu_before, wall = clock.read(), time.perf_counter()
     asyncio.run(go())
@@ -538,6 +548,14 @@ def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mo
         "aiohttp_triton_compute_infer_p50_ms": percentile(compute["aiohttp"], 50),
         "aiohttp_http_floor_p50_ms": percentile(healthz["aiohttp"], 50),
     }
+    if other is not None:
+        result.update({"other_protocol": other.settings["triton_protocol"], "other_protocol_requests": len(e2e["other"]),
+                       "other_protocol_e2e_p50_ms": percentile(e2e["other"], 50),
+                       "other_protocol_triton_compute_infer_p50_ms": percentile(compute["other"], 50),
+                       "other_protocol_http_floor_p50_ms": percentile(healthz["other"], 50)})
+        if e2e["other"]:
+            result["other_protocol_gateway_overhead_ms"] = round(
+                result["other_protocol_e2e_p50_ms"] - result["other_protocol_triton_compute_infer_p50_ms"], 3)
     if e2e["socket"]:
         result["gateway_overhead_ms"] = round(result["e2e_p50_ms"] - result["triton_compute_infer_p50_ms"], 3)
         result["outside_triton_ms"] = round(result["e2e_p50_ms"] - result["triton_request_p50_ms"], 3)
@@ -546,7 +564,8 @@ def overhead(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mo
             result["aiohttp_e2e_p50_ms"] - result["aiohttp_triton_compute_infer_p50_ms"], 3)
     log(f"  {'overhead':<20} c=1   n={len(e2e['socket']):<4} e2e p50 {fmt(result['e2e_p50_ms'])} ms - Triton compute "
         f"p50 {fmt(result['triton_compute_infer_p50_ms'])} ms = {fmt(result.get('gateway_overhead_ms'))} ms "
-        f"(through aiohttp {fmt(result.get('aiohttp_gateway_overhead_ms'))} ms; Triton queue p50 "
+        f"(through aiohttp {fmt(result.get('aiohttp_gateway_overhead_ms'))} ms; the gateway on "
+        f"{result.get('other_protocol', '-')} {fmt(result.get('other_protocol_gateway_overhead_ms'))} ms; Triton queue p50 "
         f"{fmt(result['triton_queue_p50_ms'])} ms, whole Triton request p50 {fmt(result['triton_request_p50_ms'])} ms, "
         f"GET /healthz p50 {fmt(result['http_floor_p50_ms'])} ms; {skipped} skipped, {len(errors)} errors; "
         f"other processes {cpu['other_cores']:.2f} cores)")
@@ -643,7 +662,8 @@ def markdown(summary: dict) -> str:
     o = summary["overhead"]
     lines += ["", f"Gateway overhead, student, batch 1, one request at a time ({o['requests']} requests; p50 of each). "
               "Each ad is sent twice, in alternating order: by a socket client that adds microseconds (the overhead "
-              "figure) and by aiohttp, the load generator's client (the last row):",
+              "figure) and by aiohttp, the load generator's client (row aiohttp); with `--compare-protocols`, also by a socket "
+              "client to the same gateway on Triton's other protocol (the last row):",
               "", "| client | end to end | GET /healthz (HTTP floor) | in the gateway (server-side total) | "
               "gateway's Triton call | Triton request | Triton queue | Triton compute | overhead |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -654,6 +674,11 @@ def markdown(summary: dict) -> str:
     if o.get("aiohttp_e2e_p50_ms") is not None:
         lines += [f"| aiohttp | {fmt(o['aiohttp_e2e_p50_ms'])} | {fmt(o['aiohttp_http_floor_p50_ms'])} | | | | | "
                   f"{fmt(o['aiohttp_triton_compute_infer_p50_ms'])} | {fmt(o.get('aiohttp_gateway_overhead_ms'))} |"]
+    if o.get("other_protocol_e2e_p50_ms") is not None:
+        lines += [f"| socket, the gateway on Triton's {o['other_protocol']} | {fmt(o['other_protocol_e2e_p50_ms'])} | "
+                  f"{fmt(o['other_protocol_http_floor_p50_ms'])} | | | | | "
+                  f"{fmt(o['other_protocol_triton_compute_infer_p50_ms'])} | "
+                  f"{fmt(o.get('other_protocol_gateway_overhead_ms'))} |"]
     s = summary["shadow"]
     pairs = ", ".join(f"{fmt(off)} -> {fmt(on)}" for off, on in s["p99_pairs_ms"])
     lines += ["", f"Shadow 1.0 (teacher; the gateway's shadow_batch {s['batch']}, shadow_busy_fraction "
@@ -741,8 +766,19 @@ def run(args: argparse.Namespace) -> dict:
         gateway = launch("student", primary_model="student", shadow_model="teacher", shadow_fraction=0.0)
         warm(gateway, bodies, 1, args.warmup)
         warm(gateway, bodies, 32, 64)
-        overhead_figures = overhead(gateway, tm, CpuClock(gateway.process.pid, triton.process.pid), "student", bodies,
-                                    args.requests_overhead, args.max_seconds)
+        other = None
+        if args.compare_protocols:  # the same gateway on Triton's other protocol, for the overhead point only
+            protocol = "grpc" if args.triton_protocol == "http" else "http"
+            other = GatewayProcess("student-" + protocol, workdir, triton.url_for(protocol), model_repository=repository,
+                                   triton_protocol=protocol, primary_model="student", shadow_model="teacher",
+                                   shadow_fraction=0.0)
+            gateways.append(other.start())
+            warm(other, bodies, 1, args.warmup)
+        clock = CpuClock(gateway.process.pid, triton.process.pid, *([other.process.pid] if other else []))
+        overhead_figures = overhead(gateway, other, tm, clock, "student", bodies, args.requests_overhead,
+                                    args.max_seconds)
+        if other is not None:
+            other.stop()
         student = {c: point(gateway, "student", 0.0, "student", c, n[c]) for c in CONCURRENCIES}
         # 3. shadow 1.0: every ad mirrored to the teacher. Both gateways stay up and are measured in
         # alternating rounds (off, on, off, on, ...), so a drift of the machine's speed hits both alike;
@@ -903,6 +939,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton-protocol", choices=("http", "grpc"),
                         default=GatewaySettings.model_fields["triton_protocol"].default,
                         help="how the gateway talks to Triton (the gateway's triton_protocol setting)")
+    parser.add_argument("--compare-protocols", action="store_true",
+                        help="the overhead point also through a gateway on Triton's other protocol, alternating")
     parser.add_argument("--triton-threads", type=int, default=None,
                         help="OMP_NUM_THREADS for Triton's model stubs (default: unset, torch's own choice)")
     parser.add_argument("--other-limit", type=float, default=0.15,
@@ -924,7 +962,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"serving-{args.engine}"
+    # a run that also sends every overhead ad to the other protocol's gateway has its own files: the third
+    # process between requests leaves colder caches, so its absolute figures are not the deployed gateway's
+    stem = f"serving-{args.engine}" + ("-protocols" if args.compare_protocols else "")
     atomic_write_text(args.out / f"{stem}.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(args.out / f"{stem}.md", markdown(summary))
     a, m = summary["achieved"], summary["met"]
