@@ -56,7 +56,8 @@ def run_demo(workdir: Path, port: int, log=print) -> None:
     http, grpc, metrics = TRITON_PORTS
     log(f"starting tritonserver on ports {http} (HTTP), {grpc} (gRPC), {metrics} (metrics)")
     with TritonServer(repository, http, grpc, metrics, log_file=workdir / "triton.log"):
-        settings = GatewaySettings(backend="triton", triton_url=f"127.0.0.1:{http}", model_repository=repository,
+        settings = GatewaySettings(backend="triton", triton_protocol="http", triton_url=f"127.0.0.1:{http}",
+                                   model_repository=repository,
                                    shadow_fraction=0.25,
                                    database_url=f"sqlite:///{(workdir / 'decisions.db').resolve()}")
         log(f"gateway on http://127.0.0.1:{port} (docs at /docs, metrics at /metrics). Audit a sample ad:\n\n"
