@@ -51,6 +51,10 @@ class Server:
                 await writer.drain()
                 if self.mode == "close_after_answer":  # as a server whose keep-alive ran out
                     break
+                if self.mode == "unprompted":  # a stray partial answer on the now idle connection
+                    await asyncio.sleep(0.02)
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Le")
+                    await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -114,6 +118,50 @@ def test_a_server_that_never_answers_is_an_error_after_the_timeout():
             assert client._idle == []  # the half-used connection is dropped, never read by the next call
             return waited
     assert run(go()) < 5  # bounded by the timeout, not by the server's 60 s
+
+
+def test_bytes_arriving_on_an_idle_connection_are_never_taken_for_the_next_answer():
+    async def go():
+        async with Server("unprompted") as server:
+            client = TritonHttpClient(server.url)
+            assert (await client.request("POST", "/echo/1", b"a")).status == 200
+            await asyncio.sleep(0.1)  # the stray bytes arrive while the connection idles
+            answer = await client.request("POST", "/echo/2", b"b")
+            await client.close()
+            return answer, server.connections
+    answer, connections = run(go())
+    assert answer.status == 200 and answer.body.decode().startswith("/echo/2 ")
+    assert connections == 2  # the connection that received them was closed, not reused
+
+
+def test_the_timeout_covers_connecting():
+    """A listener whose accept queue is full leaves new connection attempts unanswered (as a dead node
+    does): the call still ends within its timeout."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the queue; further SYNs are dropped by the kernel
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+
+        async def go():
+            client = TritonHttpClient(f"127.0.0.1:{port}")
+            started = time.monotonic()
+            with pytest.raises(TritonHttpError, match="within"):
+                await client.request("GET", "/echo", timeout=0.5)
+            return time.monotonic() - started
+        assert run(go()) < 3
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 def test_an_answer_that_is_not_http_is_an_error():
