@@ -739,10 +739,9 @@ def run(args: argparse.Namespace) -> dict:
         n = {1: args.requests_c1, 8: args.requests_c8, 32: args.requests_c32}
         teacher_n = {c: max(1, int(round(k * args.teacher_scale))) for c, k in n.items()}
 
-        def launch(name: str, **settings) -> GatewayProcess:
-            gateways.append(GatewayProcess(name, workdir, triton.url_for(args.triton_protocol),
-                                           model_repository=repository, triton_protocol=args.triton_protocol,
-                                           **settings))
+        def launch(name: str, protocol: str = args.triton_protocol, **settings) -> GatewayProcess:
+            gateways.append(GatewayProcess(name, workdir, triton.url_for(protocol), model_repository=repository,
+                                           triton_protocol=protocol, **settings))
             return gateways[-1].start()
 
         def point(gateway: GatewayProcess, model: str, shadow: float, label: str, concurrency: int, requests: int,
@@ -769,10 +768,8 @@ def run(args: argparse.Namespace) -> dict:
         other = None
         if args.compare_protocols:  # the same gateway on Triton's other protocol, for the overhead point only
             protocol = "grpc" if args.triton_protocol == "http" else "http"
-            other = GatewayProcess("student-" + protocol, workdir, triton.url_for(protocol), model_repository=repository,
-                                   triton_protocol=protocol, primary_model="student", shadow_model="teacher",
-                                   shadow_fraction=0.0)
-            gateways.append(other.start())
+            other = launch("student-" + protocol, protocol, primary_model="student", shadow_model="teacher",
+                           shadow_fraction=0.0)
             warm(other, bodies, 1, args.warmup)
         clock = CpuClock(gateway.process.pid, triton.process.pid, *([other.process.pid] if other else []))
         overhead_figures = overhead(gateway, other, tm, clock, "student", bodies, args.requests_overhead,

@@ -89,8 +89,10 @@ class _Connection(asyncio.Protocol):
     def send(self, request: bytes, body: bytes) -> asyncio.Future:
         self.headers, self.body, self.reusable = {}, [], False
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request + body if len(body) < 65536 else request)
-        if len(body) >= 65536:
+        if len(body) < 65536:  # one write; a large body is not copied into the head's buffer
+            self.transport.write(request + body)
+        else:
+            self.transport.write(request)
             self.transport.write(body)
         return self.waiter
 
