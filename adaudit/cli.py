@@ -23,6 +23,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def settings_problems(error) -> str:
+    """A pydantic ValidationError as one line: each problem with the setting it concerns."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
 def readable_errors(command):
     """Turn the project's own input errors into one line on stderr and exit code 1."""
     @functools.wraps(command)
@@ -151,7 +161,11 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
     for name, folder in (("student", student), ("teacher", teacher)):
         if folder is not None:
             chosen = teacher_settings if name == "teacher" else settings
-            written = export_model(folder, out, name, version, chosen)
+            try:
+                written = export_model(folder, out, name, version, chosen)
+            except ValueError as error:  # a version beside others it cannot share a config.pbtxt with
+                log(f"error: {error}")
+                raise typer.Exit(1) from None
             log(f"{name} version {version} written to {written}")
 
 
@@ -159,30 +173,39 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
 def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
            http_port: Annotated[int, typer.Option()] = 8000,
            grpc_port: Annotated[int, typer.Option()] = 8001,
-           metrics_port: Annotated[int, typer.Option()] = 8002):
-    """Run the tritonserver bundled in nvidia-pytriton (CPU) in the foreground until Ctrl-C or SIGTERM."""
+           metrics_port: Annotated[int, typer.Option()] = 8002,
+           quiet: Annotated[bool, typer.Option(help="drop tritonserver's own log instead of printing it")] = False):
+    """Run the tritonserver bundled in nvidia-pytriton (CPU) in the foreground until Ctrl-C or SIGTERM.
+
+    Exits 0 when stopped, 1 when the server fails to start or exits by itself."""
     import signal
-    import threading
+    import time
 
     from adaudit.export.server import TritonError, TritonServer
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server = TritonServer(repo, http_port, grpc_port, metrics_port)
+    # SIGTERM acts as Ctrl-C, also while the server is still loading its models
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, show_output=not quiet)
     try:
         server.start()
     except TritonError as error:
         log(f"error: {error}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        log("tritonserver stopped before it was ready")
+        raise typer.Exit(0) from None
     log(f"tritonserver ready: HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}; Ctrl-C stops it")
     try:
-        while not stop.is_set() and server.process.poll() is None:
-            stop.wait(0.5)
+        while server.process.poll() is None:
+            time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
-    finally:
         server.stop()
-    log("tritonserver stopped")
+        log("tritonserver stopped")
+        return
+    code = server.process.returncode
+    server.stop()  # its shared memory and backend folder
+    log(f"error: tritonserver exited by itself with code {code}")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -208,8 +231,11 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
                  if v is not None}
     try:
         settings = GatewaySettings(**overrides)
-    except (ValidationError, ValueError) as error:
-        log(f"error: invalid settings: {str(error).splitlines()[-1 if isinstance(error, ValidationError) else 0]}")
+    except ValidationError as error:
+        log(f"error: invalid settings: {settings_problems(error)}")
+        raise typer.Exit(1) from None
+    except ValueError as error:
+        log(f"error: invalid settings: {str(error).splitlines()[0]}")
         raise typer.Exit(1) from None
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 

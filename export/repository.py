@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaudit.files import atomic_folder
+from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
@@ -132,15 +133,34 @@ def verify_checksums(version_folder: Path) -> None:
         raise ValueError(f"{version_folder}: files changed since export: {', '.join(changed)}")
 
 
-def refuse_versions_with_other_inputs(model_root: Path, version: int) -> None:
-    """One config.pbtxt declares the inputs of every version of a model: a version exported before the
-    picture travelled as uint8 (its model.py reads pixel_values) cannot be served beside a new one."""
+def refuse_incompatible_versions(model_root: Path, version: int, model: AuditModel) -> None:
+    """One config.pbtxt declares the inputs and outputs of every version of a model, so a new version
+    must take the same inputs (the uint8 picture, the same picture size and copy length) and give the
+    same outputs (tasks and classes) as the versions it is served beside."""
+    config = model.config
     for other in sorted(model_root.glob("[0-9]*")):
+        if other.name == str(version) or not (other / "model" / "config.json").is_file():
+            continue
         script = other / "model.py"
-        if other.name != str(version) and script.is_file() and SERVED_INPUT_MARK not in script.read_text():
+        if script.is_file() and SERVED_INPUT_MARK not in script.read_text():
             raise ValueError(f"{other} was exported by an older adaudit (its model takes pixel_values, not "
                              f"image_bytes): export it again with --version {other.name}, or remove it, "
                              f"before adding version {version}")
+        served = AuditModelConfig.load(other / "model")
+        for what, theirs, ours in (("image size", served.image_size, config.image_size),
+                                   ("copy length", served.max_text_length, config.max_text_length),
+                                   ("tasks", served.tasks, config.tasks)):
+            if theirs != ours:
+                raise ValueError(f"version {version} has {what} {ours} but version {other.name} beside it has "
+                                 f"{theirs}; one config.pbtxt serves both: export it as another model name, "
+                                 f"or remove {other}")
+
+
+def repository_tokenizer(model_root: Path) -> str:
+    """The `tokenizer` parameter for every version in `model_root`: the generated vocabulary only when no
+    version brings its own tokenizer (the gateway then reads each version's from the repository)."""
+    kinds = {tokenizer_kind(folder) for folder in model_root.glob("[0-9]*/model")}
+    return next((kind for kind in sorted(kinds) if kind != GENERATED_TOKENIZER), GENERATED_TOKENIZER)
 
 
 def export_model(model_folder: Path, repository: Path, name: str, version: int,
@@ -148,7 +168,7 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
     """Add `version` of model `name` to the repository (atomically); returns the version folder."""
     model = AuditModel.from_pretrained(model_folder)  # refuses a broken folder before anything is written
     model_root = Path(repository) / name
-    refuse_versions_with_other_inputs(model_root, version)
+    refuse_incompatible_versions(model_root, version, model)
     model_root.mkdir(parents=True, exist_ok=True)
     version_folder = model_root / str(version)
     with atomic_folder(version_folder) as staging:
@@ -160,5 +180,5 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
 
             export_onnx(model, example_inputs(model.config), staging / ONNX_FILE)  # checks its logits
         (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
-    (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings, tokenizer_kind(model_folder)))
+    (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings, repository_tokenizer(model_root)))
     return version_folder

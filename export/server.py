@@ -32,7 +32,7 @@ class TritonError(RuntimeError):
 def pytriton_folder() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise TritonError("nvidia-pytriton is not installed: pip install 'adaudit[serving]'")
+        raise TritonError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0 (a dependency of adaudit)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -111,11 +111,13 @@ class TritonServer:
     """A tritonserver process: `with TritonServer(repo, ...) as server:` starts it and waits until ready."""
 
     def __init__(self, repository: Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 log_file: Path | None = None, ready_timeout: float = 120.0, host: str = "127.0.0.1"):
+                 log_file: Path | None = None, ready_timeout: float = 120.0, host: str = "127.0.0.1",
+                 show_output: bool = False):
         self.repository = Path(repository).resolve()
         self.host = host  # the address all three endpoints listen on (tritonserver's default is 0.0.0.0)
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.log_file = log_file
+        self.show_output = show_output  # the server's own log to this process's stdout (`adaudit triton`)
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen | None = None
         self._backends: Path | None = None
@@ -133,14 +135,20 @@ class TritonServer:
         if not self.repository.is_dir():
             raise TritonError(f"model repository {self.repository} does not exist")
         self._backends = backend_directory(Path(tempfile.mkdtemp(prefix="adaudit-triton-backends-")))
-        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        output = open(self.log_file, "ab") if self.log_file else None if self.show_output else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             if self.log_file:
                 output.close()  # the server holds its own copy of the descriptor
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            # Ctrl-C (or a SIGTERM turned into KeyboardInterrupt) while it loads: the server runs in its own
+            # session, so the signal never reached it; stop it here, or it outlives its launcher
+            self.stop()
+            raise
         return self
 
     @property
@@ -200,6 +208,17 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)  # the server and its stubs (its own session)
                 self.process.wait()
+        elif self.process is not None and session_alive(self.process.pid):
+            # the server died by itself (a crash, a kill) but its model stubs outlived it: end them too
+            session = self.process.pid
+            regions = shared_memory_of(session)
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 10
+            while session_alive(session) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self._backends is not None:
             shutil.rmtree(self._backends, ignore_errors=True)
             self._backends = None

@@ -43,9 +43,10 @@ class TritonPythonModel:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         self.dtype = getattr(torch, precision) if gpu else torch.float32
         self.tasks = list(AuditModelConfig.load(version_folder / "model").tasks)
-        if parameters.get("engine", {}).get("string_value") == "onnxruntime" and not gpu:
+        onnx_graph = version_folder / "model.onnx"  # absent in a version exported for GPU instances
+        if parameters.get("engine", {}).get("string_value") == "onnxruntime" and not gpu and onnx_graph.is_file():
             # the same weights, exported (and checked) next to the folder at export time
-            self.model = OnnxRuntimeAuditModel(version_folder / "model.onnx", threads or None)
+            self.model = OnnxRuntimeAuditModel(onnx_graph, threads or None)
         else:
             self.model = AuditModel.from_pretrained(version_folder / "model").to(self.device, self.dtype).eval()
 

@@ -22,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .errors import ApiError, bad_request, too_large, unprocessable, validation_message
 from .intake import RawAd
-from .schemas import AuditRequest, BatchRequest
+from .schemas import AuditRequest, BatchRequest, storable_problem
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -166,4 +166,7 @@ def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
             raise bad_request("invalid_request", "ad_id is not valid UTF-8") from None
         if ad_id is not None and len(ad_id) > 128:
             raise unprocessable("invalid_request", "ad_id is longer than 128 characters")
+        if ad_id is not None and storable_problem(ad_id):
+            raise unprocessable("invalid_request", f"ad_id {storable_problem(ad_id)}: control characters are "
+                                "not allowed")
     return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id)

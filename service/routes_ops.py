@@ -4,10 +4,13 @@ primary model ready: 200, else 503; canary and shadow readiness are reported, no
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .backends import BackendError
 from .dependencies import get_gateway
 from .gateway import Gateway
 from .schemas import Readiness
@@ -23,20 +26,39 @@ async def healthz():
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, summary="Readiness")
 async def readyz(gateway: Gateway = Depends(get_gateway)):
     policy = gateway.policy
-    targets = [t for t in (policy.primary, policy.canary, policy.shadow) if t is not None]
-    models = {}
-    for target in targets:
-        models[target.model] = models.get(target.model, True) and await gateway.backend.ready(target.model,
-                                                                                              target.version)
-        gateway.metrics.backend_ready.labels(target.model).set(1 if models[target.model] else 0)
-    ready = models[policy.primary.model]
+    targets = {}
+    for target in (policy.primary, policy.canary, policy.shadow):
+        if target is not None:
+            targets.setdefault((target.model, target.version), target)
+    # each model checked at once (each check waits at most about a second on a hung backend)
+    checks = await asyncio.gather(*(servable(gateway, target) for target in targets.values()))
+    models, problems = {}, {}
+    for target, problem in zip(targets.values(), checks):
+        models[target.model] = models.get(target.model, True) and problem is None
+        if problem is not None:
+            problems.setdefault(target.model, problem)
+    for model, ready in models.items():
+        gateway.metrics.backend_ready.labels(model).set(1 if ready else 0)
+    primary = policy.primary.model
+    ready = models[primary]
     where = gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir
-    message = (f"primary model {policy.primary.model} is ready on {gateway.backend.name} ({where})" if ready else
-               f"primary model {policy.primary.model} is not ready: {gateway.backend.name} at {where} is "
-               "unreachable or has not loaded it")
-    body = Readiness(ready=ready, backend=gateway.backend.name, primary_model=policy.primary.model,
-                     models=models, message=message)
+    message = (f"primary model {primary} is ready on {gateway.backend.name} ({where})" if ready else
+               f"primary model {primary} is not ready: {problems[primary]}")
+    body = Readiness(ready=ready, backend=gateway.backend.name, primary_model=primary, models=models, message=message)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+async def servable(gateway: Gateway, target) -> str | None:
+    """Why the gateway cannot audit ads on `target` now, or None: the backend has the model loaded, and
+    the gateway can prepare its inputs (its spec: inputs, label space, tokenizer)."""
+    if not await gateway.backend.ready(target.model, target.version):
+        where = gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir
+        return f"{gateway.backend.name} at {where} is unreachable or has not loaded it"
+    try:
+        await gateway.spec(target.model, target.version)
+    except BackendError as error:
+        return error.message
+    return None
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -7,13 +7,33 @@ than a silently missing image.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+# What an id or a name stored in the decision log may not hold: control characters (PostgreSQL refuses
+# NUL in text; the others break logs and CSV exports) and lone surrogates (not encodable as UTF-8)
+UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def storable_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as an id or name, or None."""
+    found = UNSTORABLE.search(value)
+    return None if found is None else f"holds the character U+{ord(found.group()):04X} at position {found.start()}"
+
+
+def _storable(value: str) -> str:
+    problem = storable_problem(value)
+    if problem:
+        raise ValueError(f"{problem}: control characters and lone surrogates are not allowed")
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
 AD_ID = Field(None, min_length=1, max_length=128, description="The platform's ad id; canary assignment is "
-              "sticky per ad id when given", examples=["ad-20261123-0042"])
+              "sticky per ad id when given (no control characters)", examples=["ad-20261123-0042"])
 
 
 class AuditRequest(BaseModel):
@@ -21,7 +41,7 @@ class AuditRequest(BaseModel):
     image_base64: str = Field(description="The ad image (PNG, JPEG, WebP, GIF or BMP), base64; a data: URL "
                               "prefix is accepted")
     text: str = Field(description="The ad copy (UTF-8)", examples=["限时特价，全网最低价！"])
-    ad_id: str | None = AD_ID
+    ad_id: StorableText | None = AD_ID
 
 
 class BatchRequest(BaseModel):
@@ -62,7 +82,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str] = Field(min_length=1, description="task -> the reviewer's label",
                                    examples=[{"verdict": "reject", "violation": "medical_claim"}])
-    reviewer: str | None = Field(None, max_length=128)
+    reviewer: StorableText | None = Field(None, max_length=128)
 
 
 class FeedbackResponse(BaseModel):

@@ -44,3 +44,17 @@ def student(teacher, dataset, tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def tiny_recipe():
     return load_recipe(TINY_RECIPE)
+
+
+def student_variant(student_folder, folder, **changes):
+    """The student's architecture with some config fields changed, fresh weights, its own tokenizer."""
+    import dataclasses
+
+    from adaudit.models.configuration import AuditModelConfig
+    from adaudit.models.modeling import AuditModel
+
+    model = AuditModel.from_pretrained(student_folder)
+    changed = AuditModel(dataclasses.replace(AuditModelConfig.load(student_folder), **changes).validate())
+    changed.tokenizer = model.tokenizer
+    changed.save_pretrained(folder)
+    return folder

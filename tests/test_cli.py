@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import student_variant
+
 ADAUDIT = [sys.executable, "-m", "adaudit.cli"]
 
 
@@ -74,3 +76,26 @@ def test_recipe_asking_for_more_blocks_than_exist(teacher, dataset, tmp_path):
     result = run("compress", "--teacher", teacher, "--data", dataset, "--out", tmp_path / "s", "--recipe", recipe)
     assert_one_error_line(result, "keeps 12 vision blocks")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (["--backend", "kubernetes"], "backend: Input should be 'triton' or 'embedded'"),
+    (["--backend", "embedded"], "needs model_dir"),
+    (["--triton-url", "no-port-here"], "must be host:port"),
+])
+def test_serve_with_bad_settings_names_the_setting(arguments, fragment, tmp_path):
+    result = run("serve", *arguments, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path)
+    assert_one_error_line(result, fragment)
+
+
+def test_export_beside_a_version_of_another_shape_is_one_error_line(student, tmp_path):
+    """A second version that one config.pbtxt cannot declare beside the first: one line, nothing written."""
+    from adaudit.models.configuration import AuditModelConfig
+
+    folder, _ = student
+    assert run("export", "--student", folder, "--out", tmp_path / "repo", "--engine", "torch").returncode == 0
+    other = student_variant(folder, tmp_path / "other",
+                            max_text_length=AuditModelConfig.load(folder).max_text_length + 16)
+    result = run("export", "--student", other, "--out", tmp_path / "repo", "--version", "2", "--engine", "torch")
+    assert_one_error_line(result, "copy length")
+    assert not (tmp_path / "repo" / "student" / "2").exists()

@@ -7,6 +7,8 @@ import pytest
 from adaudit.export.repository import ServingSettings, export_model, verify_checksums
 from adaudit.models.modeling import ModelFolderError
 
+from conftest import student_variant
+
 
 def test_repository_layout_and_config(student, tmp_path):
     folder, _ = student
@@ -215,3 +217,34 @@ def test_fuse_attention_keeps_the_scale_and_leaves_what_it_cannot_fuse():
     np.testing.assert_allclose(run(model), expected, atol=1e-5)
     assert fuse_attention(_attention_graph(scale=0.3, softmax_axis=2)) == 0
     assert fuse_attention(_attention_graph(scale=0.3, key_heads=1)) == 0
+
+
+def test_a_version_of_other_input_shapes_is_not_served_beside_the_old(student, tmp_path):
+    """One config.pbtxt declares the picture size of every version: a new version that takes another size
+    is refused (nothing written) and the old version's config stays as it was."""
+    folder, _ = student
+    repo = tmp_path / "repo"
+    export_model(folder, repo, "student", 1, ServingSettings())
+    config_before = (repo / "student" / "config.pbtxt").read_text()
+    bigger = student_variant(folder, tmp_path / "bigger", image_size=64)
+    with pytest.raises(ValueError, match="image size 64 but version 1 beside it has 32"):
+        export_model(bigger, repo, "student", 2, ServingSettings())
+    assert not (repo / "student" / "2").exists()
+    assert (repo / "student" / "config.pbtxt").read_text() == config_before
+    export_model(bigger, repo, "student_large", 1, ServingSettings())  # under another name it is fine
+
+
+def test_the_tokenizer_parameter_covers_every_served_version(student, teacher, tmp_path):
+    """A version with its own tokenizer (the pruned-vocabulary student) beside one with the generated
+    vocabulary (the teacher, same inputs): config.pbtxt, one for both, must say the model brings its own,
+    so the gateway reads each version's tokenizer from the repository, in either export order."""
+    from adaudit.models.tokenizer import GENERATED_TOKENIZER, tokenizer_kind
+
+    folder, _ = student
+    own = tokenizer_kind(folder)
+    assert own != GENERATED_TOKENIZER and tokenizer_kind(teacher) == GENERATED_TOKENIZER
+    for order in ((folder, teacher), (teacher, folder)):
+        repo = tmp_path / f"repo-{len(list(tmp_path.iterdir()))}"
+        for version, model_folder in enumerate(order, start=1):
+            export_model(model_folder, repo, "student", version, ServingSettings(engine="torch"))
+        assert f'string_value: "{own}"' in (repo / "student" / "config.pbtxt").read_text()

@@ -375,6 +375,15 @@ BAD_AUDITS = {
     "unknown field": (lambda: {"json": {"image_base64": b64(png()), "text": COPY, "colour": 1}}, 422,
                       "invalid_request"),
     "form without text": (lambda: {"files": {"image": ("a.png", png(), "image/png")}}, 422, "invalid_request"),
+    # just over max_image_bytes, so the body (sized for the limit's base64) still fits
+    "base64 image over the limit": (lambda: {"json": {"image_base64": b64(png().ljust(100_200, b"\0")), "text": COPY}},
+                                    413, "image_too_large"),
+    # PostgreSQL refuses NUL in text: it must be a 422 here, not a failed decision-log commit (503)
+    "ad_id with a NUL": (lambda: {"json": {"image_base64": b64(png()), "text": COPY, "ad_id": "ad\u00001"}}, 422,
+                         "invalid_request"),
+    "form ad_id with a control character": (lambda: {"files": {"image": ("a.png", png(), "image/png")},
+                                                      "data": {"text": COPY, "ad_id": "ad\x1b[31m"}}, 422,
+                                            "invalid_request"),
 }
 
 
@@ -407,6 +416,9 @@ def test_bad_batches_and_feedback_are_4xx_json_errors(client):
     assert (task.status_code, task.json()["kind"]) == (422, "unknown_label")
     nothing = client.post(f"/v1/audits/{request_id}/feedback", json={"labels": {}})
     assert nothing.status_code == 422
+    nul = client.post(f"/v1/audits/{request_id}/feedback", json={"labels": {"verdict": "reject"}, "reviewer": "a\u0000b"})
+    assert (nul.status_code, nul.json()["kind"]) == (422, "invalid_request") and "U+0000" in nul.json()["error"]
+    assert client.get(f"/v1/audits/{request_id}").json()["feedback"] is None  # nothing stored
     assert client.get("/v1/audits/nope").status_code == 404
     assert client.get("/v1/nowhere").json()["kind"] == "not_found"
     assert client.get("/v1/audits:batch").status_code == 405

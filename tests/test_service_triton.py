@@ -29,7 +29,7 @@ from PIL import Image
 
 from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
 from adaudit.export.repository import ServingSettings, export_model
-from adaudit.export.server import TritonError, TritonServer, pytriton_folder
+from adaudit.export.server import TritonError, TritonServer, pytriton_folder, session_alive
 from adaudit.models.configuration import preset
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
@@ -200,10 +200,14 @@ def test_a_pruned_vocabulary_student_takes_its_own_tokenizer_from_the_repository
     with gateway(model_dir, tmp_path, "triton", triton, primary_model="pruned", shadow_model=None) as blind:
         refused = blind.post("/v1/audits", json=ADS[0])
         assert refused.status_code == 503 and "model_repository" in refused.json()["error"], refused.text
+        # and it says so before any ad arrives: not ready, naming the setting (Triton itself has the model loaded)
+        ready = blind.get("/readyz")
+        assert ready.status_code == 503 and "model_repository" in ready.json()["message"], ready.text
     with gateway(model_dir, tmp_path, "triton", triton, primary_model="pruned", shadow_model=None,
                  model_repository=triton.repository) as remote, \
             gateway(model_dir, tmp_path, "embedded", primary_model="pruned", shadow_model=None) as local, \
             gateway(model_dir, tmp_path, "embedded", shadow_model=None) as unpruned:
+        assert remote.get("/readyz").status_code == 200
         for ad in ADS:
             via_triton = remote.post("/v1/audits", json=ad)
             assert via_triton.status_code == 200, via_triton.text
@@ -250,3 +254,69 @@ def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_p
         warm_up(client)
         answers = [client.post("/v1/audits", json=ad) for ad in ADS]
         assert [a.status_code for a in answers] == [200] * len(ADS)
+
+
+# --- `adaudit triton`: the command line in the foreground --------------------------------------------
+def _servers_of(repository: Path) -> list[int]:
+    """pids of tritonserver processes serving `repository` (from /proc: the launcher does not know them)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if command and command[0].endswith(b"tritonserver") and f"--model-repository={repository}".encode() in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _launch_cli(repository: Path):
+    import subprocess
+    import sys
+
+    http, grpc, metrics = free_ports(3)
+    return subprocess.Popen([sys.executable, "-m", "adaudit.cli", "triton", "--repo", str(repository),
+                             "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_the_triton_command_stops_its_server_on_ctrl_c_sigterm_and_a_crash(triton, tmp_path):
+    """Ctrl-C while the models still load, SIGTERM once ready: exit 0 and no tritonserver left behind.
+    The server dying by itself: exit 1 with one error line."""
+    import shutil
+
+    repository = tmp_path / "repo"
+    shutil.copytree(triton.repository, repository, symlinks=True)
+    repository = repository.resolve()
+
+    early = _launch_cli(repository)  # Ctrl-C as soon as the server process exists, before it is ready
+    servers = _wait_for(lambda: _servers_of(repository), 60, "tritonserver to start")
+    early.send_signal(signal.SIGINT)
+    _, stderr = early.communicate(timeout=60)
+    assert early.returncode == 0 and "stopped before it was ready" in stderr, stderr
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers), 30, "the server to end")
+
+    for stop, code, said in ((lambda pid: os.kill(pid, signal.SIGKILL), 1, "exited by itself"),
+                             (None, 0, "tritonserver stopped")):
+        cli = _launch_cli(repository)
+        assert "tritonserver ready" in cli.stderr.readline()  # blocks until ready (or fails)
+        (pid,) = _servers_of(repository)
+        if stop is None:
+            cli.send_signal(signal.SIGTERM)
+        else:
+            stop(pid)
+        _, stderr = cli.communicate(timeout=60)
+        assert cli.returncode == code and said in stderr, stderr
+        # the server and its model stubs (its own session) are gone, whichever way it ended
+        _wait_for(lambda: not session_alive(pid), 30, "the server and its stubs to end")
+        assert _servers_of(repository) == []
