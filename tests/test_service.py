@@ -322,6 +322,20 @@ def test_shadow_batches_queued_ads_and_keeps_to_its_busy_fraction():
         ShadowMirror(None, None, None, metrics, queue_size=1, workers=1, busy_fraction=0)
 
 
+def test_a_failing_canary_falls_back_to_the_primary(model_dir, tmp_path):
+    """The canary's model is missing (a rollout gone wrong): the primary answers every ad, each fallback is
+    counted, and the decision log records the arm that really answered."""
+    with TestClient(create_app(settings(model_dir, tmp_path, canary_model="nowhere", canary_fraction=1.0))) as client:
+        bodies = [audit_json(client, ad_id=f"ad-{i}") for i in range(3)]
+        assert [b.status_code for b in bodies] == [200] * 3, bodies[0].text
+        assert {(b.json()["model"], b.json()["arm"]) for b in bodies} == {("student", "primary")}
+        assert metric(client, "adaudit_errors_total", kind="canary_failed") == 3
+        logged = client.get(f"/v1/audits/{bodies[0].json()['request_id']}").json()
+        assert (logged["model"], logged["arm"]) == ("student", "primary")
+        ready = client.get("/readyz").json()
+        assert ready["ready"] is True and ready["models"] == {"student": True, "nowhere": False}
+
+
 def test_canary_is_sticky_per_ad_id(model_dir, tmp_path):
     with TestClient(create_app(settings(model_dir, tmp_path, canary_model="teacher", canary_fraction=0.5))) as client:
         arms = {}
