@@ -23,16 +23,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def settings_problems(error) -> str:
-    """A pydantic ValidationError as one line: each problem with the setting it concerns."""
-    problems = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"])
-        message = problem["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}" if where else message)
-    return "; ".join(problems)
-
-
 def readable_errors(command):
     """Turn the project's own input errors into one line on stderr and exit code 1."""
     @functools.wraps(command)
@@ -223,6 +213,7 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
     from pydantic import ValidationError
 
     from adaudit.service.app import create_app
+    from adaudit.service.errors import validation_message
     from adaudit.service.settings import GatewaySettings
 
     overrides = {k: v for k, v in {"backend": backend, "triton_url": triton_url, "triton_protocol": triton_protocol,
@@ -232,7 +223,7 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
     try:
         settings = GatewaySettings(**overrides)
     except ValidationError as error:
-        log(f"error: invalid settings: {settings_problems(error)}")
+        log(f"error: invalid settings: {validation_message(error, whole='')}")
         raise typer.Exit(1) from None
     except ValueError as error:
         log(f"error: invalid settings: {str(error).splitlines()[0]}")

@@ -44,13 +44,16 @@ def error_response(status: int, kind: str, message: str, request: Request | None
     return JSONResponse({"error": message, "kind": kind}, status_code=status, headers=headers)
 
 
-def validation_message(error: RequestValidationError | Exception) -> str:
-    """`field.path: problem; ...` from a pydantic / FastAPI validation error."""
+def validation_message(error: RequestValidationError | Exception, whole: str = "body") -> str:
+    """`field.path: problem; ...` from a pydantic / FastAPI validation error; `whole` names a problem of
+    the whole object (a model validator's), "" for none (the settings on the command line)."""
     errors = error.errors() if hasattr(error, "errors") else []
     parts = []
     for item in errors[:5]:
         location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        parts.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
+        message = item.get("msg", "invalid").removeprefix("Value error, ")  # pydantic's prefix for a validator's own
+        where = location or whole
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or str(error)
 
 
