@@ -98,6 +98,17 @@ def session_alive(session: int) -> bool:
     return False
 
 
+def end_session(session: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of `session` (a server and its model stubs) and wait until none is alive."""
+    try:
+        os.killpg(session, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while session_alive(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def clean_shared_memory(regions: set[str] | None = None) -> None:
     """Remove the given regions; None: every python-backend region (only when no other server runs)."""
     for region in glob.glob(SHM_PREFIX + "*") if regions is None else regions:
@@ -190,11 +201,8 @@ class TritonServer:
             return
         session = self.process.pid
         regions = shared_memory_of(session)
-        os.killpg(session, signal.SIGKILL)
+        end_session(session, timeout)
         self.process.wait()
-        deadline = time.monotonic() + timeout
-        while session_alive(session) and time.monotonic() < deadline:
-            time.sleep(0.05)
         self.stop()
         clean_shared_memory(regions)
 
@@ -210,15 +218,8 @@ class TritonServer:
                 self.process.wait()
         elif self.process is not None and session_alive(self.process.pid):
             # the server died by itself (a crash, a kill) but its model stubs outlived it: end them too
-            session = self.process.pid
-            regions = shared_memory_of(session)
-            try:
-                os.killpg(session, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + 10
-            while session_alive(session) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            regions = shared_memory_of(self.process.pid)
+            end_session(self.process.pid)
         if self._backends is not None:
             shutil.rmtree(self._backends, ignore_errors=True)
             self._backends = None

@@ -166,7 +166,7 @@ def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
             raise bad_request("invalid_request", "ad_id is not valid UTF-8") from None
         if ad_id is not None and len(ad_id) > 128:
             raise unprocessable("invalid_request", "ad_id is longer than 128 characters")
-        if ad_id is not None and storable_problem(ad_id):
-            raise unprocessable("invalid_request", f"ad_id {storable_problem(ad_id)}: control characters are "
-                                "not allowed")
+        problem = storable_problem(ad_id) if ad_id is not None else None
+        if problem:
+            raise unprocessable("invalid_request", f"ad_id {problem}")
     return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id)

@@ -41,19 +41,22 @@ async def readyz(gateway: Gateway = Depends(get_gateway)):
         gateway.metrics.backend_ready.labels(model).set(1 if ready else 0)
     primary = policy.primary.model
     ready = models[primary]
-    where = gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir
-    message = (f"primary model {primary} is ready on {gateway.backend.name} ({where})" if ready else
+    message = (f"primary model {primary} is ready on {gateway.backend.name} ({backend_location(gateway)})" if ready else
                f"primary model {primary} is not ready: {problems[primary]}")
     body = Readiness(ready=ready, backend=gateway.backend.name, primary_model=primary, models=models, message=message)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def backend_location(gateway: Gateway) -> str:
+    """Where the backend is: Triton's address, or the embedded backend's model folder."""
+    return str(gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir)
 
 
 async def servable(gateway: Gateway, target) -> str | None:
     """Why the gateway cannot audit ads on `target` now, or None: the backend has the model loaded, and
     the gateway can prepare its inputs (its spec: inputs, label space, tokenizer)."""
     if not await gateway.backend.ready(target.model, target.version):
-        where = gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir
-        return f"{gateway.backend.name} at {where} is unreachable or has not loaded it"
+        return f"{gateway.backend.name} at {backend_location(gateway)} is unreachable or has not loaded it"
     try:
         await gateway.spec(target.model, target.version)
     except BackendError as error:

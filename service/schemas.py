@@ -21,13 +21,14 @@ UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 def storable_problem(value: str) -> str | None:
     """Why `value` cannot be stored as an id or name, or None."""
     found = UNSTORABLE.search(value)
-    return None if found is None else f"holds the character U+{ord(found.group()):04X} at position {found.start()}"
+    return None if found is None else (f"holds the character U+{ord(found.group()):04X} at position "
+                                       f"{found.start()}: control characters and lone surrogates are not allowed")
 
 
 def _storable(value: str) -> str:
     problem = storable_problem(value)
     if problem:
-        raise ValueError(f"{problem}: control characters and lone surrogates are not allowed")
+        raise ValueError(problem)
     return value
 
 

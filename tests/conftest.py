@@ -4,6 +4,7 @@ Everything is real: the generator renders the ads, the teacher trains, the pipel
 and distils. Sizes are small so the suite stays quick on two CPU cores.
 """
 
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,14 @@ def student_variant(student_folder, folder, **changes):
     changed.tokenizer = model.tokenizer
     changed.save_pretrained(folder)
     return folder
+
+
+def wait_for(check, seconds: float, what: str):
+    """Poll `check` until it returns something other than None, and return that; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")

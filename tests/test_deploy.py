@@ -49,6 +49,7 @@ from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.settings import GatewaySettings
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "adaudit"
@@ -491,16 +492,6 @@ def gateway_counter(base: str, name: str, **labels) -> float:
     text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def wait_for(check, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value is not None:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 @pytest.fixture

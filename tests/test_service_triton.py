@@ -35,6 +35,7 @@ from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
 from adaudit.service.settings import GatewaySettings
+from conftest import wait_for
 
 try:
     pytriton_folder()
@@ -280,16 +281,6 @@ def _launch_cli(repository: Path):
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_the_triton_command_stops_its_server_on_ctrl_c_sigterm_and_a_crash(triton, tmp_path):
     """Ctrl-C while the models still load, SIGTERM once ready: exit 0 and no tritonserver left behind.
     The server dying by itself: exit 1 with one error line."""
@@ -300,11 +291,12 @@ def test_the_triton_command_stops_its_server_on_ctrl_c_sigterm_and_a_crash(trito
     repository = repository.resolve()
 
     early = _launch_cli(repository)  # Ctrl-C as soon as the server process exists, before it is ready
-    servers = _wait_for(lambda: _servers_of(repository), 60, "tritonserver to start")
+    servers = wait_for(lambda: _servers_of(repository) or None, 60, "tritonserver to start")
     early.send_signal(signal.SIGINT)
     _, stderr = early.communicate(timeout=60)
     assert early.returncode == 0 and "stopped before it was ready" in stderr, stderr
-    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers), 30, "the server to end")
+    wait_for(lambda: None if any(Path(f"/proc/{pid}").exists() for pid in servers) else True, 30,
+             "the server to end")
 
     for stop, code, said in ((lambda pid: os.kill(pid, signal.SIGKILL), 1, "exited by itself"),
                              (None, 0, "tritonserver stopped")):
@@ -318,5 +310,5 @@ def test_the_triton_command_stops_its_server_on_ctrl_c_sigterm_and_a_crash(trito
         _, stderr = cli.communicate(timeout=60)
         assert cli.returncode == code and said in stderr, stderr
         # the server and its model stubs (its own session) are gone, whichever way it ended
-        _wait_for(lambda: not session_alive(pid), 30, "the server and its stubs to end")
+        wait_for(lambda: None if session_alive(pid) else True, 30, "the server and its stubs to end")
         assert _servers_of(repository) == []
