@@ -169,15 +169,18 @@ def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
 
     Exits 0 when stopped, 1 when the server fails to start or exits by itself."""
     import signal
-    import time
+    import threading
 
     from adaudit.export.server import TritonError, TritonServer
 
-    # SIGTERM acts as Ctrl-C, also while the server is still loading its models
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM only set a flag, also while the server is still loading its models: a
+    # KeyboardInterrupt raised inside Popen would lose the pid of a server already started
+    stop = threading.Event()
+    for stopping_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stopping_signal, lambda *_: stop.set())
     server = TritonServer(repo, http_port, grpc_port, metrics_port, show_output=not quiet)
     try:
-        server.start()
+        server.start(interrupted=stop.is_set)
     except TritonError as error:
         log(f"error: {error}")
         raise typer.Exit(1) from None
@@ -185,15 +188,13 @@ def triton(repo: Annotated[Path, typer.Option(help="Triton model repository")],
         log("tritonserver stopped before it was ready")
         raise typer.Exit(0) from None
     log(f"tritonserver ready: HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}; Ctrl-C stops it")
-    try:
-        while server.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        server.stop()
+    while not stop.is_set() and server.process.poll() is None:
+        stop.wait(0.5)
+    code = server.process.poll()
+    server.stop()  # also after a crash: its shared memory, its backend folder, stubs that outlived it
+    if code is None:
         log("tritonserver stopped")
         return
-    code = server.process.returncode
-    server.stop()  # its shared memory and backend folder
     log(f"error: tritonserver exited by itself with code {code}")
     raise typer.Exit(1)
 

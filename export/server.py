@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 
 class TritonError(RuntimeError):
@@ -142,7 +143,10 @@ class TritonServer:
                 "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
                 "--disable-auto-complete-config", "--exit-on-error=true"]
 
-    def start(self) -> "TritonServer":
+    def start(self, interrupted: Callable[[], bool] = lambda: False) -> "TritonServer":
+        """Start the server and wait until it is ready. `interrupted`: polled while it loads; when it turns
+        true the server is stopped and KeyboardInterrupt raised (a launcher whose signal handlers only set
+        a flag, so no signal can land inside Popen and orphan a server whose pid was never returned)."""
         if not self.repository.is_dir():
             raise TritonError(f"model repository {self.repository} does not exist")
         self._backends = backend_directory(Path(tempfile.mkdtemp(prefix="adaudit-triton-backends-")))
@@ -154,7 +158,7 @@ class TritonServer:
             if self.log_file:
                 output.close()  # the server holds its own copy of the descriptor
         try:
-            self.wait_until_ready()
+            self.wait_until_ready(interrupted)
         except BaseException:
             # Ctrl-C (or a SIGTERM turned into KeyboardInterrupt) while it loads: the server runs in its own
             # session, so the signal never reached it; stop it here, or it outlives its launcher
@@ -181,9 +185,11 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def wait_until_ready(self) -> None:
+    def wait_until_ready(self, interrupted: Callable[[], bool] = lambda: False) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
+            if interrupted():
+                raise KeyboardInterrupt  # start() stops the server
             if self.process.poll() is not None:
                 self.stop()
                 raise TritonError(f"tritonserver exited with code {self.process.returncode} before it was ready"
