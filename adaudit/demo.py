@@ -16,7 +16,7 @@ from adaudit.compression.recipe import TINY_RECIPE
 from adaudit.data.generator import make_dataset
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonServer
-from adaudit.teacher import train_teacher
+from adaudit.training.teacher import train_teacher
 
 TRITON_PORTS = (8000, 8001, 8002)
 

@@ -64,8 +64,8 @@ def decision_row(model: str) -> dict:
 
 
 def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: int, gap_ms: float) -> dict:
-    from adaudit.files import write_results
-    from adaudit.measure import machine
+    from adaudit.core.files import write_results
+    from adaudit.training.measure import machine
     from adaudit.service.backends import EmbeddedBackend
     from adaudit.service.decision_log import DecisionLog
     from adaudit.service.encoding import Encoder

@@ -23,11 +23,11 @@ from adaudit.compression.importance import block_influence
 from adaudit.compression.recipe import BlocksStage, HiddenStage, Recipe, WidthsStage
 from adaudit.compression.structure import remove_blocks
 from adaudit.data.encoding import EncodedSplit, tokenised_for
-from adaudit.measure import latency
+from adaudit.training.measure import latency
 from adaudit.models.configuration import TOWERS, AuditModelConfig
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import saved_tokenizer
-from adaudit.training import Schedule, fit, label_loss
+from adaudit.training.loop import Schedule, fit, label_loss
 
 from peer_pruning import TaylorPruner, all_logits, as_audit_model
 

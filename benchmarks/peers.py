@@ -28,9 +28,9 @@ from adaudit.compression.distillation import TeacherCache, cache_teacher
 from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary, make_views
 from adaudit.compression.recipe import Recipe
 from adaudit.data.encoding import encode_split, tokenised_for
-from adaudit.evaluation import evaluate, predict_logits
-from adaudit.files import atomic_write_text
-from adaudit.measure import flops_per_ad, latency, machine, paired_latency
+from adaudit.training.evaluation import evaluate, predict_logits
+from adaudit.core.files import atomic_write_text
+from adaudit.training.measure import flops_per_ad, latency, machine, paired_latency
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 

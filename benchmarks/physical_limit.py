@@ -67,7 +67,7 @@ def compiled_latency(model: torch.nn.Module, split, repeats: int = 60) -> dict:
     """Batch-1 p50 of `model` after torch.compile (inductor, C++ kernels), to show how much of the
     distance to the floor is eager PyTorch's per-operator overhead. Dynamic shapes: the copy's
     length varies from ad to ad. Returns the p50 and the seconds compilation took."""
-    from adaudit.measure import latency  # the same inputs and loop as every other latency figure
+    from adaudit.training.measure import latency  # the same inputs and loop as every other latency figure
 
     compiled = torch.compile(model.eval(), dynamic=True)
     started = time.perf_counter()
@@ -91,8 +91,8 @@ def engines(student: Path, work: Path) -> dict[str, torch.nn.Module]:
 
 def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) -> dict:
     from adaudit.data.encoding import encode_split
-    from adaudit.files import write_results
-    from adaudit.measure import flops_per_ad, machine, paired_latency
+    from adaudit.core.files import write_results
+    from adaudit.training.measure import flops_per_ad, machine, paired_latency
     from adaudit.models.preprocessing import AuditProcessor
 
     started = time.perf_counter()

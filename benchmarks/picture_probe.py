@@ -47,8 +47,8 @@ def run(model_folder: Path, data: Path, out: Path, task: str, train_ads: int) ->
     from sklearn.linear_model import LogisticRegression
 
     from adaudit.data.encoding import encode_split
-    from adaudit.files import write_results
-    from adaudit.measure import machine
+    from adaudit.core.files import write_results
+    from adaudit.training.measure import machine
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
 

@@ -1,6 +1,6 @@
 """Figures of the pretrained teacher: accuracy against the `base` teacher, single-modality
 ablations (each teacher evaluated with the picture greyed or the copy emptied, as
-`adaudit.teacher.blank_modality` does for trained ablations), and the default recipe from it.
+`adaudit.training.teacher.blank_modality` does for trained ablations), and the default recipe from it.
 
 Usage: python benchmarks/pretrained.py --teacher DIR --base DIR|FILE --data DIR [--student DIR] --out DIR
 Writes OUT/pretrained.json and OUT/pretrained.md. `--base` is the `base` teacher's folder, or an earlier
@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from adaudit.data.encoding import encode_split
-from adaudit.evaluation import evaluate
-from adaudit.files import write_results
-from adaudit.measure import machine
+from adaudit.training.evaluation import evaluate
+from adaudit.core.files import write_results
+from adaudit.training.measure import machine
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
-from adaudit.teacher import FROZEN_BLOCKS, blank_modality
+from adaudit.training.presets import PRESETS
+from adaudit.training.teacher import blank_modality
 from summarize import modality_ceilings, row
 
 VIEWS = {"both": "both", "text_only": "text", "image_only": "image"}
@@ -57,7 +58,7 @@ def markdown(result: dict) -> str:
              f"{teacher['epochs']} epochs with the embeddings and lowest {teacher['frozen_blocks']} blocks "
              f"of each tower frozen, in {teacher['wall_seconds'] / 60:.1f} min on {result['machine']['cores']} cores"
              + (f", on the training ads plus {teacher['recombined_rows']:,} recombined pairs (one ad's copy over "
-                "another's picture, labelled by the data's rules: adaudit/data/recombination.py)."
+                "another's picture, labelled by the data's rules: data/recombination.py)."
                 if teacher.get("recombined_rows") else "."),
              "", "Commands:", "", "```", *result["commands"], "```", "",
              f"## Teachers on the held-out test split ({teacher['both']['samples']:,} ads)", "",
@@ -115,7 +116,7 @@ def main() -> None:
     config = json.loads((args.teacher / "config.json").read_text())
     result = {
         "pretrained": {**modality_ablations(args.teacher, args.data), "epochs": metrics["epochs"],
-                       "frozen_blocks": metrics.get("frozen_blocks", FROZEN_BLOCKS), "wall_seconds": 60 * args.teacher_minutes if args.teacher_minutes else metrics["wall_seconds"],
+                       "frozen_blocks": metrics.get("frozen_blocks", PRESETS["pretrained"].frozen_blocks), "wall_seconds": 60 * args.teacher_minutes if args.teacher_minutes else metrics["wall_seconds"],
                        "image_size": config["image_size"], "train_loss": metrics["train_loss"],
                        "recombined_rows": metrics.get("recombined_rows", 0)},
         "base": base_figures(args.base, args.data),

@@ -49,8 +49,8 @@ from serving import GatewayProcess, cpu_of, free_ports, load_ads, log, machine_b
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
-from adaudit.files import atomic_write_text
-from adaudit.measure import machine
+from adaudit.core.files import atomic_write_text
+from adaudit.training.measure import machine
 from adaudit.service.security import digest
 
 ROOT = Path(__file__).resolve().parents[1]

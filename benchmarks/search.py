@@ -25,9 +25,9 @@ from adaudit.compression.recipe import load_recipe
 from adaudit.compression.search import (LatencyModel, calibration_configs, plot_search, policy_recipe,
                                         search_policy)
 from adaudit.data.encoding import encode_split, tokenised_for
-from adaudit.evaluation import evaluate, predict_logits
-from adaudit.files import atomic_write_text
-from adaudit.measure import latency, machine, paired_latency
+from adaudit.training.evaluation import evaluate, predict_logits
+from adaudit.core.files import atomic_write_text
+from adaudit.training.measure import latency, machine, paired_latency
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 

@@ -71,8 +71,8 @@ import numpy as np
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
-from adaudit.files import atomic_write_text
-from adaudit.measure import machine
+from adaudit.core.files import atomic_write_text
+from adaudit.training.measure import machine
 from adaudit.service.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[1]

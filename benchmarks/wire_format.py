@@ -127,8 +127,8 @@ def main() -> int:
     args = parser.parse_args()
     from adaudit.export.repository import ServingSettings, export_model
     from adaudit.export.server import TritonServer
-    from adaudit.files import write_results
-    from adaudit.measure import machine
+    from adaudit.core.files import write_results
+    from adaudit.training.measure import machine
     from serving import free_ports
 
     with tempfile.TemporaryDirectory(prefix="adaudit-wire-") as work:

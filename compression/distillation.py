@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from adaudit.data.encoding import EncodedSplit
-from adaudit.evaluation import predict_logits
+from adaudit.training.evaluation import predict_logits
 from adaudit.models.modeling import AuditModel
-from adaudit.training import Schedule, fit, image_grounding_loss
+from adaudit.training.loop import Schedule, fit, image_grounding_loss
 
 from .recipe import DistillationSettings
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from adaudit.data.encoding import EncodedSplit, encode_split
-from adaudit.evaluation import evaluate, predict_logits
-from adaudit.files import atomic_folder
-from adaudit.measure import machine, paired_latency, profile
+from adaudit.training.evaluation import evaluate, predict_logits
+from adaudit.core.files import atomic_folder
+from adaudit.training.measure import machine, paired_latency, profile
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 

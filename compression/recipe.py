@@ -15,19 +15,18 @@ to the teacher (more blocks than exist, a zero width, a width larger than the te
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from adaudit.models.configuration import TOWERS, AuditModelConfig
+from adaudit.models.configuration import TOWERS, AuditModelConfig, ConfigError
+from adaudit.training.presets import PRESETS
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: tests and the `make run` demo
 NAMED_RECIPES = ("default", "tiny", "auto", "tiny-auto", "pretrained")  # `--recipe auto`: recipes/auto.yaml
-PRESET_RECIPES = {"pretrained": "pretrained"}  # teacher preset -> the packaged recipe written for its shape
 
 Tower = Literal["vision", "qformer", "text"]
 TowerCounts = dict[Tower, PositiveInt]
@@ -179,12 +178,12 @@ def per_block(width: int | list[int], blocks: int | None, where: str) -> list[in
 
 def default_recipe(teacher_dir: Path) -> str:
     """The packaged recipe `compress` uses when none is given: the one written for the teacher's
-    preset (its metrics.json says which), else `default` (written for the `base` teacher)."""
+    preset (its config.json says which), else `default` (written for the `base` teacher)."""
     try:
-        preset = json.loads((Path(teacher_dir) / "metrics.json").read_text()).get("preset")
-    except (OSError, ValueError, AttributeError):
-        preset = None
-    return PRESET_RECIPES.get(preset, "default")
+        name = AuditModelConfig.load(teacher_dir).preset
+    except ConfigError:
+        name = None
+    return PRESETS[name].recipe if name in PRESETS else "default"
 
 
 def load_recipe(path: Path | str | None = None) -> Recipe:

@@ -41,8 +41,8 @@ import torch
 from scipy.optimize import nnls
 
 from adaudit.data.encoding import EncodedSplit
-from adaudit.evaluation import predict_logits
-from adaudit.measure import latency
+from adaudit.training.evaluation import predict_logits
+from adaudit.training.measure import latency
 from adaudit.models.configuration import TOWERS, AuditModelConfig, BlockShape
 from adaudit.models.modeling import AuditModel
 

@@ -10,7 +10,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /opt/adaudit
 COPY pyproject.toml README.md ./
 COPY adaudit adaudit
+COPY core core
 COPY models models
+COPY data data
+COPY training training
 COPY compression compression
 COPY export export
 COPY service service

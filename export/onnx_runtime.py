@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adaudit.files import atomic_write_bytes
+from adaudit.core.files import atomic_write_bytes
 from adaudit.models.modeling import AuditModel, AuditOutput
 
 INPUTS = ("pixel_values", "input_ids", "attention_mask")  # what the model takes, in its call order

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaudit.files import atomic_folder
+from adaudit.core.files import atomic_folder
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS

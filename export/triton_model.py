@@ -23,7 +23,8 @@ from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel
 from adaudit.export.repository import verify_checksums
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
-from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
+from adaudit.models.preprocessing import SERVED_INPUTS
+from adaudit.models.serving import served_logits
 
 
 class TritonPythonModel:
@@ -53,13 +54,8 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in SERVED_INPUTS}
         sizes = [len(a) for a in arrays["input_ids"]]
-        image_bytes = torch.from_numpy(np.concatenate(arrays["image_bytes"])).to(self.device)  # uint8 on the wire
-        pixel_values = AuditProcessor.normalise(image_bytes).to(self.dtype)
-        input_ids = torch.from_numpy(np.concatenate(arrays["input_ids"])).to(self.device)
-        attention_mask = torch.from_numpy(np.concatenate(arrays["attention_mask"])).to(self.device)
-        length = max(int(attention_mask.sum(1).max()), 1)  # trim the copy's padding, as in training
-        with torch.inference_mode():
-            logits = self.model(pixel_values, input_ids[:, :length], attention_mask[:, :length]).logits
+        batch = {name: torch.from_numpy(np.concatenate(arrays[name])).to(self.device) for name in SERVED_INPUTS}
+        logits = served_logits(self.model, **batch, dtype=self.dtype)  # normalised and trimmed as in training
         outputs = {task: logits[task].float().cpu().numpy() for task in self.tasks}
         responses, start = [], 0
         for size in sizes:

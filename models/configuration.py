@@ -59,6 +59,9 @@ class AuditModelConfig:
     # the verdict and violation heads also read how far the picture's industry (its image head) and the
     # copy's (the industry head) disagree: an image-text mismatch made explicit (models/modeling.py)
     industry_agreement: bool = False
+    # the teacher preset this model (or the teacher it was compressed from) was built from
+    # (training/presets.py); None for a config written before presets were recorded
+    preset: str | None = None
     model_type: str = "adaudit-blip2"
 
     def tower(self, name: str) -> TowerConfig:
@@ -116,44 +119,3 @@ class AuditModelConfig:
             raise ConfigError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
         return cls.from_dict(data)
 
-
-PRESETS = ("tiny", "small", "base", "pretrained")
-
-
-def preset(name: str, vocab_size: int) -> AuditModelConfig:
-    """Teacher presets: `tiny` trains in seconds for tests, `base` is the benchmark teacher.
-
-    `pretrained`: the shape of DINOv2-small + multilingual-e5-small (models/pretrained.py, which
-    also loads their weights).
-    """
-    if name == "pretrained":
-        from .pretrained import pretrained_config
-
-        return pretrained_config(vocab_size=vocab_size)
-
-    if name == "tiny":
-        return AuditModelConfig(
-            vision=TowerConfig.uniform(64, 3, 4, 128),
-            qformer=TowerConfig.uniform(64, 2, 4, 128, cross_attention_heads=4),
-            text=TowerConfig.uniform(64, 3, 4, 128),
-            vocab_size=vocab_size,
-            image_size=32,
-            patch_size=8,
-            num_query_tokens=4,
-            max_text_length=48,
-        ).validate()
-    if name == "small":  # the modality ablations: the base layout at a quarter of the cost
-        return AuditModelConfig(
-            vision=TowerConfig.uniform(256, 4, 4, 1024),
-            qformer=TowerConfig.uniform(256, 2, 4, 1024, cross_attention_heads=4),
-            text=TowerConfig.uniform(256, 4, 4, 1024),
-            vocab_size=vocab_size,
-        ).validate()
-    if name == "base":
-        return AuditModelConfig(
-            vision=TowerConfig.uniform(384, 8, 6, 1536),
-            qformer=TowerConfig.uniform(384, 4, 6, 1536, cross_attention_heads=6),
-            text=TowerConfig.uniform(384, 8, 6, 1536),
-            vocab_size=vocab_size,
-        ).validate()
-    raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(PRESETS)}")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel, Dinov2Config, Dinov2Model
 
-from adaudit.files import atomic_folder
+from adaudit.core.files import atomic_folder
 
 from .configuration import AuditModelConfig, BlockShape, ConfigError, TowerConfig
 from .tokenizer import has_tokenizer, save_tokenizer, saved_tokenizer

@@ -7,8 +7,7 @@
 
 Both raise `BackendError` (answered 503) when the server or the model cannot answer; its
 `kind` says which (`backend_unavailable`, `model_not_ready`). Both run the same forward pass on
-the same tensors: the embedded backend trims the copy's padding exactly as the Triton model
-(export/triton_model.py) does, so their labels agree.
+the same tensors (models/serving.py), so their labels agree.
 
 `EmbeddedBackend` loads MODEL_DIR/<model>/ (a model folder, version "1") or
 MODEL_DIR/<model>/<N>/[model/] (numbered versions, the Triton repository layout works too) and
@@ -35,7 +34,7 @@ from urllib.parse import quote
 import numpy as np
 
 from adaudit.models.labels import TASKS
-from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
+from adaudit.models.preprocessing import SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, has_tokenizer
 
 from .encoding import ModelSpec
@@ -65,11 +64,10 @@ class _Loaded:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        mask = torch.from_numpy(inputs["attention_mask"])
-        length = max(int(mask.sum(1).max()), 1)  # as export/triton_model.py: trim the copy's padding
-        with torch.inference_mode():
-            logits = self.model(AuditProcessor.normalise(torch.from_numpy(inputs["image_bytes"])),
-                                torch.from_numpy(inputs["input_ids"])[:, :length], mask[:, :length]).logits
+        from adaudit.models.serving import served_logits
+
+        batch = {name: torch.from_numpy(inputs[name]) for name in SERVED_INPUTS}
+        logits = served_logits(self.model, **batch)  # the forward the Triton model runs
         return {task: tensor.float().numpy() for task, tensor in logits.items()}
 
 

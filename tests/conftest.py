@@ -13,7 +13,7 @@ import torch
 from adaudit.compression.pipeline import compress
 from adaudit.compression.recipe import TINY_RECIPE, load_recipe
 from adaudit.data.generator import make_dataset
-from adaudit.teacher import train_teacher
+from adaudit.training.teacher import train_teacher
 
 
 def quiet(message: str) -> None:

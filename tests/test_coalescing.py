@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
@@ -142,7 +142,7 @@ def noise_png(seed: int) -> bytes:
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(3)
-    AuditModel(preset("tiny", len(build_vocabulary()))).eval().save_pretrained(folder / "student")
+    AuditModel(preset_config("tiny", len(build_vocabulary()))).eval().save_pretrained(folder / "student")
     return folder
 
 

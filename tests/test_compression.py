@@ -10,7 +10,7 @@ from adaudit.compression.pipeline import REPORT_FILE, compress
 from adaudit.compression.recipe import RecipeError, load_recipe
 from adaudit.compression.structure import remove_blocks
 from adaudit.data.encoding import encode_split
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -45,7 +45,7 @@ def test_student_reloads_alone_with_identical_logits(student, dataset):
     assert model.config.text.hidden_size == 32
     processor = AuditProcessor.from_folder(model.config, folder)
     test = encode_split(dataset, "test", processor, model.config.tasks)
-    from adaudit.evaluation import evaluate
+    from adaudit.training.evaluation import evaluate
 
     assert evaluate(model, test)["accuracy"] == pytest.approx(report["student"]["accuracy"])
 
@@ -115,13 +115,13 @@ def write_recipe(tmp_path, text):
     ("distillation: {samples: 100, validation_samples: 100}\nstages: []", "must be fewer than samples"),
 ])
 def test_bad_recipes_get_one_readable_error(tmp_path, text, message):
-    config = preset("tiny", 100)
+    config = preset_config("tiny", 100)
     with pytest.raises(RecipeError, match=message):
         load_recipe(write_recipe(tmp_path, text)).check_against(config)
 
 
 def test_the_default_recipe_fits_the_base_teacher():
-    load_recipe().check_against(preset("base", 100))
+    load_recipe().check_against(preset_config("base", 100))
 
 
 def test_an_interrupted_run_leaves_no_student(teacher, dataset, tmp_path, monkeypatch):
@@ -143,7 +143,7 @@ def test_the_generated_vocabulary_is_pruned_to_the_copy_and_common_characters():
     from adaudit.models.tokenizer import build_vocabulary
 
     torch.manual_seed(0)
-    model = AuditModel(preset("tiny", len(build_vocabulary()))).eval()
+    model = AuditModel(preset_config("tiny", len(build_vocabulary()))).eval()
     copy = ["限时特价，全网最低价！", "纯天然蜂蜜 产地直供 99元", "理财稳赚不赔，月收益20%"]
     pruned, kept = prune_vocabulary(model, copy, corpus_characters("common"))
     assert len(kept) == pruned.config.vocab_size == len(pruned.tokenizer) < len(build_vocabulary()) * 0.6
@@ -162,23 +162,28 @@ def test_the_generated_vocabulary_is_pruned_to_the_copy_and_common_characters():
 def test_compress_picks_the_recipe_written_for_the_teachers_preset(teacher, tmp_path):
     from adaudit.compression.recipe import default_recipe
 
-    assert default_recipe(teacher) == "default"  # the tiny teacher's metrics.json names its preset
+    assert default_recipe(teacher) == "tiny"  # the tiny teacher's config.json names its preset
     folder = tmp_path / "pretrained-teacher"
     folder.mkdir()
-    (folder / "metrics.json").write_text('{"preset": "pretrained"}')
+    config = preset_config("tiny", 100)
+    config.preset = "pretrained"
+    config.save(folder)
     assert default_recipe(folder) == "pretrained"
+    config.preset = None  # a config written before presets were recorded
+    config.save(folder)
+    assert default_recipe(folder) == "default"
     assert default_recipe(tmp_path / "no-such-teacher") == "default"
     # the pretrained recipe fits the pretrained teacher's shape (12 + 2 + 12 blocks) and default.yaml,
     # which names Q-Former block 3 of the base teacher's 4, does not
-    load_recipe("pretrained").check_against(preset("pretrained", 6000))
+    load_recipe("pretrained").check_against(preset_config("pretrained", 6000))
     with pytest.raises(RecipeError):
-        load_recipe("default").check_against(preset("pretrained", 6000))
+        load_recipe("default").check_against(preset_config("pretrained", 6000))
 
 
 def test_a_teacher_with_industry_agreement_compresses_into_a_student_that_keeps_it(dataset, tmp_path, monkeypatch):
     """The pretrained preset's agreement heads go through every stage (vocabulary, blocks, widths,
     hidden) whole, and the student reloads and exports to ONNX with them."""
-    from adaudit import teacher as teacher_module
+    from adaudit.training import teacher as teacher_module
     from adaudit.export.onnx_runtime import OnnxRuntimeAuditModel, example_inputs, export_onnx
 
     plain_teacher = teacher_module.new_teacher

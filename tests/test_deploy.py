@@ -42,7 +42,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, validate
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.models.tokenizer import build_vocabulary
@@ -408,7 +408,7 @@ def triton_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("triton-chart")
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
-        AuditModel(preset("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
+        AuditModel(preset_config("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
         export_model(folder / name, folder / "repo", name, 1,
                      ServingSettings(max_batch_size=8, preferred_batch_sizes=[8], threads=1))
     container = find(render(values_of("gpu-off")), "Deployment", "adaudit-triton")["spec"]["template"]["spec"]
@@ -501,7 +501,7 @@ def running_gateway(tmp_path):
     models = tmp_path / "models"
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
-        model = AuditModel(preset("tiny", len(build_vocabulary())))
+        model = AuditModel(preset_config("tiny", len(build_vocabulary())))
         model.save_pretrained(models / name)
         if name == "teacher":  # so that the two models agree on some ads only
             split_verdict(model, models / name)

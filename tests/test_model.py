@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from adaudit.models.configuration import AuditModelConfig, ConfigError, preset
+from adaudit.models.configuration import AuditModelConfig, ConfigError
+from adaudit.training.presets import preset_config
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel, ModelFolderError
 from adaudit.models.preprocessing import PARALLEL_TOKENISING_FROM, AuditProcessor
@@ -23,7 +24,7 @@ def random_inputs(config, batch=3, seed=0):
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return AuditModel(preset("tiny", len(build_vocabulary()))).eval()
+    return AuditModel(preset_config("tiny", len(build_vocabulary()))).eval()
 
 
 def test_heads_cover_every_task(tiny_model):
@@ -70,7 +71,7 @@ def test_save_and_reload_gives_identical_logits(tiny_model, tmp_path):
 
 
 def test_per_block_widths_are_built_from_config():
-    config = preset("tiny", 100)
+    config = preset_config("tiny", 100)
     config.text.blocks[1].heads = 1
     config.text.blocks[2].intermediate_size = 7
     config.qformer.blocks[1].cross_attention_heads = 0
@@ -82,7 +83,7 @@ def test_per_block_widths_are_built_from_config():
 
 
 def test_config_json_round_trip():
-    config = preset("base", 1234)
+    config = preset_config("base", 1234)
     assert AuditModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -92,7 +93,7 @@ def test_config_json_round_trip():
     (lambda c: setattr(c, "image_size", 33), "multiple of patch size"),
 ])
 def test_invalid_configs_are_refused(change, message):
-    config = preset("tiny", 100)
+    config = preset_config("tiny", 100)
     change(config)
     with pytest.raises(ConfigError, match=message):
         config.validate()
@@ -146,7 +147,7 @@ def test_common_characters_are_level_one_gb2312():
 def test_processor_shapes_and_normalisation():
     from PIL import Image
 
-    config = preset("tiny", len(build_vocabulary()))
+    config = preset_config("tiny", len(build_vocabulary()))
     processor = AuditProcessor(config)
     batch = processor([Image.new("RGB", (50, 70), (255, 255, 255))], ["咖啡"])
     assert batch["pixel_values"].shape == (1, 3, config.image_size, config.image_size)
@@ -159,7 +160,7 @@ def test_processor_shapes_and_normalisation():
 def test_processor_tokenises_like_the_transformers_tokenizer(kind):
     """texts() runs the tokenizers backend directly; its ids and mask equal the transformers call's,
     for copy shorter and longer than the model's text length, empty, mixed-script and unknown characters."""
-    config = preset("tiny", len(build_vocabulary()))
+    config = preset_config("tiny", len(build_vocabulary()))
     tokenizer = make_tokenizer() if kind == "generated" else fast_tokenizer()
     processor = AuditProcessor(config, tokenizer)
     texts = ["咖啡", "", "   ", "限时抢购！全网最低价，点击领取100元红包 Free Shipping ＡＢＣ",
@@ -189,7 +190,7 @@ def test_industry_agreement_adds_what_the_disagreement_of_picture_and_copy_says(
     assert industry_disagreement(one, one).item() < 1e-3  # both heads name industry 3
     assert industry_disagreement(one, other).item() > 10  # they name different industries
 
-    config = preset("tiny", len(build_vocabulary()))
+    config = preset_config("tiny", len(build_vocabulary()))
     config.industry_agreement = True
     torch.manual_seed(0)
     model = AuditModel(config).eval()
@@ -203,7 +204,7 @@ def test_industry_agreement_adds_what_the_disagreement_of_picture_and_copy_says(
             head.weight.zero_(), head.bias.zero_()
         without = model(**inputs).logits["violation"]
     torch.testing.assert_close(output.logits["violation"] - without, added)
-    assert set(model.agreement_heads) == {"verdict", "violation"} and not hasattr(AuditModel(preset("tiny", 50)), "agreement_heads")
+    assert set(model.agreement_heads) == {"verdict", "violation"} and not hasattr(AuditModel(preset_config("tiny", 50)), "agreement_heads")
 
     model.save_pretrained(tmp_path / "agreeing")  # the flag and the heads come back from the folder alone
     reloaded = AuditModel.from_pretrained(tmp_path / "agreeing")

@@ -20,7 +20,7 @@ from peers import run_peers  # noqa: E402
 from adaudit.compression.distillation import cache_teacher  # noqa: E402
 from adaudit.compression.recipe import load_recipe  # noqa: E402
 from adaudit.data.encoding import encode_split  # noqa: E402
-from adaudit.evaluation import evaluate  # noqa: E402
+from adaudit.training.evaluation import evaluate  # noqa: E402
 from adaudit.models.modeling import AuditModel  # noqa: E402
 from adaudit.models.preprocessing import AuditProcessor  # noqa: E402
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from adaudit.data.dataset import load_image
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.service.intake import Limits, decode_image
 
@@ -34,7 +34,7 @@ def test_a_large_jpeg_decodes_reduced_but_never_below_the_model_size():
 
 
 def test_training_and_the_gateway_feed_the_model_the_same_pixels(tmp_path):
-    processor = AuditProcessor(preset("tiny", vocab_size=100))
+    processor = AuditProcessor(preset_config("tiny", vocab_size=100))
     size = processor.image_size
     data = picture(1200, 900, "JPEG")
     path = tmp_path / "ad.jpg"

@@ -18,7 +18,7 @@ from adaudit.compression.vocabulary import (VocabularyError, corpus_characters, 
 from adaudit.data.dataset import read_split
 from adaudit.data.generator import plan_ads
 from adaudit.export.repository import ServingSettings, export_model
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.models.pretrained import PretrainedWeightsMissing, package_file
@@ -152,7 +152,7 @@ def test_unigram_pruning_keeps_corpus_tokenization_identical(xlmr, corpus):
 
 def _tiny_model_with(tokenizer) -> AuditModel:
     torch.manual_seed(0)
-    model = AuditModel(preset("tiny", len(tokenizer))).eval()
+    model = AuditModel(preset_config("tiny", len(tokenizer))).eval()
     model.tokenizer = tokenizer
     return model
 

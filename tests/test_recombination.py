@@ -13,17 +13,17 @@ import torch
 from adaudit.data.encoding import encode_split
 from adaudit.data.generator import plan_ads
 from adaudit.data.recombination import recombined_pairs
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.labels import TASKS
 from adaudit.models.preprocessing import AuditProcessor
-from adaudit.teacher import train_teacher
+from adaudit.training.teacher import train_teacher
 
 from conftest import quiet
 
 
 @pytest.fixture(scope="module")
 def train_split(dataset):
-    config = preset("tiny", 100)
+    config = preset_config("tiny", 100)
     return encode_split(dataset, "train", AuditProcessor(config), config.tasks)
 
 

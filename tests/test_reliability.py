@@ -30,7 +30,7 @@ from loopback import GatewayProcess, ServerThread, finish_request, free_port, he
 from sqlalchemy import create_engine, text
 from test_service import COPY, audit_json, b64, biased_model, metric, model_dir, png, settings, wait_for  # noqa: F401
 
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
@@ -223,7 +223,7 @@ def test_a_slow_shadow_model_leaves_the_answers_alone(model_dir, tmp_path):  # n
     slow.mkdir()
     (slow / "student").symlink_to(model_dir / "student")
     torch.manual_seed(3)
-    AuditModel(preset("small", len(build_vocabulary()))).save_pretrained(slow / "teacher")  # 96 px, ~10x the work
+    AuditModel(preset_config("small", len(build_vocabulary()))).save_pretrained(slow / "teacher")  # 96 px, ~10x the work
     ads = [png((40 + i, 30), colour) for i, colour in enumerate(("red", "green", "blue", "white", "black", "grey"))]
     (tmp_path / "alone").mkdir()
     with TestClient(create_app(settings(model_dir, tmp_path / "alone"))) as alone:

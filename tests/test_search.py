@@ -14,7 +14,8 @@ from adaudit.compression.recipe import RecipeError, load_recipe
 from adaudit.compression.search import (LatencyModel, Space, block_weight_norm, calibration_configs, complexity,
                                         one_shot, policy_config, search_policy)
 from adaudit.data.encoding import encode_split
-from adaudit.models.configuration import TOWERS, preset
+from adaudit.models.configuration import TOWERS
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -128,4 +129,4 @@ def test_a_bad_policy_is_refused_with_one_line(tmp_path, stages, message):
     path = tmp_path / "recipe.yaml"
     path.write_text(f"stages:\n  {stages}\n")
     with pytest.raises(RecipeError, match=message):
-        load_recipe(path).check_against(preset("tiny", 100))
+        load_recipe(path).check_against(preset_config("tiny", 100))

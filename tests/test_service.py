@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
@@ -52,7 +52,7 @@ def one_thread():
 
 def biased_model(seed: int, verdict: str, violation: str) -> AuditModel:
     torch.manual_seed(seed)
-    model = AuditModel(preset("tiny", len(build_vocabulary()))).eval()
+    model = AuditModel(preset_config("tiny", len(build_vocabulary()))).eval()
     with torch.no_grad():
         model.heads["verdict"].bias[TASKS["verdict"].index(verdict)] += 8.0
         model.heads["violation"].bias[TASKS["violation"].index(violation)] += 8.0

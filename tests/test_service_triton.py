@@ -30,7 +30,7 @@ from PIL import Image
 from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer, pytriton_folder, session_alive
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
@@ -72,7 +72,7 @@ def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
-        AuditModel(preset("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
+        AuditModel(preset_config("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
     # a student whose vocabulary was pruned (compression's first stage): it brings its own tokenizer.json
     pruned, _ = prune_vocabulary(AuditModel.from_pretrained(folder / "student"), COPIES, corpus_characters("none"))
     pruned.save_pretrained(folder / "pruned")

@@ -5,7 +5,7 @@ import torch
 
 from adaudit.compression.importance import UnitMasks, top_indices
 from adaudit.compression.structure import cut, remove_blocks, shrink_hidden, shrink_widths
-from adaudit.models.configuration import preset
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 
 from test_model import random_inputs
@@ -14,7 +14,7 @@ from test_model import random_inputs
 @pytest.fixture()
 def model():
     torch.manual_seed(1)
-    return AuditModel(preset("tiny", 300)).eval()
+    return AuditModel(preset_config("tiny", 300)).eval()
 
 
 def logits(model, inputs):
@@ -82,7 +82,7 @@ def test_hidden_cut_shrinks_every_consumer(model):
 
 
 def test_cut_refuses_a_config_that_does_not_match(model):
-    config = preset("tiny", 300)
+    config = preset_config("tiny", 300)
     config.text.hidden_size = 10
     with pytest.raises(RuntimeError, match="config needs"):
         cut(model, config)

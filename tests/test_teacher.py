@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from adaudit import teacher as teacher_module
-from adaudit.models.configuration import preset
+from adaudit.training import teacher as teacher_module
+from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
-from adaudit.teacher import checkpoint_folder, train_teacher
+from adaudit.training.teacher import checkpoint_folder, train_teacher
 
 from conftest import quiet
 
@@ -45,11 +45,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(dataset, tmp_path, mon
 
 def test_single_modality_ablation_blanks_the_other_input(dataset, tmp_path):
     from adaudit.data.encoding import encode_split
-    from adaudit.models.configuration import preset
+    from adaudit.training.presets import preset_config
     from adaudit.models.preprocessing import AuditProcessor
-    from adaudit.teacher import blank_modality
+    from adaudit.training.teacher import blank_modality
 
-    config = preset("tiny", 100)
+    config = preset_config("tiny", 100)
     processor = AuditProcessor(config)
     split = encode_split(dataset, "test", processor, config.tasks, limit=8)
     text_only = blank_modality(split, "text", processor)
@@ -61,7 +61,7 @@ def test_single_modality_ablation_blanks_the_other_input(dataset, tmp_path):
 def test_fresh_modules_learn_at_their_own_rate(teacher):
     """The parts a pretrained teacher adds around its towers get `fresh_learning_rate`; the rest
     the schedule's rate; weight decay still only on matrices outside the embeddings."""
-    from adaudit.training import Schedule, TrainingState, make_optimizer
+    from adaudit.training.loop import Schedule, TrainingState, make_optimizer
 
     model = AuditModel.from_pretrained(teacher)
     schedule = Schedule(epochs=1, learning_rate=1e-4, fresh_learning_rate=5e-4, fresh_modules=("qformer", "heads"))
@@ -82,9 +82,9 @@ def test_fresh_modules_learn_at_their_own_rate(teacher):
 def test_freeze_lower_blocks_keeps_the_embeddings_and_the_lowest_blocks_fixed(blocks):
     """The pretrained preset's --frozen-blocks: embeddings and the lowest `blocks` blocks of the vision and
     text towers stop learning; every other parameter (upper blocks, Q-Former, projector, heads) still does."""
-    from adaudit.teacher import freeze_lower_blocks
+    from adaudit.training.teacher import freeze_lower_blocks
 
-    model = AuditModel(preset("tiny", len(build_vocabulary())))
+    model = AuditModel(preset_config("tiny", len(build_vocabulary())))
     count = freeze_lower_blocks(model, blocks)
     fixed = [model.vision.embeddings, model.text.embeddings.word_embeddings,
              *(model.blocks(tower)[i] for tower in ("vision", "text") for i in range(blocks))]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from adaudit.data.encoding import EncodedSplit
-from adaudit.files import atomic_folder
+from adaudit.core.files import atomic_folder
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 

@@ -51,7 +51,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from adaudit.files import atomic_folder
+from adaudit.core.files import atomic_folder
 from adaudit.models.labels import TASKS
 
 IMAGE_SIZE = 128

@@ -17,29 +17,13 @@ import torch
 
 from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.data.recombination import recombined_pairs
-from adaudit.evaluation import evaluate
-from adaudit.files import atomic_write_text
-from adaudit.models.configuration import preset
+from adaudit.training.evaluation import evaluate
+from adaudit.core.files import atomic_write_text
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
-from adaudit.models.tokenizer import build_vocabulary
-from adaudit.training import Schedule, TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
+from .presets import preset
+from .loop import TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
 
-SCHEDULES = {
-    "tiny": Schedule(epochs=6, batch_size=32, learning_rate=2e-3),
-    "small": Schedule(epochs=6, batch_size=32, learning_rate=5e-4),
-    "base": Schedule(epochs=12, batch_size=32, learning_rate=4e-4),
-    # pretrained towers (models/pretrained.py): a few epochs at a fine-tuning learning rate; the
-    # Q-Former, projector and heads around them start from random weights and learn 5x faster
-    "pretrained": Schedule(epochs=4, batch_size=32, learning_rate=2e-4, fresh_learning_rate=1e-3,
-                           fresh_modules=("qformer", "query_tokens", "projector", "heads", "image_heads",
-                                          "agreement_heads")),
-}
-PRETRAINED = "pretrained"
-FROZEN_BLOCKS = 6  # pretrained preset: the lower blocks of each pretrained tower keep their weights
-# extra training rows of one ad's copy over another's picture (adaudit/data/recombination.py), as a
-# fraction of the training ads: the pretrained towers learn every class but image_text_mismatch without them
-RECOMBINED = {PRETRAINED: 0.5}
 MODALITIES = ("both", "text", "image")
 METRICS_FILE = "metrics.json"
 
@@ -59,11 +43,7 @@ def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) ->
 
 
 def new_teacher(preset_name: str) -> AuditModel:
-    if preset_name == PRETRAINED:
-        from adaudit.models.pretrained import pretrained_model
-
-        return pretrained_model()
-    return AuditModel(preset(preset_name, len(build_vocabulary())))
+    return preset(preset_name).new_model()
 
 
 def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
@@ -82,17 +62,16 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
                   frozen_blocks: int | None = None, recombined: float | None = None, log=print) -> dict:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
-    (pretrained preset, default FROZEN_BLOCKS): the lower blocks of each pretrained tower kept fixed;
-    `recombined` (default RECOMBINED for the preset, else 0): labelled rows of one ad's copy over another
-    ad's picture added to the training ads, as a fraction of them (only when both modalities are read)."""
+    (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
+    fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
+    added to the training ads, as a fraction of them (only when both modalities are read)."""
     started = time.perf_counter()
     out = Path(out)
-    if preset_name not in SCHEDULES:
-        preset(preset_name, 0)  # raises the readable ConfigError naming the presets
-    schedule = replace(SCHEDULES[preset_name], seed=seed, **({"epochs": epochs} if epochs else {}))
+    row = preset(preset_name)  # a readable ConfigError for an unknown name
+    schedule = replace(row.schedule, seed=seed, **({"epochs": epochs} if epochs else {}))
     checkpoint = checkpoint_folder(out)
     state, optimizer_state = TrainingState(), None
-    recombined = RECOMBINED.get(preset_name, 0.0) if recombined is None else recombined
+    recombined = row.recombined if recombined is None else recombined
     if recombined < 0:
         raise ValueError(f"recombined must be 0 or more, got {recombined}")
     recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
@@ -105,8 +84,8 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     else:
         torch.manual_seed(seed)
         model = new_teacher(preset_name)
-    frozen_blocks = FROZEN_BLOCKS if frozen_blocks is None else frozen_blocks
-    if preset_name == PRETRAINED:
+    frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
+    if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
         log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {frozen_blocks} blocks)")
     log(f"{model.num_parameters() / 1e6:.2f}M parameters")
@@ -127,7 +106,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
     metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
-               "frozen_blocks": frozen_blocks if preset_name == PRETRAINED else 0,
+               "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
                "wall_seconds": time.perf_counter() - started}
     model.save_pretrained(out)

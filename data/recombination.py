@@ -4,7 +4,7 @@ A teacher catches `image_text_mismatch` only if it compares the picture with the
 training split holds few such ads (7.5%): a teacher whose towers already read each modality well
 (the pretrained preset) learns every other class and never this one. Pairing the copy of one
 ad with the picture of another makes as many mismatches, and as many matching pairs, as wanted,
-and their labels follow from the data's own rules (adaudit/data/generator.py):
+and their labels follow from the data's own rules (data/generator.py):
 
 - the copy gives `industry` and any text violation; the picture gives `background_colour`,
   `clutter` and `logo`; `verdict` is reject exactly when there is a violation;

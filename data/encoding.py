@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from adaudit.models.preprocessing import AuditProcessor
+from adaudit.models.serving import model_inputs
 
 from .dataset import AdRecord, load_image, read_split
 
@@ -29,10 +30,7 @@ class EncodedSplit:
 
     def inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model inputs for these ads, the copy trimmed to the longest one in the batch."""
-        mask = self.attention_mask[index]
-        length = int(mask.sum(1).max())
-        return {"pixel_values": AuditProcessor.normalise(self.image_bytes[index]),
-                "input_ids": self.input_ids[index, :length], "attention_mask": mask[:, :length]}
+        return model_inputs(self.image_bytes[index], self.input_ids[index], self.attention_mask[index])
 
     def subset(self, index: torch.Tensor) -> "EncodedSplit":
         return EncodedSplit([self.ids[i] for i in index.tolist()], self.image_bytes[index],

@@ -1,0 +1,1 @@
+"""Core utilities every layer may use: atomic file writes."""

@@ -1,0 +1,1 @@
+"""Running a model over data: the training loop, the teacher, evaluation and measurement."""
