@@ -44,7 +44,7 @@ bench: install
 # adaudit's student against Torch-Pruning, training from scratch, layer dropping and int8
 # quantization from the same teacher and budget (needs `make bench`'s runs/bench first)
 bench-peers: bench
-	$(BIN)/python benchmarks/peers.py --run $(RUNS)/bench --work $(RUNS)/peers --results benchmarks/results
+	$(BIN)/python -m benchmarks.peers --run $(RUNS)/bench --work $(RUNS)/peers --results benchmarks/results
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

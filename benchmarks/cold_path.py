@@ -14,7 +14,7 @@ Steps: decoding and checking the image and copy (`service.intake.decode_ads`), t
 (`service.encoding.Encoder.encode`), and one decision-log row committed to SQLite
 (`service.decision_log.DecisionLog.add_decisions`).
 
-    python benchmarks/cold_path.py --student runs/shape/student --data runs/bench/data --out benchmarks/results
+    python -m benchmarks.cold_path --student runs/shape/student --data runs/bench/data --out benchmarks/results
 
 Writes OUT/cold_path.{json,md}.
 """
@@ -116,7 +116,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
              for condition, by_step in samples.items()}
     for figures in table.values():
         figures["all three"] = sum(figures[step] for step in STEPS)
-    summary = {"command": " ".join(["python", "benchmarks/cold_path.py", *sys.argv[1:]]), "student": str(student),
+    summary = {"command": " ".join(["python", "-m", "benchmarks.cold_path", *sys.argv[1:]]), "student": str(student),
                "machine": machine(), "ads": len(raw), "rounds": rounds, "per_round": per_round, "gap_ms": gap_ms,
                "p50_ms": table, "cold_over_hot": table["after idle"]["all three"] / table["hot"]["all three"],
                "wall_seconds": time.perf_counter() - started}

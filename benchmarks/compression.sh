@@ -19,4 +19,4 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
       --out "$RUN/ablation-$modality" --preset small --modality "$modality" --resume
   done
 fi
-.venv/bin/python benchmarks/summarize.py "$RUN" benchmarks/results
+.venv/bin/python -m benchmarks.summarize "$RUN" benchmarks/results

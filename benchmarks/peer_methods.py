@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from adaudit.compression.distillation import TeacherCache, distil
-from adaudit.compression.pipeline import Views
+from adaudit.compression.augmentation import Views
 from adaudit.compression.importance import block_influence
 from adaudit.compression.recipe import BlocksStage, HiddenStage, Recipe, WidthsStage
 from adaudit.compression.structure import remove_blocks
@@ -29,7 +29,7 @@ from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import saved_tokenizer
 from adaudit.training.loop import Schedule, fit, label_loss
 
-from peer_pruning import TaylorPruner, all_logits, as_audit_model
+from benchmarks.peer_pruning import TaylorPruner, all_logits, as_audit_model
 
 
 @dataclass

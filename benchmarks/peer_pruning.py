@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 
 from adaudit.compression.distillation import TeacherCache
-from adaudit.compression.importance import _calibration_backward
+from adaudit.compression.importance import calibration_backward
 from adaudit.compression.recipe import DistillationSettings
 from adaudit.data.encoding import EncodedSplit
 from adaudit.models.configuration import TOWERS, BlockShape
@@ -80,7 +80,7 @@ class TaylorPruner:
         self.steps, self.done = steps, 0
 
     def step(self) -> None:
-        _calibration_backward(self.model, self.calibration, self.cache, self.settings)  # gradients for Taylor
+        calibration_backward(self.model, self.calibration, self.cache, self.settings)  # gradients for Taylor
         self.pruner.step()
         self.model.zero_grad(set_to_none=True)
         self.done += 1

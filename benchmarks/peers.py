@@ -6,7 +6,7 @@ Every final model is evaluated on the test split and then timed together with th
 alternating rounds, so the latency figures are comparable. Also the physical limit: the
 student's FLOPs over the machine's peak matmul rate.
 
-Usage: python benchmarks/peers.py [--run runs/bench] [--work runs/peers] [--results benchmarks/results]
+Usage: python -m benchmarks.peers [--run runs/bench] [--work runs/peers] [--results benchmarks/results]
 (`make bench-peers`). Methods live in peer_methods.py; results go to RESULTS/peers.{json,md} and
 RESULTS/pareto.png, the models each method built to WORK/.
 """
@@ -24,9 +24,11 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 
+from adaudit.compression.augmentation import make_views
 from adaudit.compression.distillation import TeacherCache, cache_teacher
-from adaudit.compression.pipeline import RECIPE_FILE, _shape_summary, make_views
+from adaudit.compression.pipeline import RECIPE_FILE
 from adaudit.compression.recipe import Recipe
+from adaudit.compression.stages import shape_summary
 from adaudit.data.encoding import encode_split, tokenised_for
 from adaudit.training.evaluation import evaluate, predict_logits
 from adaudit.core.files import atomic_write_text
@@ -34,9 +36,9 @@ from adaudit.training.measure import flops_per_ad, latency, machine, paired_late
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
-from peer_methods import METHODS, Built, Setting, check_outputs, distillation_epochs
-from peer_report import goals, markdown, pareto_front, plot
-from physical_limit import compiled_latency, floor_ms, peak_matmul
+from benchmarks.peer_methods import METHODS, Built, Setting, check_outputs, distillation_epochs
+from benchmarks.peer_report import goals, markdown, pareto_front, plot
+from benchmarks.physical_limit import compiled_latency, floor_ms, peak_matmul
 
 STUDENT_KEY = "antgmm"
 
@@ -194,7 +196,7 @@ def measure_entry(key: str, label: str, group: str, result: Built, test, teacher
             "flops_per_ad": flops_per_ad(float_model, test), **metrics,
             "wall_seconds": result.seconds, "reloadable": result.folder is not None,
             "folder": str(result.folder) if result.folder else None,
-            "shape": _shape_summary(result.model) if result.folder else None,
+            "shape": shape_summary(result.model) if result.folder else None,
             "notes": result.notes, "details": result.details}
 
 

@@ -9,7 +9,7 @@ Run on its own, it times one student against that floor on every engine adaudit 
 alternating rounds (a change of machine load hits them all alike), and writes
 OUT/physical_limit.{json,md}:
 
-    python benchmarks/physical_limit.py --student runs/bench/student --data runs/bench/data --out benchmarks/results
+    python -m benchmarks.physical_limit --student runs/bench/student --data runs/bench/data --out benchmarks/results
 
 Engines: eager PyTorch, torch.compile (inductor), ONNX Runtime with the any-batch graph only, and
 ONNX Runtime as serving runs it (the batch-1 graph for one ad; export/onnx_runtime.py). Latency
@@ -121,7 +121,7 @@ def run(student: Path, data: Path, out: Path, rounds: int, compile_too: bool) ->
             rows.append({"engine": "torch.compile (inductor)", **compiled,
                          "latency_over_floor": compiled["latency_ms_p50"] / floor})
     best = min(rows, key=lambda row: row["latency_ms_p50"])
-    summary = {"command": " ".join(["python", "benchmarks/physical_limit.py", *sys.argv[1:]]),
+    summary = {"command": " ".join(["python", "-m", "benchmarks.physical_limit", *sys.argv[1:]]),
                "student": str(student), "machine": machine(), "physical_limit": peak, "flops_per_ad": flops,
                "floor_ms": floor, "rounds": rounds, "engines": rows, "goal": GOAL, "best_engine": best["engine"],
                "best_latency_over_floor": best["latency_over_floor"], "met": best["latency_over_floor"] <= GOAL,

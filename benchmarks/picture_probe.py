@@ -9,7 +9,7 @@ is fitted on training ads and scored on the test split:
 - the vision tower's patch tokens, averaged;
 - the vision tower's patch tokens, their maximum per channel.
 
-    python benchmarks/picture_probe.py --model runs/pretrained/teacher --data runs/bench/data --task logo
+    python -m benchmarks.picture_probe --model runs/pretrained/teacher --data runs/bench/data --task logo
 
 Writes OUT/picture_probe-<task>-<model folder name>.{json,md}.
 """
@@ -67,7 +67,7 @@ def run(model_folder: Path, data: Path, out: Path, task: str, train_ads: int) ->
         probe = LogisticRegression(max_iter=2000).fit(fit_on, train_y)
         scores[name] = float(probe.score(score_on, test_y))
     majority = float(np.bincount(test_y).max() / len(test_y))
-    summary = {"command": " ".join(["python", "benchmarks/picture_probe.py", *sys.argv[1:]]), "model": str(model_folder),
+    summary = {"command": " ".join(["python", "-m", "benchmarks.picture_probe", *sys.argv[1:]]), "model": str(model_folder),
                "task": task, "train_ads": len(train_y), "test_ads": len(test_y), "majority_class": majority,
                "probe_accuracy": scores, "machine": machine(), "wall_seconds": time.perf_counter() - started}
     write_results(out, f"picture_probe-{task}-{model_folder.name}", summary, report(summary))

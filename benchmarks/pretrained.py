@@ -2,7 +2,7 @@
 ablations (each teacher evaluated with the picture greyed or the copy emptied, as
 `adaudit.training.teacher.blank_modality` does for trained ablations), and the default recipe from it.
 
-Usage: python benchmarks/pretrained.py --teacher DIR --base DIR|FILE --data DIR [--student DIR] --out DIR
+Usage: python -m benchmarks.pretrained --teacher DIR --base DIR|FILE --data DIR [--student DIR] --out DIR
 Writes OUT/pretrained.json and OUT/pretrained.md. `--base` is the `base` teacher's folder, or an earlier
 pretrained.json of the same data whose `base` figures are taken as they are (the `base` teacher takes
 over an hour and a half to train on a slow machine; its figures do not depend on the pretrained one).
@@ -22,7 +22,7 @@ from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.presets import PRESETS
 from adaudit.training.teacher import blank_modality
-from summarize import modality_ceilings, row
+from benchmarks.summarize import modality_ceilings, row
 
 VIEWS = {"both": "both", "text_only": "text", "image_only": "image"}
 
@@ -123,7 +123,7 @@ def main() -> None:
         "ceilings": modality_ceilings(args.data),
         "machine": machine(),
         "commands": [args.teacher_command or f"adaudit teacher train --data {args.data} --out {args.teacher} --preset pretrained",
-                     f"python benchmarks/pretrained.py --teacher {args.teacher} --base {args.base} "
+                     f"python -m benchmarks.pretrained --teacher {args.teacher} --base {args.base} "
                      f"--data {args.data} --out {args.out}" + (f" --student {args.student}" if args.student else "")],
     }
     if args.student and (args.student / "report.json").is_file():

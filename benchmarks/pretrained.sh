@@ -19,5 +19,5 @@ mkdir -p "$RUN"
 if [ "${COMPRESS:-1}" = 1 ] && [ ! -f "$RUN/student/report.json" ]; then
   $ADAUDIT compress --teacher "$RUN/teacher" --data "$DATA" --out "$RUN/student"
 fi
-.venv/bin/python benchmarks/pretrained.py --teacher "$RUN/teacher" --base "$BASE" --data "$DATA" \
+.venv/bin/python -m benchmarks.pretrained --teacher "$RUN/teacher" --base "$BASE" --data "$DATA" \
   --student "$RUN/student" --out benchmarks/results

@@ -1,6 +1,6 @@
 """The reliability benchmark behind the README's "Reliability figures": the gateway + a real Triton under load and faults.
 
-    flock /tmp/adaudit-cpu.lock python benchmarks/reliability.py --student runs/bench/student \\
+    flock /tmp/adaudit-cpu.lock python -m benchmarks.reliability --student runs/bench/student \\
         --teacher runs/bench/teacher --data runs/bench/data --out benchmarks/results
 
 Exports the student and the teacher into a temporary Triton model repository (one torch thread
@@ -45,13 +45,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from serving import GatewayProcess, cpu_of, free_ports, load_ads, log, machine_busy
 
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer
 from adaudit.core.files import atomic_write_text
 from adaudit.training.measure import machine
 from adaudit.service.security import digest
+from benchmarks.serving import GatewayProcess, cpu_of, free_ports, load_ads, log, machine_busy
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).with_name("locust_audits.py")
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kill-after", type=float, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, records)")
     args = parser.parse_args(argv)
-    args.command = shlex.join(["python", "benchmarks/reliability.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(["python", "-m", "benchmarks.reliability", *(sys.argv[1:] if argv is None else argv)])
     try:
         summary = run(args)
     except (RuntimeError, TritonError, OSError) as error:

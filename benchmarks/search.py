@@ -1,7 +1,7 @@
 """The policy-search benchmark (issue 5): searched vs uniform ratios, and the search's two ablations,
 all at one latency budget and one distillation budget, in one run.
 
-    .venv/bin/python benchmarks/search.py [--run runs/bench] [--target-speedup 13.5] [--final-epochs 4]
+    .venv/bin/python -m benchmarks.search [--run runs/bench] [--target-speedup 13.5] [--final-epochs 4]
 
 One latency model is calibrated and one budget (the teacher's batch-1 latency / target) is set for
 every variant; each variant's policy is then distilled by the same stages of recipes/auto.yaml
@@ -146,7 +146,7 @@ def main() -> None:
                           "wall_seconds"] if searched else None,
                       "budget_ms": searched["budget_ms"] if searched else None,
                       "policy": searched["policy"] if searched else None}
-    result = {"command": "python benchmarks/search.py " + " ".join(
+    result = {"command": "python -m benchmarks.search " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(arguments).items()),
               **setup, "generalization_gaps": gaps, "final_epochs": arguments.final_epochs,
               "default_recipe_final_epochs": json.loads((run / "student" / "recipe.json").read_text())["final_epochs"],

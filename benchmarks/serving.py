@@ -1,6 +1,6 @@
 """The serving benchmark behind the README's "Serving figures": Triton + the FastAPI gateway, one run.
 
-    python benchmarks/serving.py --student DIR --teacher DIR --data DIR --out benchmarks/results
+    python -m benchmarks.serving --student DIR --teacher DIR --data DIR --out benchmarks/results
 
 Exports both model folders into a temporary Triton model repository (`ServingSettings()`:
 max batch 32, preferred 8/16/32, queue delay 0, KIND_CPU; the teacher's instance at SCHED_IDLE
@@ -944,7 +944,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU cores other processes may use during a point before the run is marked disturbed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, repository)")
     args = parser.parse_args(argv)
-    args.command = shlex.join(["python", "benchmarks/serving.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(["python", "-m", "benchmarks.serving", *(sys.argv[1:] if argv is None else argv)])
 
     def terminate(signum, frame):
         raise KeyboardInterrupt

@@ -17,5 +17,5 @@ mkdir -p "$SHAPE"
 [ -f "$SHAPE/teacher/config.json" ] || $ADAUDIT teacher train --data "$DATA" --out "$SHAPE/teacher" --preset base --epochs 1
 [ -f "$SHAPE/student/report.json" ] || $ADAUDIT compress --teacher "$SHAPE/teacher" --data "$DATA" \
   --out "$SHAPE/student" --recipe benchmarks/shape-recipe.yaml
-.venv/bin/python benchmarks/serving.py --student "$SHAPE/student" --teacher "$SHAPE/teacher" --data "$DATA" \
+.venv/bin/python -m benchmarks.serving --student "$SHAPE/student" --teacher "$SHAPE/teacher" --data "$DATA" \
   --out benchmarks/results --triton-threads 1 --shadow-busy-fraction 0.25 --shadow-rounds 5 "$@"

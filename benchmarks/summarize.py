@@ -1,6 +1,6 @@
 """Collect a compression benchmark run into benchmarks/results: JSON, a Markdown table, plots.
 
-Usage: python benchmarks/summarize.py RUN_FOLDER RESULTS_FOLDER
+Usage: python -m benchmarks.summarize RUN_FOLDER RESULTS_FOLDER
 """
 
 import json

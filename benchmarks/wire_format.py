@@ -7,7 +7,7 @@ timed per call for one ad: preprocessing (resize, tokenise, and for float32 norm
 asyncio gRPC call through `service.backends.TritonBackend`'s client, in alternating blocks of 100
 calls with a pause between blocks. Both answer with the same logits (checked).
 
-    python benchmarks/wire_format.py --student runs/shape/student --data runs/bench/data --out benchmarks/results
+    python -m benchmarks.wire_format --student runs/shape/student --data runs/bench/data --out benchmarks/results
 
 Writes OUT/wire_format.{json,md}.
 """
@@ -53,13 +53,13 @@ async def measure(url: str, student: Path, data: Path, rounds: int) -> dict:
     from adaudit.data.dataset import load_image, read_split
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
-    from adaudit.service.backends import TritonGrpcBackend
+    from adaudit.service.triton_grpc import GrpcTransport
 
     model = AuditModel.from_pretrained(student)
     processor = AuditProcessor(model.config, model.tokenizer)
     records = read_split(data, "test")[:64]
     images = [load_image(record.image_path, processor.image_size) for record in records]
-    backend = TritonGrpcBackend(url)
+    backend = GrpcTransport(url)
 
     async def infer(name: str, arrays: dict, kinds: dict) -> dict:
         request = []
@@ -129,7 +129,7 @@ def main() -> int:
     from adaudit.export.server import TritonServer
     from adaudit.core.files import write_results
     from adaudit.training.measure import machine
-    from serving import free_ports
+    from benchmarks.serving import free_ports
 
     with tempfile.TemporaryDirectory(prefix="adaudit-wire-") as work:
         repository = Path(work) / "repo"
@@ -137,7 +137,7 @@ def main() -> int:
         float32_twin(repository, "student")
         with TritonServer(repository, *free_ports(3), log_file=Path(work) / "tritonserver.log", ready_timeout=120) as server:
             result = asyncio.run(measure(server.url, args.student, args.data, args.rounds))
-    result = {"command": " ".join(["python", "benchmarks/wire_format.py", *sys.argv[1:]]), "machine": machine(), **result}
+    result = {"command": " ".join(["python", "-m", "benchmarks.wire_format", *sys.argv[1:]]), "machine": machine(), **result}
     write_results(args.out, "wire_format", result, report(result))
     print(report(result))
     return 0 if result["same_logits"] else 1

@@ -1,8 +1,8 @@
 """The audit model as ONNX graphs, run by ONNX Runtime: the same weights with less per-operator cost.
 
-At batch 1 the student's eager PyTorch forward is bound by the fixed cost of each of its ~900
-operators, not by arithmetic (benchmarks/results/physical_limit.md). ONNX Runtime runs the same
-computation as a graph with fused kernels and a few microseconds per node.
+At batch 1 a small student's eager PyTorch forward is bound by the fixed cost of each of its
+hundreds of operators, not by arithmetic (benchmarks/results/physical_limit.md). ONNX Runtime runs
+the same computation as a graph with fused kernels and a few microseconds per node.
 
 `export_onnx(model, inputs, path)` traces the model with torch.onnx (the TorchScript exporter)
 into two graphs, and checks that ONNX Runtime gives PyTorch's logits with each:
@@ -10,26 +10,22 @@ into two graphs, and checks that ONNX Runtime gives PyTorch's logits with each:
 - `path`: any batch size, any copy length: what a batched Triton execution runs;
 - `batch_one_path(path)` (`model.batch1.onnx`): the same weights specialised to one ad (the copy
   length stays free). With the batch dimension fixed, ONNX Runtime folds away the shape
-  arithmetic that a dynamic batch keeps at run time, about half of the graph's nodes. Like a
+  arithmetic that a dynamic batch keeps at run time, a large part of the graph's nodes. Like a
   TensorRT optimisation profile, the engine picks the graph by the batch it is given.
 
 Both graphs are traced with eager attention (plain MatMul and Softmax nodes), then go through
 adaudit's own passes (export/onnx_graph.py: constant Reshape targets, each attention fused into
 one node) and ONNX Runtime's transformer fusions (`onnxruntime.transformers`: LayerNorm + residual
-into SkipLayerNormalization, bias + GELU into BiasGelu). On the 2-core AMD EPYC the batch-1 graph
-and the fusions took the student's batch-1 latency from 2.34 ms to 1.38 ms, timed alone; the
-passes of export/onnx_graph.py then took the batch-1 graph from 289 to 129 nodes and its latency
-to 0.73-0.84 of what it was (one-off A/B runs: the median, over 31 alternating rounds, of each
-round's ratio). Only a model of up to BATCH_ONE_MAX_PARAMETERS gets the batch-1 graph; with the
-passes it is still about 12% faster on one ad than the any-batch graph.
+into SkipLayerNormalization, bias + GELU into BiasGelu). What each step bought is measured in
+docs/serving.md and benchmarks/results/physical_limit.md. Only a model of up to
+BATCH_ONE_MAX_PARAMETERS gets the batch-1 graph; with the passes it is still faster on one ad than
+the any-batch graph.
 
-Tried and left out: fixing the copy length too, one batch-1 graph per length bucket (16, 24, 32,
-48), every shape constant. At one length it was faster (0.84 against 1.09 ms, 188 nodes against
-289), but over the test split's ads, whose lengths vary, switching between the buckets' sessions
-(each with its own thread pool and copy of the weights) cost more than the folding saved: p50
-1.45-1.93 ms against 1.02-1.41 for the any-batch graph in the same runs, p95 6-9 ms. One
-fixed-length graph with every copy padded to 48 tokens came out within the machine's noise of
-the any-batch graph (1.16-1.30 against 1.02-1.41 ms).
+Tried and left out: fixing the copy length too, one batch-1 graph per length bucket, every shape
+constant. At one length it was faster, but over ads whose lengths vary, switching between the
+buckets' sessions (each with its own thread pool and copy of the weights) cost more than the
+folding saved; one fixed-length graph with every copy padded to the model's text length came out
+within the machine's noise of the any-batch graph (figures: docs/serving.md).
 
 `OnnxRuntimeAuditModel(path)` runs them behind the model's own call signature, so evaluation and
 latency code takes it as it takes an `AuditModel`. Needs `onnx` and `onnxruntime` (core

@@ -51,9 +51,9 @@ class ServingSettings:
     cpu_priority: str = "normal"  # CPU instances: "normal", or "idle" for a shadow model (below)
     # CPU instances: "onnxruntime" (the default) runs the model's weights exported to
     # <version>/model.onnx (export/onnx_runtime.py, logits checked against PyTorch's at export),
-    # with far less cost per operator; "torch" runs the model folder in eager PyTorch. On the 2-core
-    # AMD EPYC the student's batch-1 Triton compute is 2.3-3.2 ms against 5.9-6.4 (benchmarks/results/
-    # serving-*.md). GPU instances run PyTorch in `precision` either way (no ONNX files are written).
+    # with far less cost per operator; "torch" runs the model folder in eager PyTorch (figures:
+    # docs/serving.md, benchmarks/results/serving-*.md). GPU instances run PyTorch in `precision`
+    # either way (no ONNX files are written).
     engine: str = "onnxruntime"
 
     # A shadow model that shares CPUs with the primary (one CPU machine, as here) gets "idle":

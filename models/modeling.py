@@ -76,8 +76,8 @@ BLOCK_ANATOMY = {
 IMAGE_TASKS = ("industry", "background_colour", "clutter", "logo")
 # With `industry_agreement`, these heads also read `industry_disagreement`: how unlikely it is that the
 # picture (image head) and the copy (industry head) name the same industry. Towers that read each modality
-# well may still never learn to compare them (the pretrained teacher: 0-3% of the mismatches caught); the
-# two industry heads are each right on 100% of the test ads, and their disagreement states a mismatch
+# well may still never learn to compare them (the pretrained teacher did not: docs/compression.md); the
+# two industry heads each read their own modality reliably, and their disagreement states a mismatch
 # outright. A learned Linear(1, classes) per task says what it means for that task.
 AGREEMENT_TASKS = ("verdict", "violation")
 
@@ -182,8 +182,8 @@ def _build_text(config: AuditModelConfig) -> BertModel:
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The text tower's attention mask as the bias its blocks add to their attention scores: 0 where a
     token may be read, the dtype's minimum at padding, shaped (batch, 1, length, length). What the ONNX
-    export traces: three operations instead of transformers' general mask functions (a chain of some
-    forty nodes in the graph), in the shape ONNX Runtime's fused attention takes (export/onnx_graph.py).
+    export traces: three operations instead of transformers' general mask functions (a long chain of
+    nodes in the graph), in the shape ONNX Runtime's fused attention takes (export/onnx_graph.py).
     Training and PyTorch serving keep transformers' own mask, which lets SDPA drop a mask of all ones
     and use its fastest kernels on a GPU; tests/test_model.py checks that both mask alike."""
     length = mask.shape[1]

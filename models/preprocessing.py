@@ -45,8 +45,8 @@ def decode_picture(image: Image.Image, size: int | None) -> Image.Image:
     feed the model the same pixels:
 
     - a JPEG decodes at 1/2, 1/4 or 1/8 scale as long as both sides stay at least `size` (the
-      model's image size; None: full size). The resize to `size` follows anyway, and a 1080x1080
-      ad then decodes in about a sixth of the time;
+      model's image size; None: full size). The resize to `size` follows anyway, and a large
+      picture then decodes in a fraction of the time;
     - the picture is turned upright by its EXIF orientation (a phone photo saved sideways);
     - the result is RGB.
 
@@ -89,8 +89,8 @@ class AuditProcessor:
     def text_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), int64 (batch, max_text_length): [CLS] copy [SEP], cut or padded."""
         # encode_batch hands the copies to a thread pool: on a serving batch (at most a few dozen ads) that
-        # costs more CPU than it saves (4 ads: 360 against 185 us of CPU on the 2-core AMD EPYC), and the
-        # gateway shares its cores with Triton; a data set's thousands of copies gain from it
+        # costs more CPU than it saves, and the gateway shares its cores with Triton; a data set's thousands
+        # of copies gain from it
         many = len(texts) > PARALLEL_TOKENISING_FROM
         encodings = self._encoder.encode_batch(texts) if many else [self._encoder.encode(text) for text in texts]
         input_ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64).reshape(len(texts), -1)

@@ -197,7 +197,7 @@ def pretrained_config(image_size: int = DEFAULT_IMAGE_SIZE, qformer_blocks: int 
         text=TowerConfig.uniform(384, 12, 12, 1536),
         vocab_size=vocab_size, image_size=image_size, patch_size=PATCH_SIZE,
         num_query_tokens=num_query_tokens, max_text_length=max_text_length,
-        industry_agreement=True,  # its pretrained towers never learn the comparison on their own (README)
+        industry_agreement=True,  # its pretrained towers never learn the comparison on their own (docs/compression.md)
     ).validate()
 
 

@@ -2,15 +2,11 @@
 and written atomically; the figures themselves are the benchmark's business, not asserted here."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from cold_path import CONDITIONS, main, run  # noqa: E402
+from benchmarks.cold_path import CONDITIONS, main, run
 
 
 def test_every_condition_and_step_is_timed(student, dataset, tmp_path):

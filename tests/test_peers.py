@@ -5,26 +5,22 @@ are the benchmark's business (benchmarks/results/peers.*), not asserted here.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from adaudit.compression.distillation import cache_teacher
+from adaudit.compression.recipe import load_recipe
+from adaudit.data.encoding import encode_split
+from adaudit.training.evaluation import evaluate
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+from benchmarks.peer_methods import distillation_epochs
+from benchmarks.peer_pruning import UNTRACED, TaylorPruner, as_audit_model, config_from_shapes
+from benchmarks.peers import run_peers
 
-from peer_methods import distillation_epochs  # noqa: E402
-from peer_pruning import UNTRACED, TaylorPruner, as_audit_model, config_from_shapes  # noqa: E402
-from peers import run_peers  # noqa: E402
-
-from adaudit.compression.distillation import cache_teacher  # noqa: E402
-from adaudit.compression.recipe import load_recipe  # noqa: E402
-from adaudit.data.encoding import encode_split  # noqa: E402
-from adaudit.training.evaluation import evaluate  # noqa: E402
-from adaudit.models.modeling import AuditModel  # noqa: E402
-from adaudit.models.preprocessing import AuditProcessor  # noqa: E402
-
-from conftest import TINY_RECIPE, quiet  # noqa: E402
+from conftest import TINY_RECIPE, quiet
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,10 @@
 written atomically; a text task is refused with one readable line."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from picture_probe import DEPTHS, run  # noqa: E402
+from benchmarks.picture_probe import DEPTHS, run
 
 
 def test_every_depth_is_probed_and_written(teacher, dataset, tmp_path):

@@ -1,7 +1,7 @@
 """One plain training loop, shared by teacher training and distillation, plus checkpoints.
 
 Training steps run under bfloat16 autocast where the CPU supports it natively (AVX-512
-BF16 or AMX: about 2x faster here); weights, optimizer state and evaluation stay float32.
+BF16 or AMX), where it is markedly faster; weights, optimizer state and evaluation stay float32.
 
 `fit` knows nothing about losses: it takes a function of (model, batch index) that returns
 the loss, so the teacher (cross-entropy on labels) and every compression stage (distillation

@@ -1,0 +1,1 @@
+"""The benchmarks behind the README's figures, run as modules: `python -m benchmarks.<name> --help`."""
