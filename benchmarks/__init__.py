@@ -1,1 +1,1 @@
-"""The benchmarks behind the README's figures, run as modules: `python -m benchmarks.<name> --help`."""
+"""The benchmarks behind the figures of docs/results.md, run as modules: `python -m benchmarks.<name> --help`."""

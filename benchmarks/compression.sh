@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compression benchmark behind the README's table: 6,000 MAAD-like ads, the `base`
+# The compression benchmark behind docs/results.md's compression table: 6,000 MAAD-like ads, the `base`
 # teacher, the default AntGMM recipe; the single-modality ceilings of the test split.
 # Steps whose output exists are skipped, so an interrupted run continues.
 # Usage: benchmarks/compression.sh            (about 40 minutes on two CPU cores)

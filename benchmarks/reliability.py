@@ -1,4 +1,4 @@
-"""The reliability benchmark behind the README's "Reliability figures": the gateway + a real Triton under load and faults.
+"""The reliability benchmark behind docs/results.md's reliability figures: the gateway + a real Triton under load and faults.
 
     flock /tmp/adaudit-cpu.lock python -m benchmarks.reliability --student runs/bench/student \\
         --teacher runs/bench/teacher --data runs/bench/data --out benchmarks/results

@@ -1,4 +1,4 @@
-"""The serving benchmark behind the README's "Serving figures": Triton + the FastAPI gateway, one run.
+"""The serving benchmark behind docs/results.md's serving figures: Triton + the FastAPI gateway, one run.
 
     python -m benchmarks.serving --student DIR --teacher DIR --data DIR --out benchmarks/results
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The serving benchmark behind the README's "Serving figures", from nothing: 600 MAAD-like ads,
+# The serving benchmark behind docs/results.md's serving figures, from nothing: 600 MAAD-like ads,
 # an untrained `base` teacher (41.3M parameters) cut by the default recipe's stages with no
 # distillation (benchmarks/shape-recipe.yaml: the default student's exact shapes, 1.6M
 # parameters, in minutes rather than the hours of `make bench`), then benchmarks/serving.py.

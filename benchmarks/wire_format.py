@@ -4,7 +4,7 @@ One real Triton serves the same student twice: as `adaudit export` writes it now
 instance normalises), and as it was written before (float32 `pixel_values`, the gateway normalises;
 that model.py is taken from git history, commit FLOAT32_COMMIT). The gateway's own steps are
 timed per call for one ad: preprocessing (resize, tokenise, and for float32 normalise) and the
-asyncio gRPC call through `service.backends.TritonBackend`'s client, in alternating blocks of 100
+asyncio gRPC call through `service.triton_grpc.GrpcTransport`, in alternating blocks of 100
 calls with a pause between blocks. Both answer with the same logits (checked).
 
     python -m benchmarks.wire_format --student runs/shape/student --data runs/bench/data --out benchmarks/results

@@ -6,12 +6,16 @@
     bodies.py         reading request bodies: size limit, content type, JSON, multipart
     intake.py         checking ads: image decoding with limits, text validation (bad input -> 4xx)
     encoding.py       model inputs via models/preprocessing.AuditProcessor; logits -> labels
-    backends.py       TritonHttpBackend / TritonGrpcBackend (asyncio) and EmbeddedBackend (torch in-process)
-    triton_http.py    keep-alive HTTP/1.1 connections to Triton (the bodies are tritonclient's)
+    backends.py       TritonBackend (over a Triton transport, asyncio) and EmbeddedBackend (torch in-process)
+    triton_transport.py  the Triton transport interface: metadata, config, infer, ready, close
+    triton_http.py    the HTTP transport: keep-alive HTTP/1.1 connections (the bodies are tritonclient's)
+    triton_grpc.py    the gRPC transport: tritonclient's asyncio gRPC client
     gateway.py        the audit path: policy, inference, decision log, shadow offer
     policy.py         canary / A-B arm (sticky per ad id) and shadow sampling
     shadow.py         the bounded shadow queue, its workers and the comparison
-    decision_log.py   SQLAlchemy: decisions, feedback, shadow disagreements, reviewed accuracy
+    decision_log.py   SQLAlchemy: decisions, feedback, shadow disagreements, reviewed accuracy; the
+                      decision writer per database (SQLite, PostgreSQL)
+    answers.py        the audit answers' JSON (pydantic, one pass)
     metrics.py        the adaudit_* Prometheus metrics (one process per pod)
     middleware.py     in-flight gauge, request latency, last-resort 503 guard
     admission.py      the in-flight limit: over max_in_flight, an immediate 503 `overloaded`

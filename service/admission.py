@@ -11,10 +11,10 @@ alive. Shed requests are counted in `adaudit_errors_total{kind="overloaded"}`.
 
 from __future__ import annotations
 
-import json
+from .errors import error_body
 
-OVERLOADED = json.dumps({"error": "the gateway is at its limit of requests in flight; retry after the "
-                         "Retry-After seconds", "kind": "overloaded"}).encode()
+OVERLOADED = error_body("overloaded", "the gateway is at its limit of requests in flight; retry after the "
+                        "Retry-After seconds")
 HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1"),
            (b"content-length", str(len(OVERLOADED)).encode())]
 

@@ -15,21 +15,21 @@ runs each model on its own single-thread executor under `torch.inference_mode`: 
 never blocks the event loop, one model's calls are serialised, and a slow shadow model never
 queues in front of the primary.
 
-`TritonBackend` reads a Triton model's spec from its metadata and config, over one of two
-protocols (`triton_protocol`): `TritonHttpBackend`, Triton's HTTP/REST protocol with binary
-tensors (the bodies made and read by tritonclient, carried on keep-alive connections by
-triton_http.py), the default since it costs 0.6-1 ms less per call on two cores; or
-`TritonGrpcBackend`, one `tritonclient.grpc.aio` client (one HTTP/2 channel, multiplexed) whose
-reconnect backoff is capped at 1 s. Either recovers within a second or two of Triton coming back.
+`TritonBackend` reads a Triton model's spec from its metadata and config, checks it against the
+label space, finds the model's tokenizer and names the errors, once for both protocols, over a
+transport (triton_transport.py: metadata, config, infer, ready, close) that the settings pick
+(`triton_protocol`, in `make_backend`): `HttpTransport` (triton_http.py), Triton's HTTP/REST
+protocol with binary tensors on keep-alive connections, the default since its calls cost less
+on a small machine (benchmarks/results/serving-history.md); or `GrpcTransport`
+(triton_grpc.py), one `tritonclient.grpc.aio` client whose reconnect backoff is capped at 1 s.
+Either recovers within a second or two of Triton coming back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 
@@ -38,7 +38,9 @@ from adaudit.models.preprocessing import SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, has_tokenizer
 
 from .encoding import ModelSpec
-from .triton_http import TritonHttpClient, TritonHttpError
+from .triton_grpc import GrpcTransport
+from .triton_http import HttpTransport
+from .triton_transport import TritonCallError, TritonTransport
 
 
 class BackendError(Exception):
@@ -145,21 +147,36 @@ class EmbeddedBackend:
 
 # --- Triton ---------------------------------------------------------------------------------
 class TritonBackend:
-    """What both protocols share: the model's spec from its metadata and config, and the error kinds.
-    A protocol supplies `_metadata`, `_config`, `_infer`, `ready` and `close`."""
+    """The backend logic for Triton, whatever the protocol: the model's spec from its metadata and config,
+    its tokenizer folder, and the gateway's error for a failed call. `transport` moves the calls."""
 
     name = "triton"
-    protocol = ""
 
-    def __init__(self, url: str, timeout_s: float = 5.0, repository: Path | None = None):
-        self.url, self.timeout_s = url, timeout_s
+    def __init__(self, transport: TritonTransport, repository: Path | None = None):
+        self.transport = transport
         self.repository = Path(repository) if repository is not None else None
 
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    @property
+    def protocol(self) -> str:
+        return self.transport.protocol
+
+    async def _call(self, model: str, call, *args):
+        try:
+            return await call(*args)
+        except TritonCallError as error:
+            answer = unavailable if error.down else not_ready
+            where = "cannot serve" if error.answered else "did not answer for"
+            raise answer(f"Triton at {self.url} {where} model {model}: {error.detail}") from None
+
     async def describe(self, model: str, version: str | None = None) -> ModelSpec:
-        metadata = await self._metadata(model, version)
+        metadata = await self._call(model, self.transport.metadata, model, version)
         if version is None:
             version = str(max(int(v) for v in metadata.get("versions", ["1"])))
-        config = await self._config(model, version)
+        config = await self._call(model, self.transport.config, model, version)
         inputs = {item["name"]: [int(d) for d in item["dims"]] for item in config.get("input", [])}
         outputs = {item["name"]: [int(d) for d in item["dims"]] for item in config.get("output", [])}
         try:
@@ -192,146 +209,18 @@ class TritonBackend:
         return folder
 
     async def infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self._infer(model, version, {name: np.ascontiguousarray(array) for name, array in inputs.items()})
-
-
-class TritonGrpcBackend(TritonBackend):
-    """One `tritonclient.grpc.aio` client (one HTTP/2 channel, multiplexed) for the process; reconnect
-    backoff is capped at 1 s so the gateway recovers within a second or two of Triton coming back."""
-
-    protocol = "grpc"
-
-    def __init__(self, url: str, timeout_s: float = 5.0, repository: Path | None = None):
-        super().__init__(url, timeout_s, repository)
-        self._client = None
-
-    def client(self):
-        if self._client is None:  # created inside the running event loop (grpc.aio binds to it)
-            from tritonclient.grpc import aio as grpcclient
-
-            large = 1 << 30
-            self._client = grpcclient.InferenceServerClient(self.url, channel_args=[
-                ("grpc.max_send_message_length", large), ("grpc.max_receive_message_length", large),
-                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-            ])
-        return self._client
-
-    def _error(self, model: str, error: Exception) -> BackendError:
-        status = str(getattr(error, "status", lambda: "")() or "")
-        message = getattr(error, "message", lambda: str(error))() or str(error)
-        if "UNAVAILABLE" in status or "DEADLINE" in status or "CANCELLED" in status:
-            return unavailable(f"Triton at {self.url} did not answer for model {model}: {message}")
-        return not_ready(f"Triton at {self.url} cannot serve model {model}: {message}")
-
-    async def _call(self, model: str, method: str, *args, **kwargs):
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            return await getattr(self.client(), method)(*args, client_timeout=self.timeout_s, **kwargs)
-        except InferenceServerException as error:
-            raise self._error(model, error) from None
-
-    async def _metadata(self, model: str, version: str | None) -> dict:
-        return await self._call(model, "get_model_metadata", model, version or "", as_json=True)
-
-    async def _config(self, model: str, version: str) -> dict:
-        return (await self._call(model, "get_model_config", model, version, as_json=True))["config"]
-
-    async def _infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tritonclient.grpc import InferInput
-        from tritonclient.utils import triton_to_np_dtype
-
-        request = []
-        for name, array in inputs.items():
-            item = InferInput(name, list(array.shape), SERVED_INPUTS[name])
-            item.set_data_from_numpy(array)
-            request.append(item)
-        result = await self._call(model, "infer", model, request, model_version=version)
-        response = result.get_response()  # each output's bytes in order (InferResult.as_numpy looks each name up)
-        return {output.name: np.frombuffer(raw, triton_to_np_dtype(output.datatype)).reshape(tuple(output.shape))
-                for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)}
+        contiguous = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
+        return await self._call(model, self.transport.infer, model, version, contiguous)
 
     async def ready(self, model: str, version: str | None = None) -> bool:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            return bool(await self.client().is_model_ready(model, version or "", client_timeout=1.0))
-        except (InferenceServerException, OSError):
-            return False
+        return await self.transport.ready(model, version)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-
-class TritonHttpBackend(TritonBackend):
-    """Triton's HTTP/REST protocol: tritonclient makes and reads the bodies (the binary tensor extension:
-    a JSON header, then each tensor's raw bytes), triton_http.py carries them on keep-alive connections."""
-
-    protocol = "http"
-
-    def __init__(self, url: str, timeout_s: float = 5.0, repository: Path | None = None):
-        super().__init__(url, timeout_s, repository)
-        self.client = TritonHttpClient(url)
-
-    @staticmethod
-    def _path(model: str, version: str | None, *rest: str) -> str:
-        path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
-        return "/".join((path, *rest))
-
-    async def _request(self, model: str, path: str, body: bytes = b"", headers: dict | None = None,
-                   timeout: float | None = None):
-        try:
-            answer = await self.client.request("POST" if body else "GET", path, body, headers,
-                                               timeout or self.timeout_s)
-        except TritonHttpError as error:
-            raise unavailable(f"Triton at {self.url} did not answer for model {model}: {error}") from None
-        if answer.status != 200:
-            try:
-                message = json.loads(answer.body)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = answer.body[:200].decode("utf-8", "replace")
-            error = unavailable if answer.status in (502, 503, 504) else not_ready
-            raise error(f"Triton at {self.url} cannot serve model {model}: {message} (HTTP {answer.status})")
-        return answer
-
-    async def _metadata(self, model: str, version: str | None) -> dict:
-        return json.loads((await self._request(model, self._path(model, version))).body)
-
-    async def _config(self, model: str, version: str) -> dict:
-        return json.loads((await self._request(model, self._path(model, version, "config"))).body)
-
-    async def _infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tritonclient.http import InferenceServerClient, InferInput
-
-        request = []
-        for name, array in inputs.items():
-            item = InferInput(name, list(array.shape), SERVED_INPUTS[name])
-            item.set_data_from_numpy(array, binary_data=True)
-            request.append(item)
-        body, header_length = InferenceServerClient.generate_request_body(request)  # every output binary
-        headers = {"Inference-Header-Content-Length": header_length} if header_length is not None else None
-        answer = await self._request(model, self._path(model, version, "infer"), body, headers)
-        length = answer.headers.get("inference-header-content-length")
-        result = InferenceServerClient.parse_response_body(answer.body, header_length=int(length) if length else None)
-        return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
-
-    async def ready(self, model: str, version: str | None = None) -> bool:
-        try:
-            await self._request(model, self._path(model, version, "ready"), timeout=1.0)
-            return True
-        except BackendError:
-            return False
-
-    async def close(self) -> None:
-        await self.client.close()
+        await self.transport.close()
 
 
 def make_backend(settings) -> EmbeddedBackend | TritonBackend:
     if settings.backend == "embedded":
         return EmbeddedBackend(settings.model_dir, settings.request_timeout_s)
-    kind = TritonHttpBackend if settings.triton_protocol == "http" else TritonGrpcBackend
-    return kind(settings.triton_url, settings.request_timeout_s, settings.model_repository)
+    transport = HttpTransport if settings.triton_protocol == "http" else GrpcTransport
+    return TritonBackend(transport(settings.triton_url, settings.request_timeout_s), settings.model_repository)

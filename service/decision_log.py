@@ -8,43 +8,50 @@
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
               shadow_model, shadow_version, primary_outputs JSON, shadow_outputs JSON)
 
-SQLite file by default (WAL journal, synchronous=NORMAL: a commit costs tens of microseconds,
-not an fsync), PostgreSQL by URL (`postgresql+psycopg://...`, install the driver) when several
-replicas share one log. Tables are created at start if missing (and `decisions.caller` added to
-a log written before it existed). Per-model reviewed accuracy is a join of feedback with
-decisions, grouped by model, version and task. Every query is built by SQLAlchemy with bound
-parameters; no SQL text is ever made from request data.
+`DecisionLog` is what every database does the same: the tables (created at start if missing,
+and `decisions.caller` added to a log written before it existed), a logged decision, the
+reviewer's feedback, per-model reviewed accuracy (a join of feedback with decisions, grouped by
+model, version and task) and the shadow disagreements. Every query is built by SQLAlchemy with
+bound parameters; no SQL text is ever made from request data.
+
+How the gateway's decision rows reach the database is one interface, `DecisionWriter` (the
+engine with this database's options, `add_decisions`, the gateway's `write`, `stop`, `close`),
+with one strategy per database, picked from the URL in one place (`decision_writer`):
+
+- `PostgresDecisionWriter`, production (`postgresql+psycopg://...`, install the driver; several
+  replicas share one log): a connection pool that pings a connection before use (a restarted
+  server's dead connections are replaced, not failed on), the connect and checkout timeouts
+  below, and every write from a worker thread, so a slow or vanished server never blocks the
+  event loop. Any other server database SQLAlchemy reaches takes the same path.
+- `SqliteDecisionWriter`, the default file (one replica) and in-memory logs (tests): WAL journal,
+  synchronous=NORMAL (a commit appends to the WAL, no fsync), and the one fast path that only
+  SQLite has: a lone audit's row written on the event loop, when the write lock is free that
+  instant, with the WAL checkpoints that path then needs (see the class).
 
 Waiting is bounded by `lock_timeout_s` (the gateway's request timeout): SQLite's busy timeout,
 PostgreSQL's connect timeout and the pool's checkout timeout. A database that is down or locked
 past it raises `SQLAlchemyError`, which the gateway answers with a 503 (see gateway.py).
 
-The methods are synchronous; the gateway calls them with `asyncio.to_thread`, except
-`add_decisions_now`: for a SQLite file, one lone request's row is written on the event loop
-through a connection kept open for it, if the write lock is free that instant (SQLite's busy
-timeout 0 on that connection); when it is not, nothing is written and the gateway takes the
-worker-thread path, which waits for the lock as above. On a 2-core machine the thread hop (a
-worker woken, then the loop woken) costs more than the write: 0.36 against 0.06 ms, back to
-back. That write runs SQLAlchemy's INSERT, compiled once, on the DBAPI connection itself: in the
-gateway, between two requests, it took 0.31 ms where SQLAlchemy's execution path took 0.59. That
-connection never checkpoints the WAL itself (a checkpoint copies pages and syncs, which the
-event loop must not wait for): `checkpoint_due` tells the gateway to run `checkpoint` in a
-worker thread every `CHECKPOINT_EVERY` such writes.
+The methods of `DecisionLog` are synchronous; the gateway calls them with `asyncio.to_thread`,
+and writes its decisions through `write_decisions`, which the writer strategy carries out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, cast,
                         create_engine, event, func, insert, inspect, select, text)
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-
-CHECKPOINT_EVERY = 200  # rows written by add_decisions_now between two WAL checkpoints
+log = logging.getLogger("adaudit.service")
+CHECKPOINT_EVERY = 200  # rows written in place (SqliteDecisionWriter) between two WAL checkpoints
+IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
 
 
 class Base(DeclarativeBase):
@@ -110,55 +117,114 @@ def utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite drops the zone
 
 
-class DecisionLog:
-    def __init__(self, url: str, lock_timeout_s: float = 10.0):
-        sqlite = url.startswith("sqlite")
+# --- writing decisions: one interface, a strategy per database ------------------------------
+class DecisionWriter:
+    """How the gateway's decision rows reach the database, and the engine every query runs on.
+
+        engine                    the SQLAlchemy engine, made with `engine_options` (per database)
+        add_decisions(rows)       commit the rows now, waiting as long as the database needs (blocking)
+        async write(rows, alone)  the gateway's write: back once the rows are committed; `alone`: no
+                                  other audit is in flight (a strategy may then take a shorter path)
+        async stop()              background work finished, then `close` (the gateway's shutdown)
+        close()                   every connection released
+
+    The shared part is the plain path, right for every database: `write` commits from a worker
+    thread, so a database that waits never blocks the event loop."""
+
+    def __init__(self, url: str, lock_timeout_s: float):
+        self.url = url
+        self.engine = create_engine(url, **self.engine_options(url, lock_timeout_s))
+
+    def engine_options(self, url: str, lock_timeout_s: float) -> dict:
+        raise NotImplementedError
+
+    def add_decisions(self, rows: list[dict]) -> None:
+        # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here);
+        # a lone row as one execute, not an executemany (less of SQLAlchemy's time)
+        with self.engine.begin() as connection:
+            connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
+
+    async def write(self, rows: list[dict], alone: bool) -> None:
+        await asyncio.to_thread(self.add_decisions, rows)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class PostgresDecisionWriter(DecisionWriter):
+    """PostgreSQL, production: a pool whose connections are pinged before use (those a restarted server
+    dropped are replaced), checkout within `lock_timeout_s`, the driver's connect timeout, and every write
+    from a worker thread (the shared path). Another server database takes the same path, without the
+    connect timeout (a psycopg argument)."""
+
+    def engine_options(self, url: str, lock_timeout_s: float) -> dict:
         options = {"pool_pre_ping": True, "pool_timeout": lock_timeout_s}
         if url.startswith("postgresql"):
             options["connect_args"] = {"connect_timeout": max(1, math.ceil(lock_timeout_s))}
-        if sqlite:
-            options = {"connect_args": {"check_same_thread": False, "timeout": lock_timeout_s}}
-            if url in ("sqlite://", "sqlite:///:memory:"):  # one in-memory database shared by every thread
-                options["poolclass"] = StaticPool
-        self.engine = create_engine(url, **options)
-        if sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        # writes on the caller's thread: a SQLite file only (an in-memory log is one connection for every thread)
-        self.writes_in_place = sqlite and options.get("poolclass") is not StaticPool
+        return options
+
+
+class SqliteDecisionWriter(DecisionWriter):
+    """A SQLite file (WAL, synchronous=NORMAL, foreign keys on every connection), or one in-memory database
+    shared by every thread. Everything here exists for SQLite alone; no other database runs it.
+
+    The in-place write (`add_decisions_now`): a lone audit's row is committed on the event loop through a
+    DBAPI connection kept open for it, if the write lock is free that instant (busy timeout 0 on that
+    connection); when it is not, nothing is written and the row takes the worker-thread path, which waits
+    for the lock. Why: at batch 1 the thread hop (a worker woken, then the loop woken) costs more than a
+    SQLite commit, and running SQLAlchemy's INSERT, compiled once, on the DBAPI connection skips
+    SQLAlchemy's per-execution work (the figures: benchmarks/results/serving-history.md). A server
+    database cannot promise a write without waiting, so it never takes this path.
+
+    The WAL checkpoints: that connection never checkpoints the WAL itself (a checkpoint copies pages and
+    syncs, which the event loop must not wait for); every `CHECKPOINT_EVERY` rows written in place, a
+    PASSIVE checkpoint runs in a worker thread. An in-memory log writes nothing in place (its one
+    connection serves every thread)."""
+
+    def __init__(self, url: str, lock_timeout_s: float):
+        super().__init__(url, lock_timeout_s)
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.writes_in_place = url not in IN_MEMORY
         self._in_place = None  # the DBAPI connection add_decisions_now keeps open
         self._insert = None  # add_decisions_now's statement, compiled once
         self._since_checkpoint = 0
+        self._checkpoint: asyncio.Task | None = None  # the WAL checkpoint, while one runs
 
-    def create_tables(self) -> None:
-        Base.metadata.create_all(self.engine)
-        if "caller" not in {column["name"] for column in inspect(self.engine).get_columns("decisions")}:
-            with self.engine.begin() as connection:  # a log written before callers were recorded
-                connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
+    def engine_options(self, url: str, lock_timeout_s: float) -> dict:
+        options = {"connect_args": {"check_same_thread": False, "timeout": lock_timeout_s}}
+        if url in IN_MEMORY:  # one in-memory database shared by every thread
+            options["poolclass"] = StaticPool
+        return options
+
+    async def write(self, rows: list[dict], alone: bool) -> None:
+        if alone and self.add_decisions_now(rows):
+            if self.checkpoint_due() and (self._checkpoint is None or self._checkpoint.done()):
+                self._checkpoint = asyncio.create_task(self._run_checkpoint())
+            return
+        await super().write(rows, alone)
+
+    async def stop(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint
+        await super().stop()
 
     def close(self) -> None:
         self._drop_in_place()
-        self.engine.dispose()
-
-    def add_decisions(self, rows: list[dict]) -> None:
-        with self.engine.begin() as connection:
-            _insert_decisions(connection, rows)
+        super().close()
 
     def add_decisions_now(self, rows: list[dict]) -> bool:
         """`add_decisions` without waiting for anything: True once the rows are committed; False, with
-        nothing written, where the log is not a SQLite file, its write lock is held right now, or a row
-        does not name every column (or any other error: `add_decisions` then raises it, or waits for the
-        lock, or fills the defaults)."""
+        nothing written, where the log is in memory, the write lock is held right now, or a row does not
+        name every column (or any other error: `add_decisions` then raises it, or waits for the lock, or
+        fills the defaults)."""
         if not self.writes_in_place:
             return False
         try:
             if self._in_place is None:
-                self._in_place = self.engine.raw_connection()  # a DBAPI connection, the pragmas applied ...
-                self._in_place.detach()  # ... never handed back to the pool with the two below: closed at the end
-                cursor = self._in_place.cursor()
-                cursor.execute("PRAGMA busy_timeout = 0")  # this connection never waits
-                cursor.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it
-                cursor.close()
-                self._in_place.commit()
+                self._in_place = self._open_in_place()
             statement, conversions = self._decision_insert()
             cursor = self._in_place.cursor()
             cursor.executemany(statement, [tuple(row[name] if convert is None else convert(row[name])
@@ -174,11 +240,21 @@ class DecisionLog:
         self._since_checkpoint += len(rows)
         return True
 
+    def _open_in_place(self):
+        connection = self.engine.raw_connection()  # a DBAPI connection, the pragmas applied ...
+        connection.detach()  # ... never handed back to the pool with the two below: closed at the end
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 0")  # this connection never waits
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it
+        cursor.close()
+        connection.commit()
+        return connection
+
     def _decision_insert(self) -> tuple[str, list]:
         """The INSERT of a decision row naming every column, compiled by SQLAlchemy once, with the type
         conversions (DateTime, JSON, Boolean) of this database's dialect, in the statement's parameter
-        order. add_decisions_now runs it on the DBAPI connection: in the gateway, between two requests,
-        a write took 0.31 ms this way and 0.59 ms through SQLAlchemy's execution path."""
+        order: add_decisions_now runs it on the DBAPI connection, so the stored values are the ones
+        `add_decisions` stores."""
         if self._insert is None:
             dialect, columns = self.engine.dialect, DecisionRow.__table__.columns
             compiled = insert(DecisionRow).compile(dialect=dialect, column_keys=[c.key for c in columns])
@@ -198,6 +274,12 @@ class DecisionLog:
         with self.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
+    async def _run_checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(self.checkpoint)
+        except Exception as error:  # noqa: BLE001 - the next one tries again; SQLite checkpoints at close anyway
+            log.warning("decision log checkpoint failed: %s", type(error).__name__)
+
     def _drop_in_place(self) -> None:
         connection, self._in_place = self._in_place, None
         if connection is not None:
@@ -205,6 +287,50 @@ class DecisionLog:
                 connection.close()  # detached from the pool: closed, and what a failed write left open rolled back
             except Exception:  # noqa: BLE001 - already broken; nothing more to release
                 pass
+
+
+def decision_writer(url: str, lock_timeout_s: float) -> DecisionWriter:
+    """The writer strategy for a database URL: the one place the URL picks it."""
+    if url.startswith("sqlite"):
+        return SqliteDecisionWriter(url, lock_timeout_s)
+    return PostgresDecisionWriter(url, lock_timeout_s)
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+# --- the log ----------------------------------------------------------------------------------
+class DecisionLog:
+    """The log on one database: what every database does the same, and `writer`, the strategy its URL picks."""
+
+    def __init__(self, url: str, lock_timeout_s: float = 10.0):
+        self.writer = decision_writer(url, lock_timeout_s)
+        self.engine = self.writer.engine
+
+    def create_tables(self) -> None:
+        Base.metadata.create_all(self.engine)
+        if "caller" not in {column["name"] for column in inspect(self.engine).get_columns("decisions")}:
+            with self.engine.begin() as connection:  # a log written before callers were recorded
+                connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
+
+    async def write_decisions(self, rows: list[dict], alone: bool = False) -> None:
+        """The gateway's write of its decisions (the writer strategy's `write`)."""
+        await self.writer.write(rows, alone)
+
+    def add_decisions(self, rows: list[dict]) -> None:
+        """Commit `rows` now, waiting as long as the database needs (scripts, benchmarks, tests)."""
+        self.writer.add_decisions(rows)
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+
+    def close(self) -> None:
+        self.writer.close()
 
     def decision(self, request_id: str) -> dict | None:
         with Session(self.engine) as session:
@@ -265,19 +391,5 @@ class DecisionLog:
                     for r in session.scalars(query)]
 
 
-def _insert_decisions(connection, rows: list[dict]) -> None:
-    # one Core INSERT with bound parameters (the ORM's unit of work costs more than the write here);
-    # a lone row as one execute, not an executemany (a third less of SQLAlchemy's time)
-    connection.execute(insert(DecisionRow), rows[0] if len(rows) == 1 else rows)
-
-
 def _columns(row: DecisionRow) -> dict:
     return {column.name: getattr(row, column.name) for column in DecisionRow.__table__.columns}
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

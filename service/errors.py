@@ -9,6 +9,8 @@ Starlette's HTTP errors (404 route, 405 method) into that shape. Anything unexpe
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +33,12 @@ def too_large(kind: str, message: str) -> ApiError:
 
 def unprocessable(kind: str, message: str) -> ApiError:
     return ApiError(422, kind, message)
+
+
+def error_body(kind: str, message: str) -> bytes:
+    """The JSON of an error answered below FastAPI, by an ASGI middleware (the in-flight limit, the last-resort
+    guard), where no handler runs."""
+    return json.dumps({"error": message, "kind": kind}).encode()
 
 
 def error_response(status: int, kind: str, message: str, request: Request | None = None,

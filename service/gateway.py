@@ -20,10 +20,10 @@
    goes out without its row (the policy: fail, never answer unlogged; no spool to lose on a
    restart). Concurrent requests' rows share one commit (a `Coalescer` again), from a worker
    thread: a database that waits (a SQLite lock held by a reviewer's feedback or a backup, a
-   PostgreSQL server that is slow or gone) never blocks the event loop. The one exception is a
-   lone audit on a SQLite file: its row is written on the event loop when the write lock is free
-   that instant (`DecisionLog.add_decisions_now`, which never waits; else the thread path), since
-   at batch 1 the thread hop costs more than the write. Answered ads are counted in
+   PostgreSQL server that is slow or gone) never blocks the event loop. The gateway writes
+   through one call, `DecisionLog.write_decisions`, whose strategy the database URL picks
+   (decision_log.py): on a SQLite file a lone audit's row is written on the event loop when the
+   write lock is free that instant (else the thread path). Answered ads are counted in
    `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 """
@@ -49,7 +49,7 @@ from .shadow import ShadowJob, ShadowMirror
 
 log = logging.getLogger("adaudit.service")
 SPEC_TTL_S = 10.0
-INLINE_IMAGE_BYTES = 256 * 1024  # a lone ad's picture up to this size is decoded on the event loop (~1-2 ms at most)
+INLINE_IMAGE_BYTES = 256 * 1024  # a lone ad's picture up to this size is decoded on the event loop (a short decode)
 HEADLINE_TASKS = ("verdict", "violation")
 
 
@@ -73,7 +73,6 @@ class Gateway:
         self.writes = Coalescer(self._write_together)
         self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
         self.audits_in_flight = 0
-        self._checkpoint: asyncio.Task | None = None  # the decision log's WAL checkpoint, when one runs
         self.shadow = None
         if self.policy.shadow is not None:
             self.shadow = ShadowMirror(self.policy.shadow, self._run_shadow, decision_log.add_disagreements, metrics,
@@ -93,9 +92,7 @@ class Gateway:
         if self.shadow:
             await self.shadow.stop(self.settings.shutdown_drain_s)
         await self.backend.close()
-        if self._checkpoint is not None:
-            await self._checkpoint
-        await asyncio.to_thread(self.log.close)
+        await self.log.stop()
 
     def inline(self, raw: list[RawAd]) -> bool:
         """Whether to decode and encode `raw` on the event loop: one small ad, and no other audit in flight
@@ -196,14 +193,10 @@ class Gateway:
         return answers
 
     async def _write_together(self, _key, row_lists: list[list[dict]]) -> list[None]:
-        """One commit for the rows of several requests, from a worker thread; a lone audit's rows are
-        committed in place when the log can do that without waiting (see the module's step 4)."""
+        """One commit for the rows of several requests; `alone` lets the log's strategy take its path for
+        a lone audit (see the module's step 4)."""
         rows = [row for rows in row_lists for row in rows]
-        if self.audits_in_flight <= 1 and self.log.add_decisions_now(rows):
-            if self.log.checkpoint_due() and (self._checkpoint is None or self._checkpoint.done()):
-                self._checkpoint = asyncio.create_task(self._run_checkpoint())
-        else:
-            await asyncio.to_thread(self.log.add_decisions, rows)
+        await self.log.write_decisions(rows, alone=self.audits_in_flight <= 1)
         return [None] * len(row_lists)
 
     async def _answer(self, target: Target, ads: list[Ad], prepared: dict | BackendError | None = None):
@@ -300,12 +293,6 @@ class Gateway:
                 "verdict": result["verdict"], "violation": result["violation"],
                 "violation_score": result["violation_score"], "outputs": {"labels": labels, "scores": result["scores"]},
                 "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"]}
-
-    async def _run_checkpoint(self) -> None:
-        try:
-            await asyncio.to_thread(self.log.checkpoint)
-        except Exception as error:  # noqa: BLE001 - the next one tries again; SQLite checkpoints at close anyway
-            log.warning("decision log checkpoint failed: %s", type(error).__name__)
 
     async def _log(self, rows: list[dict]) -> None:
         try:

@@ -1,6 +1,6 @@
 """The one ASGI middleware: in-flight gauge, request latency histogram, and the last-resort guard.
 
-Pure ASGI (no BaseHTTPMiddleware) so it adds microseconds, not a task per request. The route
+Pure ASGI (no BaseHTTPMiddleware) so it adds no task per request. The route
 label is the route's template (`/v1/audits/{request_id}`), never the raw path, so label
 cardinality stays bounded; unmatched paths are labelled `unmatched`. The model label is what
 the handler put in `request.state.model` (empty for routes that run no model). The outcome is
@@ -12,9 +12,10 @@ never a traceback to the client) and logged once.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+
+from .errors import error_body
 
 log = logging.getLogger("adaudit.service")
 
@@ -52,8 +53,7 @@ class GatewayMiddleware:
             self.metrics.errors.labels("internal").inc()
             if status[0] == 0:
                 status[0] = 503
-                body = json.dumps({"error": "the gateway failed to answer; it has been logged, retry later",
-                                   "kind": "internal"}).encode()
+                body = error_body("internal", "the gateway failed to answer; it has been logged, retry later")
                 await send({"type": "http.response.start", "status": 503,
                             "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")]})
                 await send({"type": "http.response.body", "body": body})

@@ -29,8 +29,8 @@ class GatewaySettings(BaseSettings):
                                       hide_input_in_errors=True)  # a bad key entry or database URL is no secret leak
 
     backend: Literal["triton", "embedded"] = "triton"
-    # how the gateway talks to Triton: its HTTP/REST protocol (binary tensors; triton_http.py) or gRPC
-    # (0.6-1 ms less per call than gRPC on two cores: README "Serving")
+    # how the gateway talks to Triton: its HTTP/REST protocol (binary tensors; triton_http.py), the default
+    # as its calls cost less (benchmarks/results/serving-history.md), or gRPC (triton_grpc.py)
     triton_protocol: Literal["http", "grpc"] = "http"
     triton_url: str = "127.0.0.1:8000"  # host:port of Triton's endpoint for triton_protocol (HTTP 8000, gRPC 8001)
     model_dir: Path | None = None  # embedded: MODEL_DIR/<model name>/ (a model folder or numbered versions)

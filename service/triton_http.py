@@ -1,25 +1,32 @@
-"""Triton's HTTP/REST inference protocol over asyncio: keep-alive HTTP/1.1 connections, nothing more.
+"""Triton's HTTP/REST inference protocol over asyncio: the HTTP transport, on keep-alive HTTP/1.1.
 
-tritonclient makes the request body (KServe v2 JSON with the binary tensor extension:
+`HttpTransport` is the transport interface of triton_transport.py for Triton's HTTP/REST
+protocol: tritonclient makes the request body (KServe v2 JSON with the binary tensor extension:
 `InferenceServerClient.generate_request_body`) and reads the answer (`parse_response_body`);
-this module only carries the bytes. Each connection is an `asyncio.Protocol` whose response is
-parsed by httptools (the parser uvicorn uses); `TritonHttpClient` keeps the idle ones for the
-next call and opens another when all are busy, so concurrent calls never queue behind each
+`TritonHttpClient` only carries the bytes. Each connection is an `asyncio.Protocol` whose
+response is parsed by httptools (the parser uvicorn uses); the client keeps the idle ones for
+the next call and opens another when all are busy, so concurrent calls never queue behind each
 other on one socket.
 
-Why not tritonclient's own clients: its asyncio HTTP client runs on aiohttp, which costs
-about as much per call as its asyncio gRPC client, and its plain HTTP client blocks the event
-loop. On the 2-core Intel Xeon a call that does nothing took 0.88-1.16 ms through tritonclient's
-asyncio gRPC client and 0.21 ms through this one; an inference 0.6-0.74 ms less (one-off harness,
-300-400 calls each, alternating); see README "Serving".
+Why not tritonclient's own clients: its asyncio HTTP client runs on aiohttp, which costs about
+as much per call as its asyncio gRPC client, and its plain HTTP client blocks the event loop.
+This client's call costs a fraction of either on a small machine, which is why HTTP is the
+default protocol (the figures: benchmarks/results/serving-history.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+from urllib.parse import quote
 
 import httptools
+import numpy as np
+
+from adaudit.models.preprocessing import SERVED_INPUTS
+
+from .triton_transport import TritonCallError, TritonTransport
 
 
 class TritonHttpError(ConnectionError):
@@ -170,3 +177,66 @@ class TritonHttpClient:
     async def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+class HttpTransport(TritonTransport):
+    """Triton's HTTP/REST protocol: tritonclient makes and reads the bodies (the binary tensor extension:
+    a JSON header, then each tensor's raw bytes), `TritonHttpClient` carries them on keep-alive connections."""
+
+    protocol = "http"
+
+    def __init__(self, url: str, timeout_s: float = 5.0):
+        super().__init__(url, timeout_s)
+        self.client = TritonHttpClient(url)
+
+    @staticmethod
+    def _path(model: str, version: str | None, *rest: str) -> str:
+        path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
+        return "/".join((path, *rest))
+
+    async def _request(self, path: str, body: bytes = b"", headers: dict | None = None,
+                       timeout: float | None = None) -> Answer:
+        try:
+            answer = await self.client.request("POST" if body else "GET", path, body, headers,
+                                               timeout or self.timeout_s)
+        except TritonHttpError as error:
+            raise TritonCallError(str(error), answered=False, down=True) from None
+        if answer.status != 200:
+            try:
+                message = json.loads(answer.body)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = answer.body[:200].decode("utf-8", "replace")
+            raise TritonCallError(f"{message} (HTTP {answer.status})", answered=True,
+                                  down=answer.status in (502, 503, 504))
+        return answer
+
+    async def metadata(self, model: str, version: str | None) -> dict:
+        return json.loads((await self._request(self._path(model, version))).body)
+
+    async def config(self, model: str, version: str) -> dict:
+        return json.loads((await self._request(self._path(model, version, "config"))).body)
+
+    async def infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from tritonclient.http import InferenceServerClient, InferInput
+
+        request = []
+        for name, array in inputs.items():
+            item = InferInput(name, list(array.shape), SERVED_INPUTS[name])
+            item.set_data_from_numpy(array, binary_data=True)
+            request.append(item)
+        body, header_length = InferenceServerClient.generate_request_body(request)  # every output binary
+        headers = {"Inference-Header-Content-Length": header_length} if header_length is not None else None
+        answer = await self._request(self._path(model, version, "infer"), body, headers)
+        length = answer.headers.get("inference-header-content-length")
+        result = InferenceServerClient.parse_response_body(answer.body, header_length=int(length) if length else None)
+        return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
+
+    async def ready(self, model: str, version: str | None = None) -> bool:
+        try:
+            await self._request(self._path(model, version, "ready"), timeout=1.0)
+            return True
+        except TritonCallError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -122,7 +122,8 @@ def test_secrets_never_reach_logs_answers_or_metrics(model_dir, tmp_path, caplog
         def failing(*_):
             raise RuntimeError(f"cannot write with {ALICE_KEY}")  # even a driver error quoting a secret
 
-        broken.add_decisions = failing
+        broken.writer.add_decisions = failing
+        broken.writer.add_decisions_now = lambda rows: False  # the thread path, which fails
         seen.append(client.post("/v1/audits", json={"image_base64": b64(png()), "text": COPY},
                                 headers=bearer(ALICE_KEY)).text)
     for text_seen in (*seen, caplog.text):

@@ -32,7 +32,7 @@ from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
-from adaudit.service.decision_log import DecisionLog
+from adaudit.service.decision_log import DecisionLog, PostgresDecisionWriter, SqliteDecisionWriter
 from adaudit.service.encoding import ModelSpec, Prediction
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.policy import TrafficPolicy
@@ -460,8 +460,8 @@ def test_a_failing_log_or_an_unexpected_error_never_gives_a_500(client):
     def broken(*_):
         raise RuntimeError("disk full")
 
-    gateway.log.add_decisions = broken
-    gateway.log.add_decisions_now = lambda rows: False  # as it answers for any error: the thread path then fails
+    gateway.log.writer.add_decisions = broken
+    gateway.log.writer.add_decisions_now = lambda rows: False  # as it answers for any error: the thread path then fails
     answer = audit_json(client)
     assert answer.status_code == 503  # no answer without its decision-log row (tests/test_reliability.py)
     assert answer.json()["kind"] == "decision_log_unavailable"
@@ -523,7 +523,8 @@ def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_th
     path waits for the lock; every CHECKPOINT_EVERY in-place rows a WAL checkpoint runs in a thread."""
     gateway = client.app.state.gateway
     in_place, in_threads, checkpoints = [], [], []
-    add_now, add, checkpoint = gateway.log.add_decisions_now, gateway.log.add_decisions, gateway.log.checkpoint
+    writer = gateway.log.writer
+    add_now, add, checkpoint = writer.add_decisions_now, writer.add_decisions, writer.checkpoint
 
     def recording_add_now(rows):
         written = add_now(rows)
@@ -538,9 +539,9 @@ def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_th
         checkpoints.append(threading.get_ident())
         checkpoint()
 
-    monkeypatch.setattr(gateway.log, "add_decisions_now", recording_add_now)
-    monkeypatch.setattr(gateway.log, "add_decisions", recording_add)
-    monkeypatch.setattr(gateway.log, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr(writer, "add_decisions_now", recording_add_now)
+    monkeypatch.setattr(writer, "add_decisions", recording_add)
+    monkeypatch.setattr(writer, "checkpoint", recording_checkpoint)
     monkeypatch.setattr("adaudit.service.decision_log.CHECKPOINT_EVERY", 3)
     answers = [audit_json(client).json()["request_id"] for _ in range(3)]
     loop_thread = in_place[0][0]
@@ -570,7 +571,7 @@ def test_a_lone_audit_is_logged_in_place_and_a_held_lock_sends_it_to_a_worker_th
 
 
 def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp_path):
-    """add_decisions_now runs SQLAlchemy's compiled INSERT on the DBAPI connection: the same stored values
+    """SQLite's add_decisions_now runs SQLAlchemy's compiled INSERT on the DBAPI connection: the same stored values
     (time zone, JSON, Boolean) as add_decisions; a row short of a column is left to add_decisions."""
     log = DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")
     log.create_tables()
@@ -579,7 +580,7 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
            "violation_score": 0.8125, "latency_ms": 4.5, "shadowed": True, "caller": "partner",
            "outputs": {"labels": {"verdict": "reject", "violation": "gambling", "logo": "有"},
                        "scores": {"verdict": 0.75, "violation": 0.8125, "logo": float("nan")}}}
-    assert log.add_decisions_now([{**row, "request_id": "in-place"}])
+    assert log.writer.add_decisions_now([{**row, "request_id": "in-place"}])
     log.add_decisions([{**row, "request_id": "through-sqlalchemy"}])
     in_place, through = log.decision("in-place"), log.decision("through-sqlalchemy")
     assert in_place.pop("request_id") == "in-place" and through.pop("request_id") == "through-sqlalchemy"
@@ -587,10 +588,22 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
     assert in_place["created_at"] == row["created_at"] and in_place["shadowed"] is True
 
     short = {key: value for key, value in row.items() if key not in ("shadowed", "caller")}
-    assert not log.add_decisions_now([{**short, "request_id": "short"}]) and log.decision("short") is None
+    assert not log.writer.add_decisions_now([{**short, "request_id": "short"}]) and log.decision("short") is None
     log.add_decisions([{**short, "request_id": "short"}])
     assert log.decision("short")["shadowed"] is False  # the column's default, from SQLAlchemy
     log.close()
+
+
+def test_the_database_url_picks_the_decision_writer(tmp_path):
+    """The SQLite-only fast path (in place, WAL checkpoints) exists in the SQLite strategy alone; PostgreSQL
+    gets a pinged pool with the connect and checkout timeouts."""
+    assert isinstance(DecisionLog(f"sqlite:///{tmp_path / 'log.db'}").writer, SqliteDecisionWriter)
+    memory = DecisionLog("sqlite://").writer
+    assert isinstance(memory, SqliteDecisionWriter) and not memory.add_decisions_now([{}])  # in memory: never
+    server = DecisionLog("postgresql+psycopg://adaudit@127.0.0.1:1/postgres", lock_timeout_s=2.5).writer
+    assert type(server) is PostgresDecisionWriter and not hasattr(server, "add_decisions_now")
+    assert server.engine_options(server.url, 2.5) == {"pool_pre_ping": True, "pool_timeout": 2.5,
+                                                      "connect_args": {"connect_timeout": 3}}
 
 
 # --- settings ------------------------------------------------------------------------------

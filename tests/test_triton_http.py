@@ -187,3 +187,40 @@ def test_nothing_listening_is_an_error_naming_the_address():
 def test_an_address_without_a_port_is_refused(url):
     with pytest.raises(ValueError, match="HOST:PORT"):
         TritonHttpClient(url)
+
+
+def test_triton_errors_are_named_once_for_every_transport():
+    """The transport says whether Triton answered and whether the server or the model failed; TritonBackend
+    makes the gateway's error from that, the same for HTTP and gRPC. Over HTTP: a 503 is the server down, a
+    400 the model refused (Triton's own message), nothing listening a server that did not answer."""
+    from adaudit.service.backends import BackendError, TritonBackend
+    from adaudit.service.triton_http import HttpTransport
+
+    async def triton(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        path = (await reader.readuntil(b"\r\n\r\n")).split()[1].decode()
+        status, body = (503, b"{}") if "busy" in path else (400, b'{"error": "unknown model"}')
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        server = await asyncio.start_server(triton, "127.0.0.1", 0)
+        url = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        backend = TritonBackend(HttpTransport(url, timeout_s=2))
+        errors = []
+        for model in ("busy", "missing"):
+            with pytest.raises(BackendError) as caught:
+                await backend.describe(model)
+            errors.append((caught.value.kind, caught.value.message))
+        assert not await backend.ready("missing")
+        await backend.close()
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(BackendError) as caught:  # nothing listens there any more
+            await TritonBackend(HttpTransport(url, timeout_s=2)).describe("busy")
+        return url, errors + [(caught.value.kind, caught.value.message)]
+
+    url, (busy, missing, gone) = run(go())
+    assert busy == ("backend_unavailable", f"Triton at {url} cannot serve model busy: {{}} (HTTP 503)")
+    assert missing == ("model_not_ready", f"Triton at {url} cannot serve model missing: unknown model (HTTP 400)")
+    assert gone[0] == "backend_unavailable" and "did not answer for model busy: cannot connect" in gone[1]
