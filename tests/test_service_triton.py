@@ -16,6 +16,7 @@ import dataclasses
 import io
 import os
 import signal
+import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +69,9 @@ ADS = [{"image_base64": ad_image(i), "text": copy, "ad_id": f"t{i}"} for i, copy
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, student):
     folder = tmp_path_factory.mktemp("models")
+    shutil.copytree(student[0], folder / "compressed")  # what `compress` made of the tiny teacher
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
         AuditModel(preset_config("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
@@ -89,6 +91,10 @@ def triton(model_dir, tmp_path_factory):
               "pruned": serving}
     for name, settings in chosen.items():
         export_model(model_dir / name, repo, name, 1, settings)
+    export_model(model_dir / "compressed", repo, "compressed", 1, serving)
+    # one model name, two served versions (a canary rollout): the student's weights, then the teacher's
+    export_model(model_dir / "student", repo, "audited", 1, serving)
+    export_model(model_dir / "teacher", repo, "audited", 2, serving)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(repo, *free_ports(3), log_file=log, ready_timeout=120)
     try:
@@ -165,8 +171,61 @@ def mirror_three_ads(client, primary: str, shadow: str) -> None:
 
 
 def test_shadow_traffic_through_triton(model_dir, tmp_path, triton):
+    """Every mirrored ad whose labels differ between student and teacher is stored for review, with
+    both answers as each model gave them (the embedded backend says what they are)."""
+    with gateway(model_dir, tmp_path, "embedded", shadow_model=None) as local:
+        student_labels = [labels(local.post("/v1/audits", json=ad).json()) for ad in ADS[:3]]
+    with gateway(model_dir, tmp_path, "embedded", primary_model="teacher", shadow_model=None) as local:
+        teacher_labels = [labels(local.post("/v1/audits", json=ad).json()) for ad in ADS[:3]]
+    differing = {ad["ad_id"] for ad, mine, theirs in zip(ADS, student_labels, teacher_labels) if mine != theirs}
+    assert differing, "the two random tiny models should disagree on some ad"
     with gateway(model_dir, tmp_path, "triton", triton, shadow_fraction=1.0) as client:
         mirror_three_ads(client, "student", "teacher")
+        wait_for(lambda: len(client.get("/v1/shadow/disagreements").json()) == len(differing) or None, 10,
+                 "the stored disagreements")
+        stored = client.get("/v1/shadow/disagreements").json()
+        ad_of = {client.get(f"/v1/audits/{row['request_id']}").json()["ad_id"]: row for row in stored}
+        assert set(ad_of) == differing
+        for ad, mine, theirs in zip(ADS, student_labels, teacher_labels):
+            if ad["ad_id"] in differing:
+                row = ad_of[ad["ad_id"]]
+                assert (row["primary_model"], row["shadow_model"]) == ("student", "teacher")
+                assert row["primary"]["labels"] == mine and row["shadow"]["labels"] == theirs
+
+
+def test_the_compressed_student_answers_through_triton_as_in_process(model_dir, tmp_path, triton):
+    """The student `compress` made (pruned blocks, widths, hidden size and vocabulary) exported and served
+    by a real Triton answers what the embedded backend answers from its folder."""
+    with gateway(model_dir, tmp_path, "triton", triton, primary_model="compressed", shadow_model=None,
+                 model_repository=triton.repository) as remote, \
+            gateway(model_dir, tmp_path, "embedded", primary_model="compressed", shadow_model=None) as local:
+        warm_up(remote, model="compressed")
+        for ad in ADS:
+            via_triton, in_process = remote.post("/v1/audits", json=ad), local.post("/v1/audits", json=ad)
+            assert via_triton.status_code == 200, via_triton.text
+            assert labels(via_triton.json()) == labels(in_process.json())
+            assert via_triton.json()["scores"] == pytest.approx(in_process.json()["scores"], abs=1e-4)
+
+
+def test_a_canary_through_triton_between_two_served_versions(model_dir, tmp_path, triton):
+    """Version 1 (the student's weights) is primary, version 2 (the teacher's) the canary of the same
+    model: each answer names the version that gave it, and its scores are that version's."""
+    with gateway(model_dir, tmp_path, "triton", triton, primary_model="audited", primary_version="1",
+                 canary_model="audited", canary_version="2", canary_fraction=0.5, shadow_model=None) as remote, \
+            gateway(model_dir, tmp_path, "embedded", shadow_model=None) as student, \
+            gateway(model_dir, tmp_path, "embedded", primary_model="teacher", shadow_model=None) as teacher:
+        warm_up(remote, model="audited")
+        arms = set()
+        for i in range(12):
+            ad = {**ADS[i % len(ADS)], "ad_id": f"canary-{i}"}
+            answer = remote.post("/v1/audits", json=ad)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            arms.add(body["arm"])
+            assert (body["model"], body["version"]) == ("audited", "2" if body["arm"] == "canary" else "1")
+            reference = (teacher if body["arm"] == "canary" else student).post("/v1/audits", json=ad).json()
+            assert body["scores"] == pytest.approx(reference["scores"], abs=1e-4)
+        assert arms == {"primary", "canary"}
 
 
 
@@ -178,11 +237,11 @@ def test_a_shadow_with_another_tokenizer_decodes_and_encodes_the_ad_again(model_
         mirror_three_ads(client, "pruned", "student")
         assert 'adaudit_errors_total{kind="shadow_failed"}' not in client.get("/metrics").text
 
-def warm_up(client, attempts: int = 10) -> None:
+def warm_up(client, attempts: int = 10, model: str | None = None) -> None:
     """The first inference of a freshly loaded python-backend model can take seconds (torch's lazy start)."""
     for _ in range(attempts):
         answer = client.post("/v1/audits", json=ADS[0])
-        if answer.status_code == 200:
+        if answer.status_code == 200 and model in (None, answer.json()["model"]):
             return
     raise AssertionError(f"Triton never answered: {answer.text}")
 
@@ -284,7 +343,6 @@ def _launch_cli(repository: Path):
 def test_the_triton_command_stops_its_server_on_ctrl_c_sigterm_and_a_crash(triton, tmp_path):
     """Ctrl-C while the models still load, SIGTERM once ready: exit 0 and no tritonserver left behind.
     The server dying by itself: exit 1 with one error line."""
-    import shutil
 
     repository = tmp_path / "repo"
     shutil.copytree(triton.repository, repository, symlinks=True)
