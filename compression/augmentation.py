@@ -16,7 +16,8 @@ originals + views. Two kinds of view, both built only from the distillation ads 
 
 `view_plan` fixes, per view row, which ad gives the copy and which the picture; `apply_plan`
 builds the rows for any tokenisation of the same ads, so the teacher (its own vocabulary) and a
-student with a pruned vocabulary see exactly the same views.
+student with a pruned vocabulary see exactly the same views. `make_views` does both for a recipe
+and caches the teacher's outputs on the views (`Views`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from adaudit.data.encoding import EncodedSplit
+from adaudit.models.modeling import AuditModel
+
+from .distillation import TeacherCache, cache_teacher
+from .recipe import Recipe
 
 
 @dataclass
@@ -86,3 +91,26 @@ def apply_plan(split: EncodedSplit, plan: ViewPlan) -> EncodedSplit:
     ids = [f"{split.ids[t]}~{split.ids[i]}" for t, i in zip(source.tolist(), plan.image_source.tolist())]
     return split.joined(EncodedSplit(ids, plan.image_bytes, split.input_ids[source], split.attention_mask[source],
                                      split.labels[source], split.tasks))
+
+
+@dataclass
+class Views:
+    plan: ViewPlan
+    cache: TeacherCache  # the teacher's outputs on the view rows alone
+
+    def extend(self, train: EncodedSplit, cache: TeacherCache) -> tuple[EncodedSplit, TeacherCache]:
+        """The ads (as some model tokenises them) followed by their views, with the teacher's outputs on all."""
+        return apply_plan(train, self.plan), cache.concat(self.cache)
+
+
+def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log) -> Views | None:
+    """Augmented views of the distillation ads (not of the held-out ones), labelled by the teacher once."""
+    settings = recipe.distillation
+    if not settings.views:
+        return None
+    kept = train.subset(torch.arange(len(train) - settings.held_out_count(len(train))))
+    plan = view_plan(kept, settings.views, settings.recombined_fraction, recipe.seed)
+    rows = torch.arange(len(kept), len(kept) + len(plan.text_source))
+    cache = cache_teacher(teacher, apply_plan(kept, plan).subset(rows), labelled=plan.labelled)
+    log(f"  {len(rows)} augmented views of {len(kept)} distillation ads ({int((~plan.labelled).sum())} recombined)")
+    return Views(plan, cache)

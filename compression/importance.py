@@ -81,7 +81,7 @@ class UnitMasks:
         self._hooks.clear()
 
 
-def _calibration_backward(model: AuditModel, split: EncodedSplit, cache: TeacherCache,
+def calibration_backward(model: AuditModel, split: EncodedSplit, cache: TeacherCache,
                           settings: DistillationSettings, batch_size: int = 32) -> None:
     """Accumulate gradients of the distillation loss over the calibration split (eval mode: no dropout)."""
     model.eval()
@@ -95,7 +95,7 @@ def taylor_unit_scores(model: AuditModel, split: EncodedSplit, cache: TeacherCac
     """Masks whose `.grad` holds |dL/dm| per unit: the Taylor importance of each head and neuron."""
     masks = UnitMasks(model, requires_grad=True)
     try:
-        _calibration_backward(model, split, cache, settings)
+        calibration_backward(model, split, cache, settings)
     finally:
         masks.remove()
         model.zero_grad(set_to_none=True)
@@ -106,7 +106,7 @@ def taylor_unit_scores(model: AuditModel, split: EncodedSplit, cache: TeacherCac
 
 def taylor_hidden_scores(model: AuditModel, split: EncodedSplit, cache: TeacherCache,
                          settings: DistillationSettings, towers) -> dict[str, torch.Tensor]:
-    _calibration_backward(model, split, cache, settings)
+    calibration_backward(model, split, cache, settings)
     scores = {tower: torch.zeros(model.config.tower(tower).hidden_size) for tower in towers}
     roles = {hidden(tower): tower for tower in towers}
     for name, parameter in model.named_parameters():

@@ -64,6 +64,10 @@ class DistillationSettings(Strict):
                              f"({self.samples})")
         return self
 
+    def held_out_count(self, ads: int) -> int:
+        """How many of `ads` distillation ads are held out (the last ones): at least one is distilled on."""
+        return min(self.validation_samples, ads - 1)
+
 
 class BlocksStage(Strict):
     kind: Literal["blocks"]

@@ -34,7 +34,8 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,19 +52,53 @@ from .importance import block_influence, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, SearchSettings, WidthsStage
 from .structure import BLOCK_PARAMETER, attention, cross_attention, cut, ffn, head_channels
 
-# A policy: tower -> list of kept blocks, each [teacher block number, heads, FFN neurons, image-attention heads]
-Policy = dict[str, list[list[int]]]
+
+
+@dataclass(frozen=True)
+class KeptBlock:
+    """One block a policy keeps: which of the teacher's blocks, and the widths it keeps of it."""
+    teacher_index: int  # the teacher's block number
+    heads: int
+    intermediate_size: int  # FFN neurons
+    cross_attention_heads: int = 0  # Q-Former image-attention heads (0: a block without them)
+
+    @classmethod
+    def of(cls, entry: "KeptBlock | list[int]") -> "KeptBlock":
+        """From a KeptBlock or its report form [teacher block, heads, FFN neurons, image-attention heads]."""
+        return entry if isinstance(entry, KeptBlock) else cls(*entry)
+
+    def as_list(self) -> list[int]:
+        """The report's (and `policy_key`'s) form."""
+        return [self.teacher_index, self.heads, self.intermediate_size, self.cross_attention_heads]
+
+    @property
+    def shape(self) -> BlockShape:
+        return BlockShape(self.heads, self.intermediate_size, self.cross_attention_heads)
+
+
+# A policy: tower -> its kept blocks, in teacher order. report.json writes each as a list (`policy_lists`),
+# and the functions that take a policy from outside (`policy_config`, `policy_recipe`, `one_shot`) accept
+# that form too (`as_policy`).
+Policy = dict[str, list[KeptBlock]]
+
+
+def as_policy(policy: dict[str, list]) -> Policy:
+    return {tower: [KeptBlock.of(entry) for entry in blocks] for tower, blocks in policy.items()}
+
+
+def policy_lists(policy: Policy) -> dict[str, list[list[int]]]:
+    return {tower: [block.as_list() for block in blocks] for tower, blocks in policy.items()}
 
 
 def policy_key(policy: Policy) -> str:
-    return json.dumps(policy, sort_keys=True)
+    return json.dumps(policy_lists(policy), sort_keys=True)
 
 
 def policy_config(config: AuditModelConfig, policy: Policy, hidden_sizes: dict[str, int] | None = None) -> AuditModelConfig:
     """The config of a student shaped by `policy` (and, for timing, the final hidden sizes)."""
     config = copy.deepcopy(config)
-    for tower, blocks in policy.items():
-        config.tower(tower).blocks = [BlockShape(heads, neurons, cross) for _, heads, neurons, cross in blocks]
+    for tower, blocks in as_policy(policy).items():
+        config.tower(tower).blocks = [block.shape for block in blocks]
     for tower, size in (hidden_sizes or {}).items():
         config.tower(tower).hidden_size = size
     return config
@@ -135,6 +170,17 @@ class LatencyModel:
 
 
 # --- the search space -------------------------------------------------------------------------
+class Move(NamedTuple):
+    """A one-unit edit of a policy: add or drop a block of `tower` (position None), or change one width
+    (heads, ffn or cross) of the kept block at `position`."""
+    kind: str
+    tower: str
+    position: int | None
+
+
+WIDTH_FIELDS = {"heads": "heads", "ffn": "intermediate_size", "cross": "cross_attention_heads"}  # Move.kind -> field
+
+
 class Space:
     """The teacher's shape, the block influence and unit importance, and the moves within the budget."""
 
@@ -142,11 +188,10 @@ class Space:
                  predict, budget_ms: float):
         self.config, self.settings, self.influence = teacher.config, settings, influence
         self.predict, self.budget = predict, budget_ms
-        self.full = {t: [(s.heads, s.intermediate_size, s.cross_attention_heads) for s in teacher.config.tower(t).blocks]
-                     for t in TOWERS}
+        self.full = {t: copy.deepcopy(teacher.config.tower(t).blocks) for t in TOWERS}  # the teacher's widths
 
     def ffn_step(self, tower: str) -> int:
-        return min(self.settings.ffn_step, min(f for _, f, _ in self.full[tower]))
+        return min(self.settings.ffn_step, min(shape.intermediate_size for shape in self.full[tower]))
 
     def latency(self, policy: Policy) -> float:
         return self.predict(policy)
@@ -164,12 +209,13 @@ class Space:
             step = self.ffn_step(tower)
             policy[tower] = []
             for block in kept:
-                heads, neurons, cross = self.full[tower][block]
-                policy[tower].append([
+                full = self.full[tower][block]
+                heads, neurons, cross = full.heads, full.intermediate_size, full.cross_attention_heads
+                policy[tower].append(KeptBlock(
                     block,
                     int(np.clip(round(ratio * heads + noise(0.7)), 1, heads)),
                     int(np.clip(round(ratio * neurons / step + noise(1.5)), 1, neurons // step)) * step,
-                    int(np.clip(round(ratio * cross + noise(0.7)), 1, cross)) if cross else 0])
+                    int(np.clip(round(ratio * cross + noise(0.7)), 1, cross)) if cross else 0))
         return policy
 
     def uniform(self) -> Policy:
@@ -181,63 +227,63 @@ class Space:
         return self.scaled(low)
 
     def moves(self, policy: Policy, grow: bool):
-        """Every single edit that grows (or shrinks) the policy by one unit: (kind, tower, position)."""
+        """Every single edit that grows (or shrinks) the policy by one unit."""
         for tower, blocks in policy.items():
-            kept = {b[0] for b in blocks}
-            if grow and len(kept) < len(self.full[tower]):
-                yield "block", tower, None
-            if not grow and len(blocks) > 1:
-                yield "block", tower, None
-            for position, (block, heads, neurons, cross) in enumerate(blocks):
-                full_heads, full_neurons, full_cross = self.full[tower][block]
-                if (heads < full_heads) if grow else (heads > 1):
-                    yield "heads", tower, position
-                step = self.ffn_step(tower)
-                if (neurons + step <= full_neurons) if grow else (neurons > step):
-                    yield "ffn", tower, position
-                if full_cross and ((cross < full_cross) if grow else (cross > 1)):
-                    yield "cross", tower, position
+            if (len(blocks) < len(self.full[tower])) if grow else (len(blocks) > 1):
+                yield Move("block", tower, None)
+            step = self.ffn_step(tower)
+            for position, kept in enumerate(blocks):
+                full = self.full[tower][kept.teacher_index]
+                if (kept.heads < full.heads) if grow else (kept.heads > 1):
+                    yield Move("heads", tower, position)
+                if (kept.intermediate_size + step <= full.intermediate_size) if grow else (kept.intermediate_size > step):
+                    yield Move("ffn", tower, position)
+                if full.cross_attention_heads and ((kept.cross_attention_heads < full.cross_attention_heads) if grow
+                                                   else (kept.cross_attention_heads > 1)):
+                    yield Move("cross", tower, position)
 
-    def apply(self, policy: Policy, move, grow: bool, rng: np.random.Generator) -> Policy:
+    def apply(self, policy: Policy, move: Move, grow: bool, rng: np.random.Generator) -> Policy:
         kind, tower, position = move
-        policy = copy.deepcopy(policy)
+        policy = {t: list(blocks) for t, blocks in policy.items()}
         blocks = policy[tower]
-        sign = 1 if grow else -1
-        if kind == "block":
-            kept = {b[0] for b in blocks}
+        if kind == "block" and grow:
+            blocks.append(self.returning_block(tower, blocks))
+            blocks.sort(key=lambda kept: kept.teacher_index)
+        elif kind == "block":  # drop a kept block, the less influential ones more likely
             influence = self.influence[tower]
-            if grow:  # bring back the most influential removed block, at the tower's mean widths
-                block = max((b for b in range(len(self.full[tower])) if b not in kept), key=lambda b: influence[b])
-                mean = [int(np.mean([b[i] for b in blocks])) for i in (1, 2, 3)]
-                step = self.ffn_step(tower)
-                blocks.append([block, max(1, mean[0]), max(step, mean[1] // step * step),
-                               max(1, mean[2]) if self.full[tower][block][2] else 0])
-                blocks.sort()
-            else:  # drop a kept block, the less influential ones more likely
-                weights = np.array([1.0 / (float(influence[b[0]]) + 1e-6) for b in blocks])
-                blocks.pop(int(rng.choice(len(blocks), p=weights / weights.sum())))
+            weights = np.array([1.0 / (float(influence[kept.teacher_index]) + 1e-6) for kept in blocks])
+            blocks.pop(int(rng.choice(len(blocks), p=weights / weights.sum())))
         else:
-            index = {"heads": 1, "ffn": 2, "cross": 3}[kind]
-            blocks[position][index] += sign * (self.ffn_step(tower) if kind == "ffn" else 1)
+            field, change = WIDTH_FIELDS[kind], (1 if grow else -1) * (self.ffn_step(tower) if kind == "ffn" else 1)
+            blocks[position] = replace(blocks[position], **{field: getattr(blocks[position], field) + change})
         return policy
+
+    def returning_block(self, tower: str, blocks: list[KeptBlock]) -> KeptBlock:
+        """The most influential removed block, brought back at the tower's mean widths."""
+        kept = {block.teacher_index for block in blocks}
+        influence = self.influence[tower]
+        block = max((b for b in range(len(self.full[tower])) if b not in kept), key=lambda b: influence[b])
+        heads, neurons, cross = (int(np.mean([getattr(b, field) for b in blocks]))
+                                 for field in ("heads", "intermediate_size", "cross_attention_heads"))
+        step = self.ffn_step(tower)
+        return KeptBlock(block, max(1, heads), max(step, neurons // step * step),
+                         max(1, cross) if self.full[tower][block].cross_attention_heads else 0)
 
     def swap_block(self, policy: Policy, rng: np.random.Generator) -> Policy:
         """Replace one kept block by a removed one, keeping its widths (a move at equal cost)."""
         tower = TOWERS[rng.integers(len(TOWERS))]
-        kept = {b[0] for b in policy[tower]}
+        kept = {block.teacher_index for block in policy[tower]}
         removed = [b for b in range(len(self.full[tower])) if b not in kept]
         if not removed:
             return policy
-        policy = copy.deepcopy(policy)
+        policy = {t: list(blocks) for t, blocks in policy.items()}
         position = int(rng.integers(len(policy[tower])))
         new_block = int(rng.choice(removed))
-        entry = policy[tower][position]
-        entry[0] = new_block
-        if not self.full[tower][new_block][2]:
-            entry[3] = 0
-        elif not entry[3]:
-            entry[3] = 1
-        policy[tower].sort()
+        old = policy[tower][position]
+        # image-attention heads only where the new block has them (at least one)
+        cross = (old.cross_attention_heads or 1) if self.full[tower][new_block].cross_attention_heads else 0
+        policy[tower][position] = replace(old, teacher_index=new_block, cross_attention_heads=cross)
+        policy[tower].sort(key=lambda block: block.teacher_index)
         return policy
 
     def fit_budget(self, policy: Policy, rng: np.random.Generator) -> Policy:
@@ -271,7 +317,7 @@ class Space:
         return self.fit_budget(policy, rng)
 
     def crossover(self, first: Policy, second: Policy, rng: np.random.Generator) -> Policy:
-        return {t: copy.deepcopy((first if rng.random() < 0.5 else second)[t]) for t in TOWERS}
+        return {t: list((first if rng.random() < 0.5 else second)[t]) for t in TOWERS}
 
     def fits(self, policy: Policy) -> bool:
         return self.latency(policy) <= self.budget
@@ -280,16 +326,19 @@ class Space:
 # --- scoring candidates -----------------------------------------------------------------------
 def one_shot(supernet: AuditModel, policy: Policy, scores) -> AuditModel:
     """The supernet cut to `policy`: kept blocks, and in each the units of highest Taylor importance."""
+    policy = as_policy(policy)
     keep = {}
     for tower, blocks in policy.items():
         head_dim = supernet.config.tower(tower).head_dim
-        for position, (block, heads, neurons, cross) in enumerate(blocks):
-            keep[attention(tower, position)] = head_channels(top_indices(scores.heads[tower][block].grad, heads), head_dim)
-            keep[ffn(tower, position)] = top_indices(scores.neurons[tower][block].grad, neurons)
-            if tower == "qformer" and cross:
+        for position, kept in enumerate(blocks):
+            block = kept.teacher_index
+            keep[attention(tower, position)] = head_channels(top_indices(scores.heads[tower][block].grad, kept.heads),
+                                                             head_dim)
+            keep[ffn(tower, position)] = top_indices(scores.neurons[tower][block].grad, kept.intermediate_size)
+            if tower == "qformer" and kept.cross_attention_heads:
                 keep[cross_attention(position)] = head_channels(
-                    top_indices(scores.cross_heads[block].grad, cross), head_dim)
-    kept_blocks = {tower: [b[0] for b in blocks] for tower, blocks in policy.items()}
+                    top_indices(scores.cross_heads[block].grad, kept.cross_attention_heads), head_dim)
+    kept_blocks = {tower: [kept.teacher_index for kept in blocks] for tower, blocks in policy.items()}
     return cut(supernet, policy_config(supernet.config, policy), keep, kept_blocks).eval()
 
 
@@ -341,102 +390,156 @@ class Candidate:
     latency_ms: float  # predicted
     measured_ms: float | None = None  # timed, for the elites and the choice
 
+    def summary(self, with_policy: bool = False) -> dict:
+        """The report's form: every field but the policy, or the policy (as lists) first."""
+        fields = {name: value for name, value in self.__dict__.items() if name != "policy"}
+        return {"policy": policy_lists(self.policy), **fields} if with_policy else fields
 
-def search(teacher: AuditModel, search_split: EncodedSplit, search_cache: TeacherCache, held_out: EncodedSplit,
-           held_out_cache: TeacherCache, recipe: Recipe, budget_ms: float, latency_model: LatencyModel,
-           log=print) -> dict:
-    """Evolve policies under `budget_ms`; returns the chosen policy and the trace, as a report section."""
-    started = time.perf_counter()
-    settings = recipe.search
-    latency_model = copy.deepcopy(latency_model)  # it learns from the students timed below
-    rng = np.random.default_rng(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    hidden_sizes = final_hidden_sizes(recipe)
-    supernet = copy.deepcopy(teacher).eval()
-    scores = taylor_unit_scores(supernet, search_split, search_cache, recipe.distillation)
-    influence = block_influence(supernet, search_split, TOWERS)
-    space = Space(supernet, settings, influence,
-                  lambda policy: latency_model.predict(policy_config(supernet.config, policy, hidden_sizes)), budget_ms)
-    teacher_norm = block_weight_norm(supernet)
-    penalty = settings.generalization_weight / math.sqrt(len(search_split))
 
-    def evaluate(policy: Policy) -> tuple[Candidate, AuditModel]:
-        model = one_shot(supernet, policy, scores)
-        loss = mean_distillation_loss(model, search_split, search_cache, recipe.distillation)
-        weight = complexity(model, teacher_norm)
-        return Candidate(policy, loss, weight, -loss - penalty * weight, verdict_accuracy(model, search_split),
-                         space.latency(policy)), model
+class PolicySearch:
+    """The evolutionary search under `budget_ms`, in named steps:
 
-    def timed(policy: Policy) -> float:
+    calibrate         importance of every unit and block on the search samples, and the space of policies
+    first_candidates  the uniform keep ratio, and (evolution) random policies repaired into the budget
+    score             each distinct candidate cut one-shot from the supernet: loss, complexity, fitness
+    select            rank by fitness, timing the elites (the latency model learns where the search
+                      looks) and, in the last generation, choosing the fittest whose *measured* latency fits
+    record            the generation's trace line, its candidates for the plot, the log line
+    next_candidates   tune the shared projector through the best, then elites + mutated children
+
+    `run` strings them together and returns the report section."""
+
+    def __init__(self, teacher: AuditModel, search_split: EncodedSplit, search_cache: TeacherCache,
+                 held_out: EncodedSplit, held_out_cache: TeacherCache, recipe: Recipe, budget_ms: float,
+                 latency_model: LatencyModel, log=print):
+        self.search_split, self.search_cache = search_split, search_cache
+        self.held_out, self.held_out_cache = held_out, held_out_cache
+        self.recipe, self.settings, self.budget, self.log = recipe, recipe.search, budget_ms, log
+        self.latency_model = copy.deepcopy(latency_model)  # it learns from the students timed below
+        self.rng = np.random.default_rng(recipe.seed)
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.hidden_sizes = final_hidden_sizes(recipe)
+        self.supernet = copy.deepcopy(teacher).eval()
+        self.trace: list[dict] = []
+        self.points: list[dict] = []  # every scored candidate, for the plot
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        self.calibrate()
+        uniform = self.uniform()
+        population = self.first_candidates(uniform)
+        generations = 1 if self.settings.strategy == "uniform" else self.settings.generations
+        for generation in range(generations):
+            last = generation == generations - 1
+            ranked = self.select(self.score(population), last)
+            self.record(generation, ranked)
+            if last:
+                break
+            population = self.next_candidates(ranked)
+        best, _ = ranked[0]
+        uniform_candidate, _ = self.evaluate(uniform)
+        return {"strategy": self.settings.strategy, "budget_ms": self.budget, "policy": policy_lists(best.policy),
+                "chosen": best.summary(),
+                "chosen_held_out_loss": self.trace[-1]["best_held_out_loss"],
+                "chosen_generalization_gap": self.trace[-1]["generalization_gap"],
+                "uniform": uniform_candidate.summary(with_policy=True),
+                "trace": self.trace, "candidates": self.points, "settings": self.settings.model_dump(),
+                "latency_model": self.latency_model.__dict__, "seconds": time.perf_counter() - started}
+
+    def calibrate(self) -> None:
+        self.scores = taylor_unit_scores(self.supernet, self.search_split, self.search_cache, self.recipe.distillation)
+        influence = block_influence(self.supernet, self.search_split, TOWERS)
+        self.space = Space(self.supernet, self.settings, influence, self.predicted_latency, self.budget)
+        self.teacher_norm = block_weight_norm(self.supernet)
+        self.penalty = self.settings.generalization_weight / math.sqrt(len(self.search_split))
+
+    def predicted_latency(self, policy: Policy) -> float:
+        return self.latency_model.predict(policy_config(self.supernet.config, policy, self.hidden_sizes))
+
+    def timed(self, policy: Policy) -> float:
         """Time the policy's final shape; teach the latency model, so later repairs respect it."""
-        config = policy_config(supernet.config, policy, hidden_sizes)
-        measured_ms = time_config(config, search_split)
-        latency_model.learn(config, measured_ms)
+        config = policy_config(self.supernet.config, policy, self.hidden_sizes)
+        measured_ms = time_config(config, self.search_split)
+        self.latency_model.learn(config, measured_ms)
         return measured_ms
 
-    def measured_latency(candidate: Candidate) -> float:
-        candidate.measured_ms = timed(candidate.policy)
-        return candidate.measured_ms
+    def uniform(self) -> Policy:
+        uniform = self.space.uniform()
+        if self.settings.time_candidates and self.settings.strategy == "uniform":
+            # the uniform ratio is compared at equal *measured* latency too: re-bisect until it fits
+            for _ in range(4):
+                if self.timed(uniform) <= self.budget * 1.02:
+                    break
+                uniform = self.space.uniform()
+        return uniform
 
-    uniform = space.uniform()
-    if settings.time_candidates and settings.strategy == "uniform":
-        # the uniform ratio is compared at equal *measured* latency too: re-bisect until it fits
-        for _ in range(4):
-            if timed(uniform) <= budget_ms * 1.02:
-                break
-            uniform = space.uniform()
-    population = [uniform] if settings.strategy == "uniform" else [uniform] + [
-        space.fit_budget(space.scaled(float(rng.uniform(0.1, 0.9)), rng), rng) for _ in range(settings.population - 1)]
-    generations = 1 if settings.strategy == "uniform" else settings.generations
-    trace, candidates = [], []
-    for generation in range(generations):
+    def first_candidates(self, uniform: Policy) -> list[Policy]:
+        if self.settings.strategy == "uniform":
+            return [uniform]
+        space, rng = self.space, self.rng
+        return [uniform] + [space.fit_budget(space.scaled(float(rng.uniform(0.1, 0.9)), rng), rng)
+                            for _ in range(self.settings.population - 1)]
+
+    def evaluate(self, policy: Policy) -> tuple[Candidate, AuditModel]:
+        model = one_shot(self.supernet, policy, self.scores)
+        loss = mean_distillation_loss(model, self.search_split, self.search_cache, self.recipe.distillation)
+        weight = complexity(model, self.teacher_norm)
+        return Candidate(policy, loss, weight, -loss - self.penalty * weight,
+                         verdict_accuracy(model, self.search_split), self.space.latency(policy)), model
+
+    def score(self, population: list[Policy]) -> list[tuple[Candidate, AuditModel]]:
+        """Every distinct policy scored, fittest first."""
         # the latency model may have learnt since these were repaired: keep every one within the budget
-        population = [policy if space.fits(policy) else space.fit_budget(policy, rng) for policy in population]
+        population = [policy if self.space.fits(policy) else self.space.fit_budget(policy, self.rng)
+                      for policy in population]
         scored = {}
         for policy in population:
             key = policy_key(policy)
             if key not in scored:
-                scored[key] = evaluate(policy)
-        ranked = sorted(scored.values(), key=lambda pair: -pair[0].fitness)
-        if settings.time_candidates and generation == generations - 1:
-            # the choice: the fittest whose *measured* latency fits (timed in order, until one does)
-            fitting = next((i for i, (c, _) in enumerate(ranked) if measured_latency(c) <= budget_ms * 1.02), None)
-            if fitting is not None:
-                ranked = ranked[fitting:]
-        elif settings.time_candidates:
-            for candidate, _ in ranked[:settings.elites]:
-                measured_latency(candidate)
+                scored[key] = self.evaluate(policy)
+        return sorted(scored.values(), key=lambda pair: -pair[0].fitness)
+
+    def select(self, ranked: list[tuple[Candidate, AuditModel]], last: bool) -> list[tuple[Candidate, AuditModel]]:
+        if not self.settings.time_candidates:
+            return ranked
+        if last:  # the choice: the fittest whose *measured* latency fits (timed in order, until one does)
+            fitting = next((i for i, (c, _) in enumerate(ranked) if self.measure(c) <= self.budget * 1.02), None)
+            return ranked if fitting is None else ranked[fitting:]
+        for candidate, _ in ranked[:self.settings.elites]:
+            self.measure(candidate)
+        return ranked
+
+    def measure(self, candidate: Candidate) -> float:
+        candidate.measured_ms = self.timed(candidate.policy)
+        return candidate.measured_ms
+
+    def record(self, generation: int, ranked: list[tuple[Candidate, AuditModel]]) -> None:
         best, best_model = ranked[0]
-        held_out_loss = (mean_distillation_loss(best_model, held_out, held_out_cache, recipe.distillation)
-                         if len(held_out) else float("nan"))
+        held_out_loss = (mean_distillation_loss(best_model, self.held_out, self.held_out_cache,
+                                                self.recipe.distillation) if len(self.held_out) else float("nan"))
         fitness = [c.fitness for c, _ in ranked]
-        trace.append({"generation": generation, "best_fitness": best.fitness, "mean_fitness": float(np.mean(fitness)),
-                      "best_loss": best.loss, "best_complexity": best.complexity, "best_accuracy": best.accuracy,
-                      "best_held_out_loss": held_out_loss, "generalization_gap": held_out_loss - best.loss,
-                      "best_latency_ms": best.latency_ms, "evaluated": len(ranked)})
-        candidates += [{"generation": generation, "latency_ms": c.latency_ms, "accuracy": c.accuracy,
-                        "fitness": c.fitness} for c, _ in ranked]
-        log(f"  generation {generation}: best fitness {best.fitness:.4f} (loss {best.loss:.4f}, complexity "
-            f"{best.complexity:.3f}, held-out loss {held_out_loss:.4f}), {best.latency_ms:.2f} ms predicted")
-        if generation == generations - 1:
-            break
-        if settings.projector_steps:
-            tune_projector(best_model, supernet, search_split, search_cache, recipe, generator)
-        elites = [c.policy for c, _ in ranked[:settings.elites]]
+        self.trace.append({"generation": generation, "best_fitness": best.fitness,
+                           "mean_fitness": float(np.mean(fitness)), "best_loss": best.loss,
+                           "best_complexity": best.complexity, "best_accuracy": best.accuracy,
+                           "best_held_out_loss": held_out_loss, "generalization_gap": held_out_loss - best.loss,
+                           "best_latency_ms": best.latency_ms, "evaluated": len(ranked)})
+        self.points += [{"generation": generation, "latency_ms": c.latency_ms, "accuracy": c.accuracy,
+                         "fitness": c.fitness} for c, _ in ranked]
+        self.log(f"  generation {generation}: best fitness {best.fitness:.4f} (loss {best.loss:.4f}, complexity "
+                 f"{best.complexity:.3f}, held-out loss {held_out_loss:.4f}), {best.latency_ms:.2f} ms predicted")
+
+    def next_candidates(self, ranked: list[tuple[Candidate, AuditModel]]) -> list[Policy]:
+        if self.settings.projector_steps:
+            tune_projector(ranked[0][1], self.supernet, self.search_split, self.search_cache, self.recipe,
+                           self.generator)
+        elites = [c.policy for c, _ in ranked[:self.settings.elites]]
         parents = [c.policy for c, _ in ranked[:max(2, len(ranked) // 2)]]
-        population = list(elites)
-        while len(population) < settings.population:
+        population, rng = list(elites), self.rng
+        while len(population) < self.settings.population:
             first, second = (parents[i] for i in rng.choice(len(parents), 2))
-            child = space.crossover(first, second, rng) if rng.random() < 0.5 else copy.deepcopy(first)
-            population.append(space.mutate(child, rng))
-    uniform_candidate = evaluate(uniform)[0]
-    return {"strategy": settings.strategy, "budget_ms": budget_ms, "policy": best.policy,
-            "chosen": {k: v for k, v in best.__dict__.items() if k != "policy"},
-            "chosen_held_out_loss": trace[-1]["best_held_out_loss"],
-            "chosen_generalization_gap": trace[-1]["generalization_gap"],
-            "uniform": {k: v for k, v in uniform_candidate.__dict__.items()},
-            "trace": trace, "candidates": candidates, "settings": settings.model_dump(),
-            "latency_model": latency_model.__dict__, "seconds": time.perf_counter() - started}
+            child = self.space.crossover(first, second, rng) if rng.random() < 0.5 else first
+            population.append(self.space.mutate(child, rng))
+        return population
 
 
 def calibration_configs(teacher: AuditModel, recipe: Recipe, count: int, seed: int) -> list[AuditModelConfig]:
@@ -451,10 +554,11 @@ def calibration_configs(teacher: AuditModel, recipe: Recipe, count: int, seed: i
 
 def policy_recipe(recipe: Recipe, policy: Policy) -> Recipe:
     """`recipe` with its blocks and widths stages set to `policy` (added first if absent), search removed."""
-    blocks = {tower: [b[0] for b in entries] for tower, entries in policy.items()}
-    widths = {"heads": {t: [b[1] for b in entries] for t, entries in policy.items()},
-              "ffn": {t: [b[2] for b in entries] for t, entries in policy.items()},
-              "cross_attention_heads": [b[3] for b in policy["qformer"] if b[3]]}
+    policy = as_policy(policy)
+    blocks = {tower: [b.teacher_index for b in kept] for tower, kept in policy.items()}
+    widths = {"heads": {t: [b.heads for b in kept] for t, kept in policy.items()},
+              "ffn": {t: [b.intermediate_size for b in kept] for t, kept in policy.items()},
+              "cross_attention_heads": [b.cross_attention_heads for b in policy["qformer"] if b.cross_attention_heads]}
     stages = list(recipe.stages)
     block_stages = [i for i, s in enumerate(stages) if isinstance(s, BlocksStage)]
     if block_stages:
@@ -485,8 +589,8 @@ def search_policy(teacher: AuditModel, train: EncodedSplit, order: torch.Tensor,
             f"{100 * latency_model.fit['held_out']['mean_relative_error']:.1f}%")
     log(f"searching per-layer policies under {budget_ms:.2f} ms on {len(search_split)} training ads "
         f"({settings.strategy})")
-    return search(teacher, search_split, cache_teacher(teacher, search_split), held_out,
-                  cache_teacher(teacher, held_out), recipe, budget_ms, latency_model, log)
+    return PolicySearch(teacher, search_split, cache_teacher(teacher, search_split), held_out,
+                        cache_teacher(teacher, held_out), recipe, budget_ms, latency_model, log).run()
 
 
 def plot_search(section: dict, folder) -> None:

@@ -125,12 +125,12 @@ def test_the_default_recipe_fits_the_base_teacher():
 
 
 def test_an_interrupted_run_leaves_no_student(teacher, dataset, tmp_path, monkeypatch):
-    from adaudit.compression import pipeline
+    from adaudit.compression.stages import ShrinkHidden
 
-    def broken(model, stage, context):
+    def broken(self, model, context):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(pipeline.RUNNERS, "hidden", broken)
+    monkeypatch.setattr(ShrinkHidden, "apply", broken)
     out = tmp_path / "student"
     with pytest.raises(KeyboardInterrupt):
         compress(teacher, dataset, out, TINY_RECIPE, log=quiet)

@@ -1,0 +1,285 @@
+"""The compression stages, one object each: `run(model, context)` returns the cut model and its report entry.
+
+    vocabulary  the input dimension: the tokenizer and word embeddings pruned to the training copy
+                (vocabulary.py); the splits are re-tokenised, so the context is rebuilt from them
+    blocks      whole blocks removed `per_step` at a time, least influential first
+    widths      heads and FFN neurons by Taylor importance: soft masks first, then the hard cut
+    hidden      each tower's hidden size, in equal steps
+    final       one more distillation, keeping the epoch with the lowest held-out loss
+
+Every stage but the vocabulary distils after its cut, from the teacher's cached outputs, and its
+entry adds the distillation loss after it. `build_stages` is the one place that turns a recipe
+into the list of stages; `run_stages` runs them in order. The `Context` is what every stage reads:
+the distillation ads (with their augmented views), the calibration samples, and the test split
+and teacher's predictions every entry is measured against.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import torch
+
+from adaudit.data.encoding import EncodedSplit
+from adaudit.models.modeling import AuditModel
+from adaudit.training.evaluation import evaluate
+from adaudit.training.measure import profile
+
+from .augmentation import Views
+from .distillation import BestEpoch, TeacherCache, distil, mean_distillation_loss
+from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
+from .recipe import BlocksStage, HiddenStage, Recipe, VocabularySettings, WidthsStage, per_block
+from .structure import remove_blocks, shrink_hidden, shrink_widths
+from .vocabulary import prune_data_vocabulary
+
+
+def shape_summary(model: AuditModel) -> dict:
+    """Per tower: blocks, hidden size, and every block's heads and FFN neurons (a report entry's `shape`)."""
+    return {tower: {"blocks": len(model.config.tower(tower).blocks), "hidden": model.config.tower(tower).hidden_size,
+                    "heads": [b.heads for b in model.config.tower(tower).blocks],
+                    "ffn": [b.intermediate_size for b in model.config.tower(tower).blocks]}
+            for tower in ("vision", "qformer", "text")}
+
+
+def stage_entry(name: str, model: AuditModel, test: EncodedSplit, teacher_predictions, extra=None) -> dict:
+    """A report entry: size, speed and accuracy of `model` on the test split, its shape, and `extra`."""
+    return {"name": name, **profile(model, test), **evaluate(model, test, teacher_predictions),
+            "shape": shape_summary(model), **(extra or {})}
+
+
+class Context:
+    """What every stage needs: the distillation and calibration samples, the teacher's cached outputs,
+    and the test split with the teacher's predictions on it."""
+
+    def __init__(self, recipe: Recipe, data_dir: Path, ads: EncodedSplit, cache: TeacherCache, test: EncodedSplit,
+                 teacher_predictions: dict[str, torch.Tensor], views: Views | None = None, log=print):
+        self.recipe, self.data_dir, self.log = recipe, data_dir, log
+        self.teacher_cache, self.views, self.teacher_predictions = cache, views, teacher_predictions
+        self.steps = 0
+        self.use_splits(ads, test)
+
+    def use_splits(self, ads: EncodedSplit, test: EncodedSplit) -> None:
+        """Distil on `ads` (the teacher's outputs cached on them) and measure on `test`; also after the
+        vocabulary stage, which renumbers the ads' tokens and tokenises the test split again."""
+        self.ads, self.test = ads, test
+        train, cache = ads, self.teacher_cache
+        held_out = self.recipe.distillation.held_out_count(len(ads))
+        if held_out:  # the last `validation_samples` of the distillation ads pick the final stage's best epoch
+            kept, validation = torch.arange(len(ads) - held_out), torch.arange(len(ads) - held_out, len(ads))
+            self.validation, self.validation_cache = ads.subset(validation), cache.subset(validation)
+            train, cache = ads.subset(kept), cache.subset(kept)
+        else:
+            self.validation = self.validation_cache = None
+        if self.views is not None:  # the distillation ads first (calibration reads those), then their views
+            train, cache = self.views.extend(train, cache)
+        self.train, self.cache = train, cache
+        calibration = torch.arange(min(self.recipe.calibration_samples, len(train)))
+        self.calibration = train.subset(calibration)
+        self.calibration_cache = cache.subset(calibration)
+
+    def entry(self, name: str, model: AuditModel, extra: dict | None = None) -> dict:
+        return stage_entry(name, model, self.test, self.teacher_predictions, extra)
+
+    def distillation_loss(self, model: AuditModel) -> float:
+        return mean_distillation_loss(model, self.train, self.cache, self.recipe.distillation)
+
+    def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
+        self.steps += 1
+        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
+                        seed=self.recipe.seed + self.steps)
+        if losses:
+            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        return model
+
+    def distil_keeping_the_best_epoch(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
+        """`distil`, then back to the epoch with the lowest held-out loss (when ads are held out)."""
+        if self.validation is None:
+            return self.distil(model, epochs, description)
+        self.steps += 1
+        best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
+        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
+                        seed=self.recipe.seed + self.steps, on_epoch_end=best)
+        if losses:
+            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}; held-out loss "
+                     f"{' '.join(f'{x:.3f}' for x in best.losses)}: keeping epoch {best.best_epoch}")
+        return best.restore(model)
+
+
+class CompressionStage(Protocol):
+    name: ClassVar[str]
+
+    def run(self, model: AuditModel, context: Context) -> tuple[AuditModel, dict]:
+        """The model after the stage, and the stage's entry in report.json."""
+
+
+class PruneVocabulary:
+    name: ClassVar[str] = "vocabulary"
+
+    def __init__(self, settings: VocabularySettings):
+        self.settings = settings
+
+    def run(self, model: AuditModel, context: Context) -> tuple[AuditModel, dict]:
+        started = time.perf_counter()
+        model, ads, test, summary = prune_data_vocabulary(model, context.data_dir, context.ads, context.test,
+                                                          self.settings, context.log)
+        context.use_splits(ads, test)
+        return model, context.entry(self.name, model, {"seconds": time.perf_counter() - started, **summary})
+
+
+class DistillingStage:
+    """A stage that cuts and distils (`apply`) as its `settings` (from the recipe) say, logged as stage
+    `number`; its entry adds the seconds it took and the distillation loss after it."""
+    name: ClassVar[str]
+
+    def __init__(self, settings, number: int):
+        self.settings, self.number = settings, number
+
+    def apply(self, model: AuditModel, context: Context) -> AuditModel:
+        raise NotImplementedError
+
+    def run(self, model: AuditModel, context: Context) -> tuple[AuditModel, dict]:
+        started = time.perf_counter()
+        context.log(f"stage {self.number}: {self.name}")
+        model = self.apply(model, context)
+        entry = context.entry(self.name, model, {"seconds": time.perf_counter() - started,
+                                                 "distillation_loss": context.distillation_loss(model)})
+        context.log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
+                    f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f}")
+        return model, entry
+
+
+class RemoveBlocks(DistillingStage):
+    """Remove blocks `per_step` at a time, least influential first, down to a count or a given set."""
+    name: ClassVar[str] = "blocks"
+    settings: BlocksStage
+
+    def apply(self, model: AuditModel, context: Context) -> AuditModel:
+        stage = self.settings
+        teacher_numbers = {t: list(range(len(model.blocks(t)))) for t in stage.keep}  # position -> teacher block
+
+        def removable(tower: str) -> list[int]:
+            keep = stage.keep[tower]
+            if isinstance(keep, list):
+                return [i for i, number in enumerate(teacher_numbers[tower]) if number not in keep]
+            return list(range(len(model.blocks(tower)))) if len(model.blocks(tower)) > keep else []
+
+        while any(removable(t) for t in stage.keep):
+            towers = [t for t in stage.keep if removable(t)]
+            influence = block_influence(model, context.calibration, towers)
+            kept = {}
+            for tower in towers:
+                candidates = removable(tower)
+                keep = stage.keep[tower]
+                surplus = len(candidates) if isinstance(keep, list) else len(model.blocks(tower)) - keep
+                order = sorted(candidates, key=lambda i: (influence[tower][i].item(), i))
+                removed = sorted(order[:min(stage.per_step, surplus)])
+                kept[tower] = [i for i in range(len(model.blocks(tower))) if i not in removed]
+                context.log(f"  {tower}: removing teacher blocks {[teacher_numbers[tower][i] for i in removed]} "
+                            f"(influence {', '.join(f'{influence[tower][i]:.3f}' for i in removed)})")
+                teacher_numbers[tower] = [teacher_numbers[tower][i] for i in kept[tower]]
+            model = remove_blocks(model, kept)
+            context.distil(model, stage.epochs_per_step, "blocks")
+        return model
+
+
+class ShrinkWidths(DistillingStage):
+    """Keep the heads and FFN neurons (and Q-Former image-attention heads) of highest Taylor importance:
+    the units about to be pruned fade out under soft masks while the rest learns to do without them,
+    then the hard cut."""
+    name: ClassVar[str] = "widths"
+    settings: WidthsStage
+
+    def apply(self, model: AuditModel, context: Context) -> AuditModel:
+        stage = self.settings
+        kept_heads, kept_neurons, kept_cross = self.kept_units(model, context)
+        masks = UnitMasks(model)
+        for step in range(stage.soft_steps):
+            scale = stage.mask_decay ** (step + 1)
+            for mask, kept in pruned_masks(masks, kept_heads, kept_neurons, kept_cross):
+                mask.fill_(scale)
+                mask[kept] = 1.0
+            context.distil(model, stage.epochs_per_step, f"widths, soft masks x{scale:.3f}")
+        masks.remove()
+        model = shrink_widths(model, kept_heads, kept_neurons, kept_cross)
+        return context.distil(model, stage.epochs_after_cut, "widths after the cut")
+
+    def kept_units(self, model: AuditModel, context: Context):
+        """(heads, FFN neurons, image-attention heads) to keep: tower -> per block, the sorted indices."""
+        stage = self.settings
+        scores = taylor_unit_scores(model, context.calibration, context.calibration_cache,
+                                    context.recipe.distillation)
+
+        def kept(masks: list[torch.Tensor], widths, where: str) -> list[torch.Tensor]:
+            return [top_indices(m.grad, width) for m, width in zip(masks, per_block(widths, len(masks), where))]
+
+        kept_heads = {t: kept(scores.heads[t], keep, f"{t} heads") for t, keep in stage.heads.items()}
+        kept_neurons = {t: kept(scores.neurons[t], keep, f"{t} ffn") for t, keep in stage.ffn.items()}
+        kept_cross = None
+        if stage.cross_attention_heads:
+            image_attending = [m for m in scores.cross_heads if m is not None]
+            chosen = iter(kept(image_attending, stage.cross_attention_heads, "cross-attention heads"))
+            kept_cross = [next(chosen) if m is not None else None for m in scores.cross_heads]
+        return kept_heads, kept_neurons, kept_cross
+
+
+def pruned_masks(masks: UnitMasks, kept_heads, kept_neurons, kept_cross):
+    """(mask, indices kept) for every block whose width the stage shrinks."""
+    for tower, per_block in kept_heads.items():
+        yield from zip(masks.heads[tower], per_block)
+    for tower, per_block in kept_neurons.items():
+        yield from zip(masks.neurons[tower], per_block)
+    for mask, kept in zip(masks.cross_heads, kept_cross or []):
+        if mask is not None:
+            yield mask, kept
+
+
+class ShrinkHidden(DistillingStage):
+    """Shrink each tower's hidden size in `steps` equal steps, keeping the channels of highest Taylor importance."""
+    name: ClassVar[str] = "hidden"
+    settings: HiddenStage
+
+    def apply(self, model: AuditModel, context: Context) -> AuditModel:
+        stage = self.settings
+        start = {t: model.config.tower(t).hidden_size for t in stage.size}
+        for step in range(1, stage.steps + 1):
+            sizes = {t: round(start[t] - (start[t] - size) * step / stage.steps) for t, size in stage.size.items()}
+            sizes = {t: s for t, s in sizes.items() if s < model.config.tower(t).hidden_size}
+            if not sizes:
+                continue
+            scores = taylor_hidden_scores(model, context.calibration, context.calibration_cache,
+                                          context.recipe.distillation, list(sizes))
+            model = shrink_hidden(model, {t: top_indices(scores[t], s) for t, s in sizes.items()})
+            context.log(f"  hidden sizes now {', '.join(f'{t} {s}' for t, s in sizes.items())}")
+            context.distil(model, stage.epochs_per_step, "hidden")
+        return model
+
+
+class FinalDistillation(DistillingStage):
+    name: ClassVar[str] = "final"
+    settings: int  # epochs
+
+    def apply(self, model: AuditModel, context: Context) -> AuditModel:
+        return context.distil_keeping_the_best_epoch(model, self.settings, "final")
+
+
+CUTS = {"blocks": RemoveBlocks, "widths": ShrinkWidths, "hidden": ShrinkHidden}  # recipe stage kind -> stage
+
+
+def build_stages(recipe: Recipe) -> list[CompressionStage]:
+    """The recipe's stages in the order they run: the vocabulary (when pruned), the recipe's cuts, the
+    final distillation (when it has epochs)."""
+    vocabulary = [PruneVocabulary(recipe.vocabulary)] if recipe.vocabulary.prune else []
+    cuts = [CUTS[stage.kind](stage, number) for number, stage in enumerate(recipe.stages, 1)]
+    final = [FinalDistillation(recipe.final_epochs, len(cuts) + 1)] if recipe.final_epochs else []
+    return vocabulary + cuts + final
+
+
+def run_stages(stages: list[CompressionStage], model: AuditModel, context: Context) -> tuple[AuditModel, list[dict]]:
+    """Each stage in turn on the model the last one returned; the student and every stage's entry."""
+    entries = []
+    for stage in stages:
+        model, entry = stage.run(model, context)
+        entries.append(entry)
+    return model, entries
