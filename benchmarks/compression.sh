@@ -8,14 +8,16 @@ cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
 RUN=${RUN:-runs/bench}
 mkdir -p "$RUN"
+# every command that runs is logged to RUN/commands.log; summarize.py records them beside the figures
+run() { echo "$*" >> "$RUN/commands.log"; "$@"; }
 
-[ -f "$RUN/data/train.jsonl" ] || $ADAUDIT data make --out "$RUN/data" --n 6000 --seed 0 > "$RUN/data.json"
-[ -f "$RUN/teacher/metrics.json" ] || $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" --preset base --resume
-[ -f "$RUN/student/report.json" ] || $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" --out "$RUN/student"
+[ -f "$RUN/data/train.jsonl" ] || run $ADAUDIT data make --out "$RUN/data" --n 6000 --seed 0 > "$RUN/data.json"
+[ -f "$RUN/teacher/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" --preset base --resume
+[ -f "$RUN/student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" --out "$RUN/student"
 # Trained single-modality ablations (`small` preset, about 15 min more): ABLATIONS=1
 if [ "${ABLATIONS:-0}" = 1 ]; then
   for modality in both text image; do
-    [ -f "$RUN/ablation-$modality/metrics.json" ] || $ADAUDIT teacher train --data "$RUN/data" \
+    [ -f "$RUN/ablation-$modality/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" \
       --out "$RUN/ablation-$modality" --preset small --modality "$modality" --resume
   done
 fi

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import matplotlib
 
+from adaudit.core.files import atomic_write_text
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -48,6 +50,20 @@ def modality_ceilings(data_dir: Path) -> dict:
             "ads": len(rows)}
 
 
+def provenance(run: Path, report: dict, teacher: dict) -> dict:
+    """How the figures were made: the commands run (benchmarks/compression.sh logs them to
+    RUN/commands.log), the recipe as the student used it, the seeds and the data's checksums."""
+    commands = run / "commands.log"
+    return {
+        "commands": commands.read_text().splitlines() if commands.exists() else [],
+        "recipe": json.loads((run / "student" / "recipe.json").read_text()),
+        "seeds": {"data": json.loads((run / "data.json").read_text()).get("seed") if (run / "data.json").exists()
+                  else None, "teacher": teacher.get("seed"), "compression": report.get("seed")},
+        "data_checksum": report.get("data_checksum"),
+        "validation_split": "validation" in report["student"],  # figures to choose on, apart from the test split
+    }
+
+
 def main(run: Path, results: Path) -> None:
     report = json.loads((run / "student" / "report.json").read_text())
     teacher = json.loads((run / "teacher" / "metrics.json").read_text())
@@ -61,11 +77,12 @@ def main(run: Path, results: Path) -> None:
     }
     met = {k: (v >= GOALS[k] if k in ("speedup", "compression_ratio") else v <= GOALS[k]) for k, v in achieved.items()}
     ceilings = modality_ceilings(run / "data")
-    summary = {"compression": report, "teacher_training": teacher, "modality_ablation": ablations,
+    summary = {"provenance": provenance(run, report, teacher),
+               "compression": report, "teacher_training": teacher, "modality_ablation": ablations,
                "modality_ceilings": ceilings,
                "goals": GOALS, "achieved": achieved, "met": met}
     results.mkdir(parents=True, exist_ok=True)
-    (results / "compression.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(results / "compression.json", json.dumps(summary, indent=2) + "\n")
 
     lines = ["| model | params | FLOPs/ad | p50 ms (b=1) | p95 ms | ads/s (b=32) | verdict acc % | violation F1 % "
              "| agreement % |", "|---|---|---|---|---|---|---|---|---|", row("teacher (base)", report["teacher"])]
@@ -83,7 +100,7 @@ def main(run: Path, results: Path) -> None:
         lines += ["", "| `small` model trained on | verdict acc % | violation F1 % |", "|---|---|---|"]
         lines += [f"| {m} | {100 * a['test']['accuracy']:.2f} | {100 * a['test']['violation_macro_f1']:.2f} |"
                   for m, a in ablations.items()]
-    (results / "compression.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(results / "compression.md", "\n".join(lines) + "\n")
 
     entries = [("teacher", report["teacher"])] + [(s["name"], s) for s in report["stages"]]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from adaudit.core.files import atomic_folder
+from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
@@ -26,7 +27,7 @@ from .augmentation import Views, make_views
 from .distillation import TeacherCache, cache_teacher
 from .recipe import Recipe, RecipeError, default_recipe, load_recipe
 from .search import LatencyModel, plot_search, policy_recipe, search_policy
-from .stages import Context, build_stages, run_stages, stage_entry
+from .stages import Context, build_stages, run_stages, stage_entry, validation_split
 
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.json"
@@ -44,6 +45,7 @@ class Reference:
     cache: TeacherCache  # the teacher's outputs on `train`
     predictions: dict[str, torch.Tensor]
     entry: dict
+    choices: EncodedSplit | None = None  # the data set's validation split, when it has one
 
 
 def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
@@ -64,7 +66,7 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
 
     views = make_views(teacher, reference.train, recipe, log)
     context = Context(recipe, data_dir, reference.train, reference.cache, reference.test, reference.predictions,
-                      views, log)
+                      views, log, reference.choices)
     student, entries = run_stages(build_stages(recipe), copy.deepcopy(teacher), context)  # starts as the teacher
     report = assemble_report(reference, student, entries, context, views, searched, started)
     with atomic_folder(out) as staging:
@@ -107,10 +109,11 @@ def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, reci
 
     cache = cache_teacher(teacher, train)
     predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
-    entry = stage_entry("teacher", teacher, test, predictions)
+    choices = validation_split(data_dir, teacher, processor)
+    entry = stage_entry("teacher", teacher, test, predictions, choices=choices)
     log(f"teacher: {entry['params'] / 1e6:.2f}M params, {entry['latency_ms_p50']:.2f} ms, "
         f"verdict accuracy {entry['accuracy']:.4f}")
-    return Reference(teacher, full_train, order, train, test, cache, predictions, entry)
+    return Reference(teacher, full_train, order, train, test, cache, predictions, entry, choices)
 
 
 def assemble_report(reference: Reference, student_model: AuditModel, entries: list[dict], context: Context,
@@ -139,6 +142,8 @@ def assemble_report(reference: Reference, student_model: AuditModel, entries: li
         "augmented_views": 0 if views is None else len(views.plan.text_source),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
+        "seed": context.recipe.seed,
+        "data_checksum": data_checksum(context.data_dir),
     }
     if searched:
         searched["student_latency_ms_predicted"] = LatencyModel(**searched["latency_model"]).predict(

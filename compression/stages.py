@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from adaudit.data.encoding import EncodedSplit
+from adaudit.data.encoding import EncodedSplit, encode_split, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.training.evaluation import evaluate
 from adaudit.training.measure import profile
@@ -43,10 +43,25 @@ def shape_summary(model: AuditModel) -> dict:
             for tower in ("vision", "qformer", "text")}
 
 
-def stage_entry(name: str, model: AuditModel, test: EncodedSplit, teacher_predictions, extra=None) -> dict:
-    """A report entry: size, speed and accuracy of `model` on the test split, its shape, and `extra`."""
-    return {"name": name, **profile(model, test), **evaluate(model, test, teacher_predictions),
-            "shape": shape_summary(model), **(extra or {})}
+def stage_entry(name: str, model: AuditModel, test: EncodedSplit, teacher_predictions, extra=None,
+                choices: EncodedSplit | None = None) -> dict:
+    """A report entry: size, speed and accuracy of `model` on the test split, its shape, and `extra`;
+    with `choices` (the data set's validation split), the figures a recipe or a stopping point may be
+    chosen on, under "validation", so that no choice has to read the test split's figures."""
+    entry = {"name": name, **profile(model, test), **evaluate(model, test, teacher_predictions),
+             "shape": shape_summary(model), **(extra or {})}
+    if choices is not None:
+        figures = evaluate(model, choices)
+        entry["validation"] = {"accuracy": figures["accuracy"], "violation_macro_f1": figures["violation_macro_f1"],
+                               "samples": len(choices)}
+    return entry
+
+
+def validation_split(data_dir: Path, model: AuditModel, processor) -> EncodedSplit | None:
+    """The data set's validation split as `model` tokenises it; None when the data set has none."""
+    if not (Path(data_dir) / "validation.jsonl").is_file():
+        return None
+    return encode_split(data_dir, "validation", processor, model.config.tasks)
 
 
 class Context:
@@ -54,8 +69,10 @@ class Context:
     and the test split with the teacher's predictions on it."""
 
     def __init__(self, recipe: Recipe, data_dir: Path, ads: EncodedSplit, cache: TeacherCache, test: EncodedSplit,
-                 teacher_predictions: dict[str, torch.Tensor], views: Views | None = None, log=print):
+                 teacher_predictions: dict[str, torch.Tensor], views: Views | None = None, log=print,
+                 choices: EncodedSplit | None = None):
         self.recipe, self.data_dir, self.log = recipe, data_dir, log
+        self.choices = choices  # the data set's validation split (as the teacher tokenises it), if it has one
         self.teacher_cache, self.views, self.teacher_predictions = cache, views, teacher_predictions
         self.steps = 0
         self.use_splits(ads, test)
@@ -80,7 +97,8 @@ class Context:
         self.calibration_cache = cache.subset(calibration)
 
     def entry(self, name: str, model: AuditModel, extra: dict | None = None) -> dict:
-        return stage_entry(name, model, self.test, self.teacher_predictions, extra)
+        choices = None if self.choices is None else tokenised_for(model, self.choices, self.data_dir, "validation")
+        return stage_entry(name, model, self.test, self.teacher_predictions, extra, choices)
 
     def distillation_loss(self, model: AuditModel) -> float:
         return mean_distillation_loss(model, self.train, self.cache, self.recipe.distillation)

@@ -13,6 +13,7 @@ line, so a user can fix their data without reading a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,24 @@ def load_image(path: Path, size: int | None = None) -> Image.Image:
         raise DatasetError(f"image {path} not found") from None
     except (UnidentifiedImageError, OSError) as error:
         raise DatasetError(f"image {path} cannot be decoded: {error}") from None
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def data_checksum(data_dir: Path) -> dict:
+    """sha256 of each split file present and of every image the splits name: recorded beside a result,
+    so a figure says exactly which ads it came from."""
+    data_dir = Path(data_dir)
+    checksums = {}
+    for split in SPLITS:
+        path = data_dir / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        checksums[split] = hashlib.sha256(path.read_bytes()).hexdigest()
+        images = hashlib.sha256()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                images.update((data_dir / json.loads(line)["image"]).read_bytes())
+        checksums[f"{split}_images"] = images.hexdigest()
+    return checksums

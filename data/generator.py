@@ -247,20 +247,31 @@ def _violation_quota(n: int) -> list[tuple[str, bool]]:
     return quota
 
 
-def plan_ads(n: int, seed: int = 0, test_fraction: float = 0.2) -> list[AdPlan]:
-    """The labels, copy and drawing seed of ads ad-000000 .. ad-{n-1}; test gets round(n * test_fraction)."""
-    n_test = round(n * test_fraction)
-    if not 0 < n_test < n:
-        raise ValueError(f"n={n} and test_fraction={test_fraction} leave an empty train or test split")
+def plan_ads(n: int, seed: int = 0, test_fraction: float = 0.2, validation_fraction: float = 0.0) -> list[AdPlan]:
+    """The labels, copy and drawing seed of ads ad-000000 .. ad-{n-1}; test gets round(n * test_fraction),
+    validation round(n * validation_fraction) of the others.
+
+    The validation ads are drawn from the training distribution (the training templates and
+    phrases): they are what choices (recipes, thresholds, epochs) are made on, so they must not
+    carry the test split's held-out phrasing. Drawn after the test split, from their own stream, so
+    a seed's test split and every ad's content are the same whatever the validation fraction."""
+    n_test, n_validation = round(n * test_fraction), round(n * validation_fraction)
+    if not 0 < n_test < n - n_validation or n_validation < 0:
+        raise ValueError(f"n={n}, test_fraction={test_fraction} and validation_fraction={validation_fraction} "
+                         "leave an empty train or test split")
     rng = np.random.default_rng(seed)
     quota = _violation_quota(n)
     quota = [quota[i] for i in rng.permutation(n)]
     test_indices = set(rng.permutation(n)[:n_test].tolist())
-    return [_plan_ad(seed, i, "test" if i in test_indices else "train", *quota[i]) for i in range(n)]
+    others = [i for i in np.random.default_rng([seed, 2]).permutation(n).tolist() if i not in test_indices]
+    validation_indices = set(others[:n_validation])
+    return [_plan_ad(seed, i, "test" if i in test_indices else "validation" if i in validation_indices else "train",
+                     *quota[i]) for i in range(n)]
 
 
 def _plan_ad(seed: int, index: int, split: str, violation: str, gambling_image: bool) -> AdPlan:
     rng = np.random.default_rng([seed, index, 0])
+    phrasing = "test" if split == "test" else "train"  # validation ads are worded as training ads are
     industry = _pick(rng, TASKS["industry"])
     product = _pick(rng, PRODUCTS[industry])
     photo_industry = industry
@@ -280,7 +291,7 @@ def _plan_ad(seed: int, index: int, split: str, violation: str, gambling_image: 
     return AdPlan(
         id=f"ad-{index:06d}",
         split=split,
-        text=_compose_text(rng, split, product, text_violation),
+        text=_compose_text(rng, phrasing, product, text_violation),
         labels=labels,
         product=product,
         photo_industry=photo_industry,
@@ -533,16 +544,21 @@ def _record(plan: AdPlan) -> dict:
     return {"id": plan.id, "image": f"images/{plan.id}.jpg", "text": plan.text, "labels": plan.labels}
 
 
-def make_dataset(out_dir: Path, n: int = 6000, seed: int = 0, test_fraction: float = 0.2) -> dict:
-    """Write n ads to out_dir (train.jsonl, test.jsonl, images/) atomically; return counts.
+def make_dataset(out_dir: Path, n: int = 6000, seed: int = 0, test_fraction: float = 0.2,
+                 validation_fraction: float = 0.1) -> dict:
+    """Write n ads to out_dir (train.jsonl, validation.jsonl, test.jsonl, images/) atomically; return counts.
+
+    validation.jsonl is written only when `validation_fraction` leaves it at least one ad.
 
     Refuses an out_dir that exists and is not empty. The same seed gives byte-identical files.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or remove it")
-    plans = plan_ads(n, seed, test_fraction)
+    plans = plan_ads(n, seed, test_fraction, validation_fraction)
     lines: dict[str, list[str]] = {"train": [], "test": []}
+    if any(plan.split == "validation" for plan in plans):
+        lines["validation"] = []
     with atomic_folder(out_dir) as staging:
         (staging / "images").mkdir()
         for plan in plans:

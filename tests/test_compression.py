@@ -50,6 +50,35 @@ def test_student_reloads_alone_with_identical_logits(student, dataset):
     assert evaluate(model, test)["accuracy"] == pytest.approx(report["student"]["accuracy"])
 
 
+def test_the_saved_student_gives_the_logits_of_the_model_compress_ended_with(teacher, dataset, tmp_path, monkeypatch):
+    """Every cut (vocabulary, blocks, widths, hidden size) survives the round trip through config.json and
+    safetensors: the reloaded student's logits equal those of the in-memory model compress saved."""
+    quick = load_recipe(TINY_RECIPE)  # every stage, short: the round trip, not the accuracy, is under test
+    quick.distillation.samples, quick.final_epochs = 48, 0
+    recipe = tmp_path / "quick.json"
+    recipe.write_text(quick.model_dump_json())
+    saved = {}
+    real_save = AuditModel.save_pretrained
+
+    def keep_the_model(model, folder):
+        saved["model"] = model
+        real_save(model, folder)
+
+    monkeypatch.setattr(AuditModel, "save_pretrained", keep_the_model)
+    compress(teacher, dataset, tmp_path / "student", recipe, log=quiet)
+    monkeypatch.undo()
+    in_memory, reloaded = saved["model"].eval(), AuditModel.from_pretrained(tmp_path / "student").eval()
+    assert reloaded.config == in_memory.config
+    processor = AuditProcessor.from_folder(reloaded.config, tmp_path / "student")
+    test = encode_split(dataset, "test", processor, reloaded.config.tasks)
+    with torch.inference_mode():
+        for index in test.batches(64):
+            inputs = test.inputs(index)
+            before, after = in_memory(**inputs).logits, reloaded(**inputs).logits
+            for task in before:
+                assert (before[task] - after[task]).abs().max().item() < 1e-5, task
+
+
 def test_report_has_the_promised_keys(student):
     folder, _ = student
     report = json.loads((folder / REPORT_FILE).read_text())
@@ -58,7 +87,12 @@ def test_report_has_the_promised_keys(student):
         assert key in report["teacher"] and key in report["student"]
     assert "agreement" in report["student"]
     assert report["compression_ratio"] == pytest.approx(report["teacher"]["params"] / report["student"]["params"])
-    assert report["speedup"] > 0 and len(report["stages"]) == 5
+    assert report["speedup"] == pytest.approx(report["teacher"]["latency_ms_p50"] / report["student"]["latency_ms_p50"])
+    assert [stage["name"] for stage in report["stages"]] == ["vocabulary", "blocks", "widths", "hidden", "final"]
+    # every entry's figures on the validation split, what a recipe or a stopping point is chosen on
+    for entry in [report["teacher"], *report["stages"], report["student"]]:
+        assert entry["validation"]["samples"] == 30, entry["name"]
+        assert set(entry["validation"]) == {"accuracy", "violation_macro_f1", "samples"}
     assert report["distillation_samples"] == 120
     assert report["augmented_views"] == 120  # one view per distillation ad (the tiny recipe)
 

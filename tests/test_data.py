@@ -24,7 +24,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(dataset):
-    return {split: read_split(dataset, split) for split in ("train", "test")}
+    return {split: read_split(dataset, split) for split in ("train", "validation", "test")}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -50,7 +50,8 @@ def test_refuses_a_non_empty_folder(tmp_path):
 
 def test_splits_have_the_right_sizes_and_disjoint_ids(records):
     assert len(records["test"]) == round(N * 0.2)
-    assert len(records["train"]) == N - round(N * 0.2)
+    assert len(records["validation"]) == round(N * 0.1)
+    assert len(records["train"]) == N - round(N * 0.2) - round(N * 0.1)
     ids = [r.id for split in records.values() for r in split]
     assert len(set(ids)) == N
 
@@ -196,3 +197,27 @@ def test_missing_folder_split_and_image_errors(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="cannot be decoded"):
         load_image(tmp_path / "broken.jpg")
+
+
+def test_the_validation_split_is_carved_from_training_ads_and_leaves_the_test_split_alone(dataset, tmp_path):
+    """Choices are made on validation.jsonl: training-distribution ads, never test ones. Adding it moves
+    ads out of train only: the test split and every ad's copy and labels are what they are without it."""
+    splits = {split: read_split(dataset, split) for split in ("train", "validation", "test")}
+    assert len(splits["validation"]) == round(N * 0.1) and len(splits["test"]) == round(N * 0.2)
+    generator.make_dataset(tmp_path / "none", n=N, seed=SEED, validation_fraction=0.0)
+    assert not (tmp_path / "none" / "validation.jsonl").exists()
+    without = {split: read_split(tmp_path / "none", split) for split in ("train", "test")}
+    assert (dataset / "test.jsonl").read_bytes() == (tmp_path / "none" / "test.jsonl").read_bytes()
+    as_training = {record.id: record for record in without["train"]}
+    for record in splits["validation"] + splits["train"]:
+        same = as_training[record.id]  # the same copy, labels and picture as a training ad
+        assert (same.text, same.labels) == (record.text, record.labels)
+        assert same.image_path.read_bytes() == record.image_path.read_bytes()
+    assert len(splits["validation"]) + len(splits["train"]) == len(without["train"])
+    ids = [{r.id for r in rows} for rows in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_fractions_that_leave_no_training_ads_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="empty train or test"):
+        generator.make_dataset(tmp_path / "data", n=20, test_fraction=0.5, validation_fraction=0.5)

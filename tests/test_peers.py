@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from adaudit.compression.distillation import cache_teacher
 from adaudit.compression.recipe import load_recipe
@@ -56,7 +57,9 @@ def test_every_method_runs_and_the_searched_policy_is_pending(peers):
     assert compiled["latency_ms_p50"] > 0 and compiled["latency_over_floor"] > 0
     assert "torch.compile" in report and "per ad at batch 32" in report
     assert all(entry["batch_32_per_ad_over_floor"] > 0 for entry in summary["entries"])
-    assert (results / "pareto.png").stat().st_size > 0
+    with Image.open(results / "pareto.png") as image:  # a whole PNG, not an empty or cut file
+        image.verify()
+        assert image.format == "PNG"
     assert summary["pareto_front"] and set(summary["pareto_front"]) <= set(keys)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from adaudit.compression.distillation import cache_teacher
 from adaudit.compression.importance import block_influence, taylor_unit_scores
@@ -110,8 +111,14 @@ def test_the_searched_policy_round_trips_into_compress(teacher, dataset, tmp_pat
         shapes = student.config.tower(tower).blocks
         assert [s.heads for s in shapes] == [b[1] for b in policy[tower]]
         assert [s.intermediate_size for s in shapes] == [b[2] for b in policy[tower]]
-    assert (out / "search_fitness.png").stat().st_size > 0 and (out / "search_candidates.png").stat().st_size > 0
-    assert json.loads((out / "report.json").read_text())["search"]["budget_ms"] > 0
+    for plot in ("search_fitness.png", "search_candidates.png"):
+        with Image.open(out / plot) as image:  # a whole PNG, not an empty or cut file
+            image.verify()
+            assert image.format == "PNG"
+    # the saved report keeps the budget the policy was chosen under, and the choice fits it
+    saved = json.loads((out / "report.json").read_text())["search"]
+    assert saved["budget_ms"] == report["search"]["budget_ms"]
+    assert saved["chosen"]["latency_ms"] <= saved["budget_ms"] + 1e-9
 
 
 def test_a_search_recipe_without_a_target_is_refused(teacher, dataset, tmp_path):

@@ -94,3 +94,11 @@ def test_freeze_lower_blocks_keeps_the_embeddings_and_the_lowest_blocks_fixed(bl
         assert parameter.requires_grad == (id(parameter) not in fixed_ids)
     assert all(p.requires_grad for p in model.blocks("text")[blocks].parameters())
     assert all(p.requires_grad for p in model.qformer.parameters())
+
+
+def test_the_teacher_reports_its_validation_scores_beside_the_test_scores(teacher):
+    """The conftest data set has a validation split: the teacher's metrics carry its scores there, so a
+    choice (epochs, a recipe) never needs the test split's."""
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    assert set(metrics["validation"]) >= {"accuracy", "violation_macro_f1", "task_accuracy"}
+    assert metrics["validation"]["samples"] == 30 and metrics["test"]["samples"] == 60

@@ -2,7 +2,8 @@
 
 The teacher trains on the labels with cross-entropy, saves a checkpoint after every epoch
 to `OUT.checkpoint/` (resume with `resume=True`), and writes its folder atomically at the
-end, with `metrics.json` holding its scores on the held-out test split.
+end, with `metrics.json` holding its scores on the held-out test split (the reported figures) and,
+when the data set has one, on its validation split (what choices are made on).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split
 from adaudit.data.recombination import recombined_pairs
 from adaudit.training.evaluation import evaluate
@@ -40,6 +42,14 @@ def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) ->
         input_ids, attention_mask = processor.texts([""] * len(split))
         return replace(split, input_ids=input_ids, attention_mask=attention_mask)
     return split
+
+
+def validation_metrics(model: AuditModel, data_dir: Path, processor: AuditProcessor, modality: str) -> dict:
+    """{"validation": scores} on the data set's validation split (what choices are made on), or {} without one."""
+    if not (Path(data_dir) / "validation.jsonl").is_file():
+        return {}
+    split = encode_split(data_dir, "validation", processor, model.config.tasks)
+    return {"validation": evaluate(model, blank_modality(split, modality, processor))}
 
 
 def new_teacher(preset_name: str) -> AuditModel:
@@ -104,8 +114,10 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
-    metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "train_loss": losses,
+    metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "seed": seed,
+               "data_checksum": data_checksum(data_dir), "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
+               **validation_metrics(model, data_dir, processor, modality),
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
                "wall_seconds": time.perf_counter() - started}
