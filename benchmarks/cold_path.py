@@ -92,7 +92,7 @@ def run(student: Path, data: Path, out: Path, ads: int, rounds: int, per_round: 
     samples = {condition: {step: [] for step in STEPS} for condition in CONDITIONS}
     with tempfile.TemporaryDirectory(prefix="adaudit-cold-") as work, restored_threads(threads):
         log = DecisionLog(f"sqlite:///{work}/decisions.db")
-        log.create_tables()
+        log.prepare_schema()
         for item in raw[:20]:  # warm-up: first calls load the tokenizer and compile SQL
             encoder.encode(decode_ads([item], limits, [spec.image_size]), spec)
             log.add_decisions([decision_row(spec.name)])

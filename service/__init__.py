@@ -13,8 +13,10 @@
     gateway.py        the audit path: policy, inference, decision log, shadow offer
     policy.py         canary / A-B arm (sticky per ad id) and shadow sampling
     shadow.py         the bounded shadow queue, its workers and the comparison
-    decision_log.py   SQLAlchemy: decisions, feedback, shadow disagreements, reviewed accuracy; the
-                      decision writer per database (SQLite, PostgreSQL)
+    decision_log.py   decisions, feedback, shadow disagreements, reviewed accuracy; the decision writer
+                      per database (SQLite, PostgreSQL)
+    tables.py         the decision log's SQLAlchemy tables, declared once
+    schema.py         their Alembic migrations (migrations/): upgrade, check, adopt a pre-migration log
     answers.py        the audit answers' JSON (pydantic, one pass)
     metrics.py        the adaudit_* Prometheus metrics (one process per pod)
     middleware.py     in-flight gauge, request latency, last-resort 503 guard

@@ -4,9 +4,12 @@ Routers (routes_audits, routes_reviews, routes_ops; every `/v1` route behind the
 rate-limit dependency of security.py), the JSON error handlers, the middleware (metrics
 outermost, then the in-flight limit of admission.py, then CORS only when `cors_origins` is set),
 and a lifespan that builds the `Gateway` (backend from settings, decision log, shadow workers)
-at start and closes it at stop. On SIGTERM uvicorn stops accepting connections and lets the
-requests in flight finish (each writes its decision before it answers); then the lifespan
-drains the shadow queue for up to `shutdown_drain_s` and closes the backend and the log. Run one
+at start and closes it at stop. At start the decision log's schema is upgraded (SQLite: this
+gateway is its only writer) or checked (a shared server database: no pod runs DDL, `adaudit db
+upgrade` does; /readyz answers 503 while the schema is behind; `database_migrate_on_start`). On
+SIGTERM uvicorn stops accepting connections and lets the requests in flight finish (each writes
+its decision before it answers); then the lifespan drains the shadow queue for up to
+`shutdown_drain_s` and closes the backend and the log. Run one
 uvicorn worker per process and one process per pod (see metrics.py): `adaudit serve`, or
 `uvicorn` with `factory=True`.
 """
@@ -43,7 +46,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        decision_log = DecisionLog(settings.database_url, lock_timeout_s=settings.request_timeout_s)
+        # the schema: upgraded at start where this gateway is the only writer, else only checked (readiness)
+        decision_log = DecisionLog(settings.database_url, lock_timeout_s=settings.request_timeout_s,
+                                   pool_size=settings.database_pool_size,
+                                   max_overflow=settings.database_max_overflow,
+                                   migrate=settings.migrates_on_start())
         gateway = Gateway(settings, make_backend(settings), decision_log, metrics)
         await gateway.start()
         app.state.gateway = gateway

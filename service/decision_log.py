@@ -8,11 +8,16 @@
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
               shadow_model, shadow_version, primary_outputs JSON, shadow_outputs JSON)
 
-`DecisionLog` is what every database does the same: the tables (created at start if missing,
-and `decisions.caller` added to a log written before it existed), a logged decision, the
-reviewer's feedback, per-model reviewed accuracy (a join of feedback with decisions, grouped by
-model, version and task) and the shadow disagreements. Every query is built by SQLAlchemy with
-bound parameters; no SQL text is ever made from request data.
+`DecisionLog` is what every database does the same: the schema at start (below), a logged
+decision, the reviewer's feedback, per-model reviewed accuracy (a join of feedback with decisions,
+grouped by model, version and task) and the shadow disagreements. Every query is built by
+SQLAlchemy with bound parameters; no SQL text is ever made from request data.
+
+The schema is Alembic's (service/migrations/, run by schema.py; the tables in tables.py). At start a
+gateway either upgrades the schema itself (`migrate`: the default on SQLite, where it is the only
+writer) or only checks its revision (a server database shared by several pods: no pod runs DDL); a
+schema behind this code keeps the gateway out of readiness (`schema_problem`, 503 from /readyz
+naming `adaudit db upgrade`) until it is upgraded.
 
 How the gateway's decision rows reach the database is one interface, `DecisionWriter` (the
 engine with this database's options, `add_decisions`, the gateway's `write`, `stop`, `close`),
@@ -43,62 +48,17 @@ import logging
 import math
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, cast,
-                        create_engine, event, func, insert, inspect, select, text)
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Integer, cast, create_engine, event, func, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
+
+from .schema import SchemaError, first_line, schema_status, upgrade_schema
+from .tables import DecisionRow, DisagreementRow, FeedbackRow
 
 log = logging.getLogger("adaudit.service")
 CHECKPOINT_EVERY = 200  # rows written in place (SqliteDecisionWriter) between two WAL checkpoints
 IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class DecisionRow(Base):
-    __tablename__ = "decisions"
-    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    ad_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    model: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str] = mapped_column(String(32))
-    arm: Mapped[str] = mapped_column(String(16))
-    verdict: Mapped[str] = mapped_column(String(32))
-    violation: Mapped[str] = mapped_column(String(32))
-    violation_score: Mapped[float] = mapped_column(Float)
-    outputs: Mapped[dict] = mapped_column(JSON)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    shadowed: Mapped[bool] = mapped_column(Boolean, default=False)
-    caller: Mapped[str | None] = mapped_column(String(64), index=True)
-
-
-class FeedbackRow(Base):
-    __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("request_id", "task"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(ForeignKey("decisions.request_id"), index=True)
-    task: Mapped[str] = mapped_column(String(32))
-    label: Mapped[str] = mapped_column(String(32))
-    predicted: Mapped[str] = mapped_column(String(32))
-    correct: Mapped[bool] = mapped_column(Boolean)
-    reviewer: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class DisagreementRow(Base):
-    __tablename__ = "shadow_disagreements"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(32), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    primary_model: Mapped[str] = mapped_column(String(64))
-    primary_version: Mapped[str] = mapped_column(String(32))
-    shadow_model: Mapped[str] = mapped_column(String(64))
-    shadow_version: Mapped[str] = mapped_column(String(32))
-    primary_outputs: Mapped[dict] = mapped_column(JSON)
-    shadow_outputs: Mapped[dict] = mapped_column(JSON)
 
 
 class UnknownRequest(LookupError):
@@ -131,8 +91,9 @@ class DecisionWriter:
     The shared part is the plain path, right for every database: `write` commits from a worker
     thread, so a database that waits never blocks the event loop."""
 
-    def __init__(self, url: str, lock_timeout_s: float):
+    def __init__(self, url: str, lock_timeout_s: float, pool_size: int = 5, max_overflow: int = 10):
         self.url = url
+        self.pool_size, self.max_overflow = pool_size, max_overflow  # a server database's pool (engine_options)
         self.engine = create_engine(url, **self.engine_options(url, lock_timeout_s))
 
     def engine_options(self, url: str, lock_timeout_s: float) -> dict:
@@ -155,13 +116,16 @@ class DecisionWriter:
 
 
 class PostgresDecisionWriter(DecisionWriter):
-    """PostgreSQL, production: a pool whose connections are pinged before use (those a restarted server
-    dropped are replaced), checkout within `lock_timeout_s`, the driver's connect timeout, and every write
-    from a worker thread (the shared path). Another server database takes the same path, without the
-    connect timeout (a psycopg argument)."""
+    """PostgreSQL, production: a pool of `pool_size` connections kept open plus up to `max_overflow` more
+    under load (the gateway's settings database_pool_size, database_max_overflow: every pod holds up to their
+    sum, which the server's max_connections must cover for all pods), connections pinged before use (those
+    a restarted server dropped are replaced), checkout within `lock_timeout_s`, the driver's connect
+    timeout, and every write from a worker thread (the shared path). Another server database takes the
+    same path, without the connect timeout (a psycopg argument)."""
 
     def engine_options(self, url: str, lock_timeout_s: float) -> dict:
-        options = {"pool_pre_ping": True, "pool_timeout": lock_timeout_s}
+        options = {"pool_pre_ping": True, "pool_timeout": lock_timeout_s, "pool_size": self.pool_size,
+                   "max_overflow": self.max_overflow}
         if url.startswith("postgresql"):
             options["connect_args"] = {"connect_timeout": max(1, math.ceil(lock_timeout_s))}
         return options
@@ -289,11 +253,12 @@ class SqliteDecisionWriter(DecisionWriter):
                 pass
 
 
-def decision_writer(url: str, lock_timeout_s: float) -> DecisionWriter:
-    """The writer strategy for a database URL: the one place the URL picks it."""
+def decision_writer(url: str, lock_timeout_s: float, pool_size: int = 5, max_overflow: int = 10) -> DecisionWriter:
+    """The writer strategy for a database URL: the one place the URL picks it (the pool sizes are a server
+    database's)."""
     if url.startswith("sqlite"):
         return SqliteDecisionWriter(url, lock_timeout_s)
-    return PostgresDecisionWriter(url, lock_timeout_s)
+    return PostgresDecisionWriter(url, lock_timeout_s, pool_size, max_overflow)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -306,17 +271,49 @@ def _sqlite_pragmas(connection, _record) -> None:
 
 # --- the log ----------------------------------------------------------------------------------
 class DecisionLog:
-    """The log on one database: what every database does the same, and `writer`, the strategy its URL picks."""
+    """The log on one database: what every database does the same, and `writer`, the strategy its URL picks.
 
-    def __init__(self, url: str, lock_timeout_s: float = 10.0):
-        self.writer = decision_writer(url, lock_timeout_s)
+    `migrate`: whether `prepare_schema` (at the gateway's start) upgrades the schema itself (the only writer:
+    a SQLite file, tests, scripts) or only checks it (a database several gateways share)."""
+
+    def __init__(self, url: str, lock_timeout_s: float = 10.0, pool_size: int = 5, max_overflow: int = 10,
+                 migrate: bool = True):
+        self.writer = decision_writer(url, lock_timeout_s, pool_size, max_overflow)
         self.engine = self.writer.engine
+        self.migrate = migrate
+        self.schema_problem: str | None = "the decision log's schema has not been checked yet"
 
-    def create_tables(self) -> None:
-        Base.metadata.create_all(self.engine)
-        if "caller" not in {column["name"] for column in inspect(self.engine).get_columns("decisions")}:
-            with self.engine.begin() as connection:  # a log written before callers were recorded
-                connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
+    def prepare_schema(self) -> None:
+        """At start: with `migrate`, bring the schema to this code's revision (`upgrade_schema`); then check it
+        (`check_schema`). Never raises: what stops the log from being used is kept in `schema_problem` (the
+        gateway's readiness) and logged."""
+        if self.migrate:
+            try:
+                before, after = upgrade_schema(self.engine)
+                if before.revision != after:
+                    log.info("decision log schema upgraded from %s to %s", before.revision or before.state, after)
+            except SchemaError:
+                pass  # a newer schema (served) or tables not adaudit's: check_schema says which
+            except SQLAlchemyError as error:
+                log.error("decision log: the schema upgrade failed: %s", first_line(error))
+        self.check_schema()
+        if self.schema_problem is not None:
+            log.error("decision log: %s", self.schema_problem)
+
+
+    def check_schema(self) -> str | None:
+        """Why the gateway cannot use the log's schema, or None; kept in `schema_problem`. Once None it stays
+        None without asking the database again (readiness calls this only while there is a problem)."""
+        try:
+            with self.engine.connect() as connection:
+                status = schema_status(connection)
+        except SQLAlchemyError as error:
+            self.schema_problem = f"the decision log cannot be reached to check its schema: {first_line(error)}"
+            return self.schema_problem
+        if status.state == "ahead":
+            log.warning("decision log: %s; serving (revisions are additive)", status.describe())
+        self.schema_problem = None if status.usable else status.describe()
+        return self.schema_problem
 
     async def write_decisions(self, rows: list[dict], alone: bool = False) -> None:
         """The gateway's write of its decisions (the writer strategy's `write`)."""

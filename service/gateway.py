@@ -80,7 +80,7 @@ class Gateway:
                                        settings.shadow_busy_fraction)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.log.create_tables)
+        await asyncio.to_thread(self.log.prepare_schema)
         if self.shadow:
             self.shadow.start()
         try:  # warm up: load the primary (embedded) or read its config (Triton); fine if not there yet

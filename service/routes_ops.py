@@ -1,6 +1,7 @@
-"""Operations: `/healthz` (the process answers), `/readyz` (the backend is reachable and the
-primary model ready: 200, else 503; canary and shadow readiness are reported, not required),
-`/metrics` (Prometheus text format, this process's registry)."""
+"""Operations: `/healthz` (the process answers), `/readyz` (the backend is reachable, the
+primary model ready and the decision log's schema usable: 200, else 503; canary and shadow
+readiness are reported, not required), `/metrics` (Prometheus text format, this process's
+registry)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ async def readyz(gateway: Gateway = Depends(get_gateway)):
     for target in (policy.primary, policy.canary, policy.shadow):
         if target is not None:
             targets.setdefault((target.model, target.version), target)
-    # each model checked at once (each check waits at most about a second on a hung backend)
-    checks = await asyncio.gather(*(servable(gateway, target) for target in targets.values()))
+    # each model checked at once (each check waits at most about a second on a hung backend), and the schema
+    schema, *checks = await asyncio.gather(schema_problem(gateway), *(servable(gateway, target)
+                                                                       for target in targets.values()))
     models, problems = {}, {}
     for target, problem in zip(targets.values(), checks):
         models[target.model] = models.get(target.model, True) and problem is None
@@ -40,9 +42,10 @@ async def readyz(gateway: Gateway = Depends(get_gateway)):
     for model, ready in models.items():
         gateway.metrics.backend_ready.labels(model).set(1 if ready else 0)
     primary = policy.primary.model
-    ready = models[primary]
+    ready = models[primary] and schema is None
+    reasons = [f"primary model {primary} is not ready: {problems[primary]}"] if not models[primary] else []
     message = (f"primary model {primary} is ready on {gateway.backend.name} ({backend_location(gateway)})" if ready else
-               f"primary model {primary} is not ready: {problems[primary]}")
+               "; ".join(reasons + ([schema] if schema else [])))
     body = Readiness(ready=ready, backend=gateway.backend.name, primary_model=primary, models=models, message=message)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
@@ -50,6 +53,14 @@ async def readyz(gateway: Gateway = Depends(get_gateway)):
 def backend_location(gateway: Gateway) -> str:
     """Where the backend is: Triton's address, or the embedded backend's model folder."""
     return str(gateway.settings.triton_url if gateway.backend.name == "triton" else gateway.settings.model_dir)
+
+
+async def schema_problem(gateway: Gateway) -> str | None:
+    """Why the decision log's schema cannot be used (behind this code's: `adaudit db upgrade`), or None. Once
+    usable it is not asked again; until then each probe checks the database (in a worker thread)."""
+    if gateway.log.schema_problem is None:
+        return None
+    return await asyncio.to_thread(gateway.log.check_schema)
 
 
 async def servable(gateway: Gateway, target) -> str | None:

@@ -52,6 +52,16 @@ class GatewaySettings(BaseSettings):
     canary_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
     database_url: str = "sqlite:///adaudit-decisions.db"
+    # a server database's connection pool, per gateway process: pool_size kept open, up to max_overflow more
+    # under load; every pod may hold their sum, so pods x (pool_size + max_overflow) must stay under the
+    # server's max_connections (PostgreSQL's default 100, 3 of them reserved)
+    database_pool_size: int = Field(5, ge=1, le=100)
+    database_max_overflow: int = Field(10, ge=0, le=100)
+    # whether the gateway upgrades the decision log's schema at start (`adaudit db upgrade`'s migrations);
+    # None: on SQLite, where it is the only writer (`adaudit serve`, `make run`), and not on a server
+    # database, which several gateways share: there the Helm chart's Job or an operator upgrades it first,
+    # and a gateway whose database is behind stays unready (503 from /readyz naming `adaudit db upgrade`)
+    database_migrate_on_start: bool | None = None
 
     max_batch: int = Field(16, ge=1, le=1024)
     max_text_chars: int = Field(500, ge=1)
@@ -96,6 +106,12 @@ class GatewaySettings(BaseSettings):
         if ":" not in self.triton_url:
             raise ValueError(f"triton_url {self.triton_url!r} must be host:port (Triton's {self.triton_protocol} port)")
         return self
+
+    def migrates_on_start(self) -> bool:
+        """database_migrate_on_start, or where it is unset: True for a SQLite database, False for a server's."""
+        if self.database_migrate_on_start is not None:
+            return self.database_migrate_on_start
+        return self.database_url.startswith("sqlite")
 
     def body_limit(self, ads: int) -> int:
         """Largest request body for `ads` ads: their base64 images and copy, capped by max_body_bytes."""

@@ -140,7 +140,9 @@ def test_gpu_and_model_repository_wiring():
 
 def test_every_container_is_locked_down():
     docs = render(values_of("canary"))
-    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert sorted(d["kind"] for d in workloads) == ["Deployment", "Deployment", "Job"]
+    for deployment in workloads:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
         for container in pod["containers"]:
@@ -167,7 +169,7 @@ def environment_of(docs: list[dict]) -> dict[str, str]:
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch):
     values = values_of(values_file)
-    values.setdefault("database", {})["existingSecret"] = ""  # the chart's own Secret, to read it back
+    values["database"] = {"existingSecret": "", "url": POSTGRES}  # the chart's own Secret, to read it back
     values["apiKeys"] = {"enabled": True, "entries": ["ops:" + "ab" * 32, "review-ui:" + "cd" * 32]}
     environment = environment_of(render(values))
     fields = {f"ADAUDIT_{name.upper()}" for name in GatewaySettings.model_fields}
@@ -184,8 +186,68 @@ def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch
     assert settings.shadow_fraction == expected.get("shadow_fraction", 0)
     assert settings.canary_fraction == expected.get("canary_fraction", 0)
     assert settings.canary_version == expected.get("canary_version")
-    assert settings.max_image_bytes == 5242880 and settings.database_url.startswith("sqlite:////var/lib/adaudit/")
+    assert settings.max_image_bytes == 5242880 and settings.database_url == POSTGRES
+    assert (settings.database_pool_size, settings.database_max_overflow) == (5, 2)  # 10 pods x 7 < 100 connections
+    assert not settings.migrates_on_start()  # a shared database: the migration Job upgrades it, pods run no DDL
     assert len(settings.api_keys) == 2
+
+
+POSTGRES = "postgresql+psycopg://adaudit:secret@db.audit.svc:5432/adaudit"
+SQLITE = "sqlite:////var/lib/adaudit/decisions.db"
+
+
+def test_a_hook_job_upgrades_the_schema_before_the_gateway_pods_start():
+    """Default values: the decision log is PostgreSQL from the Secret adaudit-database; a pre-install/pre-upgrade
+    hook Job runs `adaudit db upgrade` with the gateway's image, reading the same Secret the pods read."""
+    docs = render({})
+    job = find(docs, "Job", "adaudit-migrations")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    gateway = find(docs, "Deployment", "adaudit-gateway")["spec"]["template"]["spec"]["containers"][0]
+    container = pod["containers"][0]
+    assert pod["restartPolicy"] == "Never" and container["image"] == gateway["image"]
+    assert container["args"] == ["db", "upgrade"]
+    url = {v["name"]: v for v in container["env"]}["ADAUDIT_DATABASE_URL"]
+    assert url == {v["name"]: v for v in gateway["env"]}["ADAUDIT_DATABASE_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "adaudit-database", "key": "database-url"}
+    assert not [d for d in docs if d["kind"] == "Secret"]  # the URL is the user's Secret's, no copy of it
+
+    # a URL given as a value: the Job reads it from a hook Secret made before it (the release's own Secret does
+    # not exist yet at the first install); the pods read the chart's Secret, with the same URL
+    docs = render({"database": {"existingSecret": "", "url": POSTGRES}})
+    hook_secret = find(docs, "Secret", "adaudit-migrations")
+    assert hook_secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < \
+        int(find(docs, "Job")["metadata"]["annotations"]["helm.sh/hook-weight"])
+    reference = find(docs, "Job")["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    assert hook_secret["stringData"][reference["key"]] == POSTGRES
+    assert find(docs, "Secret", "adaudit-secrets")["stringData"]["database-url"] == POSTGRES
+
+    assert not [d for d in render({"database": {"migrations": {"enabled": False}}}) if d["kind"] == "Job"]
+
+
+def test_sqlite_is_refused_with_more_than_one_possible_gateway_pod():
+    """A SQLite URL is one file per pod: the chart refuses it, naming the values, unless the gateway has exactly
+    one pod; that pod upgrades its own file at start and no migration Job is rendered."""
+    chart = helm_python.Chart.load(CHART)
+    for gateway, named in (({}, "gateway.autoscaling.maxReplicas allows 10"),
+                           ({"autoscaling": {"enabled": False}, "replicas": 2}, "gateway.replicas allows 2"),
+                           ({"autoscaling": {"maxReplicas": 2}}, "gateway.autoscaling.maxReplicas allows 2")):
+        with pytest.raises(helm_python.HelmRenderError) as failure:
+            chart.render({"database": {"existingSecret": "", "url": SQLITE}, "gateway": gateway}, name="adaudit",
+                         namespace="audit")
+        assert "database.url is SQLite" in str(failure.value) and named in str(failure.value), str(failure.value)
+    alone = {"database": {"existingSecret": "", "url": SQLITE},
+             "gateway": {"autoscaling": {"enabled": False}, "replicas": 1}}
+    docs = render(alone)
+    assert find(docs, "Deployment", "adaudit-gateway")["spec"]["replicas"] == 1
+    assert "adaudit-gateway" not in {d["metadata"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert not [d for d in docs if d["kind"] == "Job"]
+    environment = environment_of(docs)
+    assert environment["ADAUDIT_DATABASE_URL"] == SQLITE and "ADAUDIT_DATABASE_MIGRATE_ON_START" not in environment
+    lint = helm_python.lint(CHART, alone, strict=True, kube_version=f"v{KUBERNETES}")
+    assert not [m for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]
 
 
 def test_probes_point_at_routes_the_gateway_and_triton_serve():
@@ -221,6 +283,8 @@ def test_images_hold_the_package_and_run_what_the_chart_asks():
     assert entrypoint == ["adaudit"] and gateway["args"][0] in command.commands
     options = {o for p in command.commands[gateway["args"][0]].params for o in p.opts}
     assert {a for a in gateway["args"] if a.startswith("--")} <= options
+    group, name = find(render({}), "Job", "adaudit-migrations")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert name in command.commands[group].commands  # `adaudit db upgrade`
     assert gateway["args"][gateway["args"].index("--port") + 1] == str(gateway["ports"][0]["containerPort"])
 
 BAD_VALUES = [

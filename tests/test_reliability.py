@@ -34,6 +34,7 @@ from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
+from adaudit.service.schema import upgrade_schema
 
 AD = json.dumps({"image_base64": b64(png()), "text": COPY}).encode()
 
@@ -195,6 +196,9 @@ def postgres():
 
 
 def test_postgresql_log_outage_is_a_503_and_it_recovers(model_dir, tmp_path, postgres):  # noqa: F811
+    engine = create_engine(postgres.url)
+    upgrade_schema(engine)  # `adaudit db upgrade`: a gateway on a server database runs no DDL
+    engine.dispose()
     values = settings(model_dir, tmp_path, database_url=postgres.url, request_timeout_s=2)
     with TestClient(create_app(values)) as client:
         first = audit_json(client, ad_id="pg-1")

@@ -574,7 +574,7 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
     """SQLite's add_decisions_now runs SQLAlchemy's compiled INSERT on the DBAPI connection: the same stored values
     (time zone, JSON, Boolean) as add_decisions; a row short of a column is left to add_decisions."""
     log = DecisionLog(f"sqlite:///{tmp_path / 'log.db'}")
-    log.create_tables()
+    log.prepare_schema()
     row = {"created_at": datetime(2026, 12, 2, 17, 30, 5, 123456, tzinfo=timezone.utc), "ad_id": "ad-7",
            "model": "student", "version": "3", "arm": "canary", "verdict": "reject", "violation": "gambling",
            "violation_score": 0.8125, "latency_ms": 4.5, "shadowed": True, "caller": "partner",
@@ -600,10 +600,12 @@ def test_the_database_url_picks_the_decision_writer(tmp_path):
     assert isinstance(DecisionLog(f"sqlite:///{tmp_path / 'log.db'}").writer, SqliteDecisionWriter)
     memory = DecisionLog("sqlite://").writer
     assert isinstance(memory, SqliteDecisionWriter) and not memory.add_decisions_now([{}])  # in memory: never
-    server = DecisionLog("postgresql+psycopg://adaudit@127.0.0.1:1/postgres", lock_timeout_s=2.5).writer
+    server = DecisionLog("postgresql+psycopg://adaudit@127.0.0.1:1/postgres", lock_timeout_s=2.5, pool_size=3,
+                         max_overflow=1).writer
     assert type(server) is PostgresDecisionWriter and not hasattr(server, "add_decisions_now")
-    assert server.engine_options(server.url, 2.5) == {"pool_pre_ping": True, "pool_timeout": 2.5,
-                                                      "connect_args": {"connect_timeout": 3}}
+    assert server.engine_options(server.url, 2.5) == {"pool_pre_ping": True, "pool_timeout": 2.5, "pool_size": 3,
+                                                      "max_overflow": 1, "connect_args": {"connect_timeout": 3}}
+    assert (server.engine.pool.size(), server.engine.pool._max_overflow) == (3, 1)
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -626,3 +628,23 @@ def test_settings_from_env_and_yaml(tmp_path, monkeypatch):
         GatewaySettings(backend="embedded")
     with pytest.raises(ValidationError):
         GatewaySettings(shadow_fraction=1.5)
+
+
+def test_database_settings_pool_and_migration_at_start(monkeypatch):
+    """The pool sizes reach a server database's engine; the schema is upgraded at start on SQLite (the only
+    writer) and only checked on a server database, unless database_migrate_on_start says otherwise."""
+    defaults = GatewaySettings()
+    assert (defaults.database_pool_size, defaults.database_max_overflow) == (5, 10)  # SQLAlchemy's own
+    assert defaults.migrates_on_start() and GatewaySettings(database_url="sqlite://").migrates_on_start()
+    server = "postgresql+psycopg://adaudit@db:5432/adaudit"
+    monkeypatch.setenv("ADAUDIT_DATABASE_URL", server)
+    monkeypatch.setenv("ADAUDIT_DATABASE_POOL_SIZE", "4")
+    monkeypatch.setenv("ADAUDIT_DATABASE_MAX_OVERFLOW", "0")
+    loaded = GatewaySettings()
+    assert (loaded.database_pool_size, loaded.database_max_overflow) == (4, 0) and not loaded.migrates_on_start()
+    monkeypatch.setenv("ADAUDIT_DATABASE_MIGRATE_ON_START", "true")
+    assert GatewaySettings().migrates_on_start()
+    assert not GatewaySettings(database_url="sqlite://", database_migrate_on_start=False).migrates_on_start()
+    for bad in ({"database_pool_size": 0}, {"database_max_overflow": -1}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            GatewaySettings(**bad)

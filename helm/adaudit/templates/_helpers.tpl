@@ -50,6 +50,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-secrets" (include "adaudit.fullname" .) -}}
 {{- end -}}
 
+{{/* "true" when the decision log is a SQLite URL given as a value (one file per pod), else empty. */}}
+{{- define "adaudit.sqlite" -}}
+{{- if and (not .Values.database.existingSecret) (hasPrefix "sqlite" .Values.database.url) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Triton's host:port for the gateway: its HTTP or gRPC port, by triton.protocol. */}}
 {{- define "adaudit.tritonUrl" -}}
 {{- if .Values.triton.enabled -}}
@@ -107,6 +114,14 @@ seccompProfile:
 {{- end -}}
 {{- if and (not .Values.database.existingSecret) (not .Values.database.url) -}}
 {{- fail "database: set url or existingSecret" -}}
+{{- end -}}
+{{- if include "adaudit.sqlite" . -}}
+{{- $gateway := .Values.gateway -}}
+{{- $value := ternary "gateway.autoscaling.maxReplicas" "gateway.replicas" $gateway.autoscaling.enabled -}}
+{{- $most := ternary $gateway.autoscaling.maxReplicas $gateway.replicas $gateway.autoscaling.enabled -}}
+{{- if gt (int $most) 1 -}}
+{{- fail (printf "database.url is SQLite, one file per gateway pod, but %s allows %d gateway pods: decisions would be split across pods and lost with them. Use PostgreSQL (database.existingSecret, or a postgresql+psycopg:// database.url), or one pod (gateway.autoscaling.enabled: false, gateway.replicas: 1)" $value (int $most)) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.apiKeys.enabled (not (or .Values.apiKeys.entries .Values.apiKeys.existingSecret)) -}}
 {{- fail "apiKeys.enabled needs apiKeys.entries or apiKeys.existingSecret" -}}

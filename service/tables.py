@@ -1,0 +1,56 @@
+"""The decision log's tables (SQLAlchemy), declared once: the log writes and reads them, the migrations
+(service/migrations/) must make exactly them (tests/test_migrations.py compares the two)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DecisionRow(Base):
+    __tablename__ = "decisions"
+    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ad_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    arm: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str] = mapped_column(String(32))
+    violation: Mapped[str] = mapped_column(String(32))
+    violation_score: Mapped[float] = mapped_column(Float)
+    outputs: Mapped[dict] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    shadowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    caller: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("request_id", "task"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("decisions.request_id"), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(32))
+    predicted: Mapped[str] = mapped_column(String(32))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DisagreementRow(Base):
+    __tablename__ = "shadow_disagreements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    primary_model: Mapped[str] = mapped_column(String(64))
+    primary_version: Mapped[str] = mapped_column(String(32))
+    shadow_model: Mapped[str] = mapped_column(String(64))
+    shadow_version: Mapped[str] = mapped_column(String(32))
+    primary_outputs: Mapped[dict] = mapped_column(JSON)
+    shadow_outputs: Mapped[dict] = mapped_column(JSON)
