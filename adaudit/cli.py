@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -45,11 +46,14 @@ def readable_errors(command):
 def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
               n: Annotated[int, typer.Option(min=10, help="number of ads")] = 6000,
               seed: Annotated[int, typer.Option()] = 0,
-              test_fraction: Annotated[float, typer.Option(min=0.05, max=0.5)] = 0.2):
-    """Render a MAAD-like data set: images, Chinese copy and labels (train.jsonl, test.jsonl)."""
+              test_fraction: Annotated[float, typer.Option(min=0.05, max=0.5)] = 0.2,
+              validation_fraction: Annotated[float, typer.Option(
+                  min=0.0, max=0.5, help="ads for choices (recipes, thresholds), worded like training ads; "
+                                         "0 writes no validation.jsonl")] = 0.1):
+    """Render a MAAD-like data set: images, Chinese copy and labels (train, validation and test JSON lines)."""
     from adaudit.data.generator import make_dataset
 
-    summary = make_dataset(out, n=n, seed=seed, test_fraction=test_fraction)
+    summary = make_dataset(out, n=n, seed=seed, test_fraction=test_fraction, validation_fraction=validation_fraction)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
@@ -121,9 +125,10 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
            version: Annotated[int, typer.Option(min=1, help="version number to write")] = 1,
            max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
            preferred_batch_sizes: Annotated[str, typer.Option(help="comma-separated")] = "8,16,32",
-           max_queue_delay_us: Annotated[int, typer.Option(min=0, help="how long a request may wait for company")] = 0,
-           gpu: Annotated[bool, typer.Option(help="KIND_GPU instances (production) instead of KIND_CPU")] = False,
-           instances: Annotated[int, typer.Option(min=1)] = 1,
+           max_queue_delay_us: Annotated[Optional[int], typer.Option(
+               min=0, help="how long a request may wait for company (default: 0 for triton-cpu, 100 for triton-gpu)")] = None,
+           gpu: Annotated[bool, typer.Option(help="triton-cpu target: KIND_GPU instances running PyTorch instead of KIND_CPU")] = False,
+           instances: Annotated[Optional[int], typer.Option(min=1, help="instances per model (default: 1 for triton-cpu, 2 for triton-gpu)")] = None,
            keep_versions: Annotated[int, typer.Option(min=1, help="versions served side by side")] = 2,
            precision: Annotated[str, typer.Option(help="GPU dtype: float16 or bfloat16")] = "float16",
            threads: Annotated[int, typer.Option(min=0, help="threads per model instance, torch's or ONNX Runtime's (0: all cores)")] = 0,
@@ -132,9 +137,18 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
                     "on the same CPUs, so it only gets the time the student leaves")] = "normal",
            engine: Annotated[str, typer.Option(
                help="CPU instances: onnxruntime (the same weights as model.onnx, checked at export) or torch "
-                    "(eager PyTorch); GPU instances run PyTorch either way")] = "onnxruntime"):
+                    "(eager PyTorch); GPU instances run PyTorch either way")] = "onnxruntime",
+           target: Annotated[str, typer.Option(
+               help="triton-cpu: the python-backend model (KIND_CPU, or KIND_GPU with --gpu); triton-gpu: a standard "
+                    "ONNX graph on Triton's onnxruntime backend with TensorRT FP16 on KIND_GPU instances")] = "triton-cpu",
+           trt_cache: Annotated[str, typer.Option(
+               help="triton-gpu: the TensorRT engine cache folder inside the Triton container (a writable volume)")] = "/trt-cache"):
     """Write a Triton model repository (config.pbtxt + numbered versions) for the student and teacher."""
-    from adaudit.export.repository import ServingSettings, export_model
+    from adaudit.export.repository import TARGET_DEFAULTS, ServingSettings, export_model
+
+    defaults = TARGET_DEFAULTS.get(target, TARGET_DEFAULTS["triton-cpu"])  # an unknown target: ServingSettings says so
+    instances = defaults["instance_count"] if instances is None else instances
+    max_queue_delay_us = defaults["max_queue_delay_microseconds"] if max_queue_delay_us is None else max_queue_delay_us
 
     try:
         preferred = [int(size) for size in preferred_batch_sizes.split(",")]
@@ -142,8 +156,10 @@ def export(student: Annotated[Path, typer.Option(help="student model folder")],
         log(f"error: --preferred-batch-sizes must be integers separated by commas, got {preferred_batch_sizes!r}")
         raise typer.Exit(1) from None
     try:
-        settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us, "KIND_GPU" if gpu else "KIND_CPU",
-                                   instances, keep_versions, precision, threads, engine=engine)
+        settings = ServingSettings(max_batch_size, preferred, max_queue_delay_us,
+                                   "KIND_GPU" if gpu or target == "triton-gpu" else "KIND_CPU",
+                                   instances, keep_versions, precision, threads, engine=engine, target=target,
+                                   trt_cache=trt_cache)
         teacher_settings = dataclasses.replace(settings, cpu_priority=teacher_cpu_priority)
     except ValueError as error:
         log(f"error: {error}")
@@ -211,25 +227,31 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1",
               help="triton backend: the model repository Triton serves (for students with their own tokenizer)")] = None):
     """Run the audit gateway (FastAPI + uvicorn); flags override ADAUDIT_* settings."""
     import uvicorn
-    from pydantic import ValidationError
 
     from adaudit.service.app import create_app
-    from adaudit.service.errors import validation_message
-    from adaudit.service.settings import GatewaySettings
 
     overrides = {k: v for k, v in {"backend": backend, "triton_url": triton_url, "triton_protocol": triton_protocol,
                                    "model_dir": model_dir,
                                    "model_repository": model_repository}.items()
                  if v is not None}
+    uvicorn.run(create_app(gateway_settings(**overrides)), host=host, port=port, log_level="info")
+
+
+def gateway_settings(**overrides):
+    """The gateway's settings (ADAUDIT_* and the overrides); one line naming the bad setting and exit 1."""
+    from pydantic import ValidationError
+
+    from adaudit.service.errors import validation_message
+    from adaudit.service.settings import GatewaySettings
+
     try:
-        settings = GatewaySettings(**overrides)
+        return GatewaySettings(**overrides)
     except ValidationError as error:
         log(f"error: invalid settings: {validation_message(error, whole='')}")
         raise typer.Exit(1) from None
     except ValueError as error:
         log(f"error: invalid settings: {str(error).splitlines()[0]}")
         raise typer.Exit(1) from None
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command()
@@ -239,6 +261,75 @@ def demo(workdir: Annotated[Path, typer.Option(help="where the demo's data, mode
     from adaudit.demo import run_demo
 
     run_demo(workdir, port, log=log)
+
+
+# --- `adaudit db`: the decision log's schema (Alembic migrations, service/migrations/) ----------------
+db_app = typer.Typer(no_args_is_help=True, help="The decision log's database schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
+DatabaseUrl = Annotated[Optional[str], typer.Option(
+    help="the decision log's database (default: the gateway's setting ADAUDIT_DATABASE_URL, "
+         "else sqlite:///adaudit-decisions.db)")]
+
+
+def _decision_log_engine(database_url: Optional[str]):
+    """(the engine, the URL without its password) for --database-url or the gateway's setting; one error line
+    and exit 1 on settings that do not validate or a URL SQLAlchemy cannot use."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from adaudit.service.decision_log import DecisionLog
+
+    url = database_url or gateway_settings().database_url
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+        return DecisionLog(url, migrate=False).engine, shown
+    except (ArgumentError, ImportError) as error:  # not a URL; its driver not installed
+        log(f"error: cannot use the database URL: {type(error).__name__}: {str(error).splitlines()[0]}")
+        raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _database(database_url: Optional[str]):
+    """(engine, the URL as shown, password hidden) of the decision log; a database error becomes one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from adaudit.service.schema import SchemaError, first_line
+
+    engine, shown = _decision_log_engine(database_url)
+    try:
+        yield engine, shown
+    except SchemaError as error:
+        log(f"error: {shown}: {error}")
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as error:
+        log(f"error: {shown}: {first_line(error)}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None):
+    """Bring the decision log's schema to this release's revision (what the Helm chart's pre-install and
+    pre-upgrade Job runs); a log made before migrations is recognised and keeps its rows. Exits 1, changing
+    nothing, on a schema newer than this release knows."""
+    from adaudit.service.schema import upgrade_schema
+
+    with _database(database_url) as (engine, shown):
+        before, after = upgrade_schema(engine)
+    log(f"{shown}: schema at revision {after}" + (" (unchanged)" if before.revision == after else
+                                                  f" (was {before.revision or before.state})"))
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseUrl = None):
+    """Print the decision log's schema revision and whether this release can use it (exit 0 either way)."""
+    from adaudit.service.schema import schema_status
+
+    with _database(database_url) as (engine, shown), engine.connect() as connection:
+        status = schema_status(connection)
+    print(json.dumps({"database": shown, "revision": status.revision, "head": status.head, "state": status.state,
+                      "message": status.describe()}))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,20 @@
-"""Writing a Triton model repository from adaudit model folders.
+"""Writing a Triton model repository from adaudit model folders, for one of two targets.
+
+`triton-cpu` (the default): a python-backend model (`KIND_CPU`, or `KIND_GPU` running eager PyTorch):
 
     REPO/<name>/config.pbtxt
     REPO/<name>/<version>/model.py        (export/triton_model.py)
     REPO/<name>/<version>/model/          (config.json, model.safetensors, vocab.txt or tokenizer.json)
     REPO/<name>/<version>/checksums.json  (sha256 of every file above, checked at load)
+
+`triton-gpu`: Triton's native onnxruntime backend with TensorRT on `KIND_GPU` instances
+(`gpu_config_pbtxt`; the graph: export/onnx_gpu.py). No python stub, no torch in the server:
+
+    REPO/<name>/config.pbtxt              (platform onnxruntime_onnx, TensorRT FP16, warmup, priorities)
+    REPO/<name>/<version>/model.onnx      (standard operators, uint8 picture in, one output per task)
+    REPO/<name>/<version>/model/          (the model folder: the gateway reads the tokenizer from it)
+    REPO/<name>/<version>/graph_check.json (ONNX Runtime vs PyTorch, the largest logit difference)
+    REPO/<name>/<version>/checksums.json  (written, but the native backend does not check it at load)
 
 Each model gets dynamic batching, an instance group (KIND_CPU here, KIND_GPU in production)
 and a version policy that serves the latest `keep_versions` versions, so a new student
@@ -21,7 +32,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaudit.core.files import atomic_folder
+from adaudit.core.files import atomic_folder, atomic_write_text
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS
@@ -34,6 +45,20 @@ CHECKSUMS_FILE = "checksums.json"
 CPU_PRIORITIES = ("normal", "idle")
 ENGINES = ("torch", "onnxruntime")
 ONNX_FILE = "model.onnx"
+GRAPH_CHECK_FILE = "graph_check.json"
+TARGETS = ("triton-cpu", "triton-gpu")
+# what a target gets unless told otherwise (the CLI's --instances and --max-queue-delay-us): on a GPU two
+# instances overlap one execution's host work with the other's kernels, and a short queue delay lets
+# batches form, which a GPU turns into throughput at little latency
+TARGET_DEFAULTS = {"triton-cpu": {"instance_count": 1, "max_queue_delay_microseconds": 0},
+                   "triton-gpu": {"instance_count": 2, "max_queue_delay_microseconds": 100}}
+WARMUP_BATCH_SIZES = (1, 8, 32)  # the GPU target's model_warmup, up to max_batch_size
+# priority levels of the GPU target's dynamic batcher: 1 (the default, every request the gateway sends
+# today) runs before 2; a level-2 request waits at most LOW_PRIORITY_TIMEOUT_US and is refused past
+# LOW_PRIORITY_QUEUE requests in its queue
+PRIORITY_LEVELS, DEFAULT_PRIORITY = 2, 1
+LOW_PRIORITY_TIMEOUT_US, LOW_PRIORITY_QUEUE = 1_000_000, 128
+TRT_WORKSPACE_BYTES = 1 << 30
 
 
 @dataclass
@@ -55,6 +80,12 @@ class ServingSettings:
     # docs/serving.md, benchmarks/results/serving-*.md). GPU instances run PyTorch in `precision`
     # either way (no ONNX files are written).
     engine: str = "onnxruntime"
+    # "triton-cpu": the python backend above; "triton-gpu": Triton's onnxruntime backend with TensorRT
+    # (gpu_config_pbtxt), which ignores engine, precision, threads and cpu_priority
+    target: str = "triton-cpu"
+    # the GPU target's TensorRT engine cache, inside the Triton container: a writable volume (the engines of
+    # model NAME go to <trt_cache>/NAME), so a restarted pod loads its engines instead of building them
+    trt_cache: str = "/trt-cache"
 
     # A shadow model that shares CPUs with the primary (one CPU machine, as here) gets "idle":
     # its instance processes run under Linux's SCHED_IDLE policy, so they get only the CPU time
@@ -72,20 +103,35 @@ class ServingSettings:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.precision not in ("float16", "bfloat16"):
             raise ValueError(f"precision must be float16 or bfloat16, not {self.precision!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if not self.trt_cache.startswith("/"):
+            raise ValueError(f"trt_cache must be an absolute path inside the Triton container, not {self.trt_cache!r}")
 
 
-def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings,
-                 tokenizer: str = GENERATED_TOKENIZER) -> str:
-    config = model.config
+def _served_dims(config) -> dict[str, list[int]]:
+    """Each served input's dimensions after the batch: what the gateway reads (service/backends.py)."""
+    return {"image_bytes": [3, config.image_size, config.image_size], "input_ids": [config.max_text_length],
+            "attention_mask": [config.max_text_length]}
+
+
+def _inputs_outputs(config) -> tuple[str, str]:
+    """The input and output lists of config.pbtxt, the same for both targets (the gateway reads them)."""
     outputs = "\n".join(
         f'  {{ name: "{task}" data_type: TYPE_FP32 dims: [ {len(classes)} ] }},' for task, classes in config.tasks.items()
     ).rstrip(",")
-    dims = {"image_bytes": f"3, {config.image_size}, {config.image_size}", "input_ids": str(config.max_text_length),
-            "attention_mask": str(config.max_text_length)}
+    dims = {name: ", ".join(map(str, value)) for name, value in _served_dims(config).items()}
     inputs = ",\n".join(f'  {{ name: "{input_name}" data_type: TYPE_{kind} dims: [ {dims[input_name]} ] }}'
                          for input_name, kind in SERVED_INPUTS.items())
+    return inputs, outputs
+
+
+def _served_interface(name: str, runtime: str, model: AuditModel, settings: ServingSettings, batching: str = "") -> str:
+    """What both targets' config.pbtxt share, so the gateway reads either the same way: the name, the
+    runtime line, inputs, outputs and dynamic batching (plus `batching`, target-specific lines)."""
+    inputs, outputs = _inputs_outputs(model.config)
     return f"""name: "{name}"
-backend: "python"
+{runtime}
 max_batch_size: {settings.max_batch_size}
 input [
 {inputs}
@@ -96,13 +142,94 @@ output [
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, settings.preferred_batch_sizes))} ]
   max_queue_delay_microseconds: {settings.max_queue_delay_microseconds}
-}}
-instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_kind} }} ]
+{batching}}}
+"""
+
+
+def config_pbtxt(name: str, model: AuditModel, settings: ServingSettings,
+                 tokenizer: str = GENERATED_TOKENIZER) -> str:
+    return _served_interface(name, 'backend: "python"', model, settings) + f"""instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_kind} }} ]
 version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "precision" value: {{ string_value: "{settings.precision}" }} }}
 parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
 parameters: {{ key: "cpu_priority" value: {{ string_value: "{settings.cpu_priority}" }} }}
 parameters: {{ key: "engine" value: {{ string_value: "{settings.engine}" }} }}
+parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
+"""
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes Triton runs at load (WARMUP_BATCH_SIZES below max_batch_size, and max_batch_size)."""
+    return sorted({size for size in WARMUP_BATCH_SIZES if size < max_batch_size} | {max_batch_size})
+
+
+def trt_profile(config, batch: int, length: int) -> str:
+    """One TensorRT optimisation-profile shape list, as ONNX Runtime's TensorRT options write it."""
+    size = config.image_size
+    return f"image_bytes:{batch}x3x{size}x{size},input_ids:{batch}x{length},attention_mask:{batch}x{length}"
+
+
+def warmup_requests(config, max_batch_size: int) -> str:
+    """`model_warmup` entries: zero-filled inputs at each warmup batch size, so engines build at load."""
+    dims = _served_dims(config)
+    warmups = []
+    for batch in warmup_batch_sizes(max_batch_size):
+        tensors = "\n".join(
+            f'    inputs {{ key: "{input_name}" value: {{ data_type: TYPE_{kind} dims: [ {", ".join(map(str, dims[input_name]))} ] '
+            f'zero_data: true }} }}' for input_name, kind in SERVED_INPUTS.items())
+        warmups.append(f'  {{\n    name: "batch_{batch}"\n    batch_size: {batch}\n{tensors}\n  }}')
+    return ",\n".join(warmups)
+
+
+def gpu_config_pbtxt(name: str, model: AuditModel, settings: ServingSettings,
+                     tokenizer: str = GENERATED_TOKENIZER) -> str:
+    """config.pbtxt of the GPU target: Triton's onnxruntime backend, TensorRT FP16 with an engine cache and
+    one optimisation profile (batch 1 to max_batch_size, tuned for the largest preferred batch; copy
+    length 1 to the model's), warmup at load, dynamic batching with two priority levels.
+
+    Inputs, outputs, max_batch_size and the tokenizer parameter are those of the python-backend config,
+    so the gateway reads this model as it reads the other. Every request the gateway sends carries no
+    priority and runs at the default level 1. A shadow does not share this queue: it is its own model
+    (the teacher), with its own instances (and, in the chart, its own Triton on its own GPU); a client
+    that shares a model with the primary marks its requests priority 2 (tritonclient's
+    `infer(..., priority=2)`, or `"parameters": {"priority": 2}` in an HTTP request) and they then wait
+    behind every level-1 request, are refused past LOW_PRIORITY_QUEUE queued and time out after
+    LOW_PRIORITY_TIMEOUT_US."""
+    config = model.config
+    length, largest = config.max_text_length, max(settings.preferred_batch_sizes)
+    accelerator = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{settings.trt_cache.rstrip('/')}/{name}",
+        # the instances of one server build one after another, not the same cache file at once
+        "trt_force_sequential_engine_build": "1",
+        "trt_profile_min_shapes": trt_profile(config, 1, 1),
+        "trt_profile_opt_shapes": trt_profile(config, largest, length),
+        "trt_profile_max_shapes": trt_profile(config, settings.max_batch_size, length),
+    }
+    parameters = "\n".join(f'      parameters {{ key: "{key}" value: "{value}" }}' for key, value in accelerator.items())
+    priorities = f"""  priority_levels: {PRIORITY_LEVELS}
+  default_priority_level: {DEFAULT_PRIORITY}
+  priority_queue_policy {{
+    key: {PRIORITY_LEVELS}
+    value: {{ timeout_action: REJECT default_timeout_microseconds: {LOW_PRIORITY_TIMEOUT_US} max_queue_size: {LOW_PRIORITY_QUEUE} }}
+  }}
+"""
+    runtime = f'platform: "onnxruntime_onnx"\ndefault_model_filename: "{ONNX_FILE}"'
+    return _served_interface(name, runtime, model, settings, priorities) + f"""instance_group [ {{ count: {settings.instance_count} kind: {settings.instance_kind} }} ]
+optimization {{
+  execution_accelerators {{
+    gpu_execution_accelerator: [ {{
+      name: "tensorrt"
+{parameters}
+    }} ]
+  }}
+}}
+model_warmup [
+{warmup_requests(config, settings.max_batch_size)}
+]
+version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
 """
 
@@ -133,14 +260,25 @@ def verify_checksums(version_folder: Path) -> None:
         raise ValueError(f"{version_folder}: files changed since export: {', '.join(changed)}")
 
 
-def refuse_incompatible_versions(model_root: Path, version: int, model: AuditModel) -> None:
-    """One config.pbtxt declares the inputs and outputs of every version of a model, so a new version
-    must take the same inputs (the uint8 picture, the same picture size and copy length) and give the
-    same outputs (tasks and classes) as the versions it is served beside."""
+def version_target(version_folder: Path) -> str:
+    """The target an exported version was written for: a python-backend version has model.py."""
+    return "triton-cpu" if (Path(version_folder) / "model.py").is_file() else "triton-gpu"
+
+
+def refuse_incompatible_versions(model_root: Path, version: int, model: AuditModel,
+                                 target: str = "triton-cpu") -> None:
+    """One config.pbtxt declares the backend, inputs and outputs of every version of a model, so a new
+    version must be exported for the same target, take the same inputs (the uint8 picture, the same
+    picture size and copy length) and give the same outputs (tasks and classes) as the versions it is
+    served beside."""
     config = model.config
     for other in sorted(model_root.glob("[0-9]*")):
         if other.name == str(version) or not (other / "model" / "config.json").is_file():
             continue
+        if version_target(other) != target:
+            raise ValueError(f"version {other.name} beside version {version} was exported for "
+                             f"--target {version_target(other)}, not {target}; one config.pbtxt serves both: "
+                             f"export it again with --target {target}, use another model name, or remove {other}")
         script = other / "model.py"
         if script.is_file() and SERVED_INPUT_MARK not in script.read_text():
             raise ValueError(f"{other} was exported by an older adaudit (its model takes pixel_values, not "
@@ -168,7 +306,9 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
     """Add `version` of model `name` to the repository (atomically); returns the version folder."""
     model = AuditModel.from_pretrained(model_folder)  # refuses a broken folder before anything is written
     model_root = Path(repository) / name
-    refuse_incompatible_versions(model_root, version, model)
+    refuse_incompatible_versions(model_root, version, model, settings.target)
+    if settings.target == "triton-gpu":
+        return _export_gpu_version(model_folder, model, model_root, version, settings)
     model_root.mkdir(parents=True, exist_ok=True)
     version_folder = model_root / str(version)
     with atomic_folder(version_folder) as staging:
@@ -181,4 +321,31 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
             export_onnx(model, example_inputs(model.config), staging / ONNX_FILE)  # checks its logits
         (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
     (model_root / "config.pbtxt").write_text(config_pbtxt(name, model, settings, repository_tokenizer(model_root)))
+    return version_folder
+
+
+def _export_gpu_version(model_folder: Path, model: AuditModel, model_root: Path, version: int,
+                        settings: ServingSettings) -> Path:
+    """The GPU target: the standard ONNX graph, traced and checked against PyTorch's logits before anything
+    is written (export/onnx_gpu.py raises GpuGraphError, a ValueError, when they differ), then the version
+    folder and config.pbtxt, each atomically."""
+    import onnx
+    import onnxruntime
+
+    from adaudit.export.onnx_gpu import GPU_OPSET, check_gpu_graph, gpu_graph
+
+    graph = gpu_graph(model)
+    data = graph.SerializeToString()
+    checked = check_gpu_graph(data, model)
+    version_folder = model_root / str(version)
+    with atomic_folder(version_folder) as staging:
+        (staging / ONNX_FILE).write_bytes(data)
+        shutil.copytree(model_folder, staging / "model",
+                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
+        record = {"target": settings.target, "opset": GPU_OPSET, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "execution_provider": "CPUExecutionProvider", **checked}
+        (staging / GRAPH_CHECK_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (staging / CHECKSUMS_FILE).write_text(json.dumps(file_checksums(staging), indent=2) + "\n")
+    text = gpu_config_pbtxt(model_root.name, model, settings, repository_tokenizer(model_root))
+    atomic_write_text(model_root / "config.pbtxt", text)
     return version_folder

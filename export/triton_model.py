@@ -8,7 +8,10 @@ audit task. Requests are batched by Triton's dynamic batcher; `execute` runs the
 forward pass. A version whose files no longer match the checksums written at export is
 refused at load. On a GPU instance the model runs in the dtype named by the `precision`
 parameter (float16 or bfloat16); on CPU in float32, in eager PyTorch or, with the `engine`
-parameter onnxruntime, on ONNX Runtime from the version's model.onnx.
+parameter onnxruntime, on ONNX Runtime from the version's model.onnx. A GPU instance whose torch
+sees no CUDA device (a CPU build of torch, no driver, a node without a GPU) fails to load with a
+message saying so, rather than serve in float32 on the CPU at a fraction of the expected speed.
+(`--target triton-gpu` serves without this file: Triton's own onnxruntime backend, export/onnx_gpu.py.)
 """
 
 import json
@@ -27,12 +30,23 @@ from adaudit.models.preprocessing import SERVED_INPUTS
 from adaudit.models.serving import served_logits
 
 
+def no_cuda_message(args: dict) -> str:
+    """Why a KIND_GPU instance refuses to load on a torch without CUDA (Triton shows it as the load error)."""
+    cuda = torch.version.cuda or "none (a CPU build)"
+    return (f"model {args.get('model_name', '?')} instance {args.get('model_instance_name', '?')} is KIND_GPU, but "
+            f"torch {torch.__version__} (CUDA {cuda}) sees no CUDA device: refusing to serve on the CPU in float32. "
+            f"Run it on a GPU node with a CUDA build of torch (the python-backend variant of deploy/triton.Dockerfile), "
+            f"export it without --gpu for KIND_CPU instances, or with --target triton-gpu for Triton's onnxruntime backend")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         version_folder = Path(args["model_repository"]) / args["model_version"]
         verify_checksums(version_folder)  # refuse files changed since export
-        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        gpu = args.get("model_instance_kind") == "GPU"
+        if gpu and not torch.cuda.is_available():
+            raise RuntimeError(no_cuda_message(args))
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
         parameters = config.get("parameters", {})
         precision = parameters.get("precision", {}).get("string_value", "float16")
