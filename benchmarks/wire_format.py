@@ -67,7 +67,7 @@ async def measure(url: str, student: Path, data: Path, rounds: int) -> dict:
             item = InferInput(input_name, list(array.shape), kinds[input_name])
             item.set_data_from_numpy(np.ascontiguousarray(array))
             request.append(item)
-        result = await backend.client().infer(name, request, model_version="1")
+        result = await (await backend.client()).infer(name, request, model_version="1")
         return {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
 
     async def uint8(i: int) -> dict:

@@ -3,15 +3,16 @@
 Routers (routes_audits, routes_reviews, routes_ops; every `/v1` route behind the API-key and
 rate-limit dependency of security.py), the JSON error handlers, the middleware (metrics
 outermost, then the in-flight limit of admission.py, then CORS only when `cors_origins` is set),
-and a lifespan that builds the `Gateway` (backend from settings, decision log, shadow workers)
-at start and closes it at stop. At start the decision log's schema is upgraded (SQLite: this
-gateway is its only writer) or checked (a shared server database: no pod runs DDL, `adaudit db
-upgrade` does; /readyz answers 503 while the schema is behind; `database_migrate_on_start`). On
-SIGTERM uvicorn stops accepting connections and lets the requests in flight finish (each writes
-its decision before it answers); then the lifespan drains the shadow queue for up to
-`shutdown_drain_s` and closes the backend and the log. Run one
-uvicorn worker per process and one process per pod (see metrics.py): `adaudit serve`, or
-`uvicorn` with `factory=True`.
+and a lifespan that builds the `Gateway` (backends from settings, decision log, shadow workers)
+at start and closes it at stop; each target (primary, canary, shadow) talks to its own Triton
+where `canary_triton_url` or `shadow_triton_url` names one (one backend per distinct address).
+At start the decision log's schema is upgraded (SQLite: this gateway is its only writer) or
+checked (a shared server database: no pod runs DDL, `adaudit db upgrade` does; /readyz answers 503
+while the schema is behind; `database_migrate_on_start`). On SIGTERM uvicorn stops accepting
+connections and lets the requests in flight finish (each writes its decision before it answers);
+then the lifespan drains the shadow queue for up to `shutdown_drain_s` and closes the backends
+and the log. Run one uvicorn worker per process and one process per pod (see metrics.py):
+`adaudit serve`, or `uvicorn` with `factory=True`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .admission import AdmissionLimit
 from .backends import make_backend
 from .decision_log import DecisionLog
 from .errors import install_error_handlers
-from .gateway import Gateway
+from .gateway import Gateway, backends_by_target
 from .metrics import GatewayMetrics
 from .middleware import GatewayMiddleware
 from .routes_audits import router as audits_router
@@ -51,7 +52,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                    pool_size=settings.database_pool_size,
                                    max_overflow=settings.database_max_overflow,
                                    migrate=settings.migrates_on_start())
-        gateway = Gateway(settings, make_backend(settings), decision_log, metrics)
+        # one backend per distinct Triton address: the primary's, the canary's, the shadow's (by default all one)
+        backends = backends_by_target(settings, make_backend)
+        gateway = Gateway(settings, backends["primary"], decision_log, metrics, backends=backends)
         await gateway.start()
         app.state.gateway = gateway
         try:

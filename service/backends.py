@@ -223,4 +223,8 @@ def make_backend(settings) -> EmbeddedBackend | TritonBackend:
     if settings.backend == "embedded":
         return EmbeddedBackend(settings.model_dir, settings.request_timeout_s)
     transport = HttpTransport if settings.triton_protocol == "http" else GrpcTransport
-    return TritonBackend(transport(settings.triton_url, settings.request_timeout_s), settings.model_repository)
+    # round robin over the addresses triton_url names or resolves to, looked up again periodically (addresses.py)
+    return TritonBackend(transport(settings.triton_url, settings.request_timeout_s,
+                                   resolve_interval_s=settings.triton_resolve_interval_s,
+                                   connection_max_age_s=settings.triton_connection_max_age_s),
+                         settings.model_repository)

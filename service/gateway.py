@@ -26,6 +26,11 @@
    write lock is free that instant (else the thread path). Answered ads are counted in
    `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
+
+Each target (primary, canary, shadow) has its own backend: with Triton, one per distinct address
+(`triton_url`, `canary_triton_url`, `shadow_triton_url`: `backends_by_target`), so a shadow on its
+own Triton (its own GPU) takes nothing from the primary's server. Specs and backend calls are keyed
+by the backend as well as the model, so two servers serving the same model name never mix.
 """
 
 from __future__ import annotations
@@ -44,13 +49,32 @@ from .encoding import Encoder, ModelSpec, Prediction, predictions, select
 from .errors import ApiError
 from .intake import Ad, Limits, RawAd, decode_ads
 from .metrics import GatewayMetrics
-from .policy import CANARY, Target, TrafficPolicy
+from .policy import CANARY, PRIMARY, Target, TrafficPolicy
 from .shadow import ShadowJob, ShadowMirror
 
 log = logging.getLogger("adaudit.service")
 SPEC_TTL_S = 10.0
 INLINE_IMAGE_BYTES = 256 * 1024  # a lone ad's picture up to this size is decoded on the event loop (a short decode)
 HEADLINE_TASKS = ("verdict", "violation")
+SHADOW = "shadow"  # the policy's shadow target's arm
+ARMS = (PRIMARY, CANARY, SHADOW)
+
+
+def backends_by_target(settings, make_backend) -> dict[str, object]:
+    """{arm: backend} for the primary, the canary and the shadow: with Triton, one backend per distinct
+    address (`settings.triton_urls()`), each made by `make_backend(settings with triton_url = that
+    address)`; the embedded backend serves every target in-process."""
+    if settings.backend != "triton":
+        backend = make_backend(settings)
+        return {arm: backend for arm in ARMS}
+    made: dict[str, object] = {}
+    chosen = {}
+    for arm, url in settings.triton_urls().items():
+        if url not in made:
+            made[url] = make_backend(settings if url == settings.triton_url
+                                     else settings.model_copy(update={"triton_url": url}))
+        chosen[arm] = made[url]
+    return chosen
 
 
 async def together(*awaitables):
@@ -63,15 +87,20 @@ async def together(*awaitables):
 
 class Gateway:
     def __init__(self, settings, backend, decision_log: DecisionLog, metrics: GatewayMetrics,
-                 policy: TrafficPolicy | None = None):
-        self.settings, self.backend, self.log, self.metrics = settings, backend, decision_log, metrics
+                 policy: TrafficPolicy | None = None, backends: dict | None = None):
+        """`backend` serves the primary, and every other target (arm) not in `backends` ({arm: backend},
+        as `backends_by_target` makes)."""
+        self.settings, self.log, self.metrics = settings, decision_log, metrics
+        self.backends = {**{arm: backend for arm in ARMS}, **(backends or {})}
+        self.backend = self.backends[PRIMARY]
         self.policy = policy or TrafficPolicy(settings)
         self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars)
         self.encoder = Encoder()
+        # backend calls keyed by (model, version, backend): one model on two servers is two queues
         self.calls = Coalescer(self._infer_together, settings.backend_calls_in_flight,
-                               lambda key, ads: metrics.backend_batch.labels(*key).observe(ads))
+                               lambda key, ads: metrics.backend_batch.labels(key[0], key[1]).observe(ads))
         self.writes = Coalescer(self._write_together)
-        self._specs: dict[tuple[str, str | None], tuple[float, ModelSpec]] = {}
+        self._specs: dict[tuple, tuple[float, ModelSpec]] = {}  # (model, version, id(backend))
         self.audits_in_flight = 0
         self.shadow = None
         if self.policy.shadow is not None:
@@ -91,7 +120,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.shadow:
             await self.shadow.stop(self.settings.shutdown_drain_s)
-        await self.backend.close()
+        for backend in {id(b): b for b in self.backends.values()}.values():  # each distinct backend once
+            await backend.close()
         await self.log.stop()
 
     def inline(self, raw: list[RawAd]) -> bool:
@@ -100,22 +130,25 @@ class Gateway:
         return self.audits_in_flight <= 1 and len(raw) == 1 and len(raw[0].image) <= INLINE_IMAGE_BYTES
 
     # --- models ---------------------------------------------------------------------------
-    async def spec(self, model: str, version: str | None) -> ModelSpec:
-        key = (model, version)
+    async def spec(self, model: str, version: str | None, arm: str = PRIMARY) -> ModelSpec:
+        """`model`'s spec on the backend that serves target `arm`."""
+        backend = self.backends[arm]
+        key = (model, version, id(backend))
         cached = self._specs.get(key)
         if cached and time.monotonic() - cached[0] < SPEC_TTL_S:
             return cached[1]
-        spec = await self.backend.describe(model, version)
+        spec = await backend.describe(model, version)
         self._specs[key] = (time.monotonic(), spec)
         return spec
 
-    def cached_spec(self, model: str, version: str | None) -> ModelSpec | None:
-        cached = self._specs.get((model, version))
+    def cached_spec(self, model: str, version: str | None, arm: str = PRIMARY) -> ModelSpec | None:
+        cached = self._specs.get((model, version, id(self.backends[arm])))
         return cached[1] if cached else None
 
     async def predict(self, target: Target, ads: list[Ad] | None, reuse: dict | None = None):
         """(spec, predictions, inputs, preprocess seconds, inference seconds) for `ads` on `target`."""
-        spec = await self.spec(target.model, target.version)
+        spec = await self.spec(target.model, target.version, target.arm)
+        backend = self.backends[target.arm]
         started = time.perf_counter()
         inputs = (reuse or {}).get(spec.input_key)
         if inputs is None:
@@ -125,11 +158,12 @@ class Gateway:
         step = spec.max_batch_size or size
         try:
             parts = await together(*(
-                self.calls.submit((spec.name, spec.version), {k: v[i:i + step] for k, v in inputs.items()},
-                                  min(step, size - i), spec.max_batch_size)
+                self.calls.submit((spec.name, spec.version, backend),
+                                  {k: v[i:i + step] for k, v in inputs.items()}, min(step, size - i),
+                                  spec.max_batch_size)
                 for i in range(0, size, step)))
         except BackendError:
-            self._specs.pop((target.model, target.version), None)  # describe again next time
+            self._specs.pop((target.model, target.version, id(backend)), None)  # describe again next time
             raise
         inferred = time.perf_counter()
         self.metrics.inference_latency.labels(spec.name, spec.version).observe(inferred - encoded)
@@ -148,7 +182,7 @@ class Gateway:
         specs: dict[Target, ModelSpec | BackendError] = {}
         for target in groups:
             try:
-                specs[target] = await self.spec(target.model, target.version)
+                specs[target] = await self.spec(target.model, target.version, target.arm)
             except BackendError as error:
                 specs[target] = error
         started = time.perf_counter()
@@ -179,12 +213,14 @@ class Gateway:
                else decode_ads([ad.source], self.limits, [spec.image_size])[0] for ad in ads]
         return self.encoder.encode(ads, spec)
 
-    async def _infer_together(self, key: tuple[str, str], parts: list[dict]) -> list[dict]:
-        """One backend call for the inputs of several requests; each gets its own rows back."""
+    async def _infer_together(self, key: tuple, parts: list[dict]) -> list[dict]:
+        """One backend call for the inputs of several requests; each gets its own rows back. `key`:
+        (model, version, the backend that serves them)."""
+        model, version, backend = key
         if len(parts) == 1:
-            return [await self.backend.infer(*key, parts[0])]
-        outputs = await self.backend.infer(*key, {name: np.concatenate([p[name] for p in parts])
-                                                  for name in parts[0]})
+            return [await backend.infer(model, version, parts[0])]
+        outputs = await backend.infer(model, version, {name: np.concatenate([p[name] for p in parts])
+                                                       for name in parts[0]})
         answers, start = [], 0
         for part in parts:
             end = start + len(part["input_ids"])
@@ -255,7 +291,7 @@ class Gateway:
         return not (shadow.model == spec.name and shadow.version in (None, spec.version))
 
     def _job(self, request_id: str, spec: ModelSpec, answer: Prediction, inputs: dict, ad: Ad) -> ShadowJob:
-        shadow = self.cached_spec(self.policy.shadow.model, self.policy.shadow.version)
+        shadow = self.cached_spec(self.policy.shadow.model, self.policy.shadow.version, SHADOW)
         same_inputs = shadow is not None and shadow.input_key == spec.input_key
         return ShadowJob(request_id, spec.name, spec.version, answer, inputs, spec.input_key,
                          None if same_inputs else ad.source)
@@ -264,7 +300,7 @@ class Gateway:
         """The shadow model's answers for several mirrored ads, in one backend call: the answering model's
         inputs reused where the shadow takes the same shapes, the others decoded and encoded again."""
         shadow = self.policy.shadow
-        spec = await self.spec(shadow.model, shadow.version)
+        spec = await self.spec(shadow.model, shadow.version, shadow.arm)
         again = [index for index, job in enumerate(jobs) if job.input_key != spec.input_key]
         encoded = {}
         if again:  # other shapes or tokenizer: decode and encode again, in one hop

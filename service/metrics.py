@@ -10,15 +10,21 @@ process group each worker would report only its own share.
                                                                 including the wait to go in a batch
     adaudit_backend_batch_ads{model, version}                   histogram, ads per backend call (coalescing.py)
     adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task
-    adaudit_shadow_agreements_total{primary, shadow, task}      counter, task in verdict|violation
-    adaudit_shadow_disagreements_total{primary, shadow, task, primary_label, shadow_label}
-    adaudit_shadow_comparisons_total{primary, shadow}           counter, mirrored ads compared
-    adaudit_shadow_queue_depth                                  gauge
-    adaudit_shadow_dropped_total                                counter, mirrored ads dropped (queue full)
+    adaudit_shadow_agreements_total{primary, primary_version, shadow, task}   counter, task in verdict|violation
+    adaudit_shadow_disagreements_total{primary, primary_version, shadow, task, primary_label, shadow_label}
+    adaudit_shadow_comparisons_total{primary, primary_version, shadow}        counter, mirrored ads compared
+    adaudit_shadow_queue_depth{primary, primary_version}        gauge, mirrored ads waiting in the one shadow queue
+    adaudit_shadow_dropped_total{primary, primary_version}      counter, mirrored ads dropped (queue full)
     adaudit_reviewed_total{model, version, task, outcome}       counter, reviewer feedback: correct|incorrect
     adaudit_errors_total{kind}                                  counter, every error answered (and shadow failures)
     adaudit_in_flight_requests                                  gauge
     adaudit_backend_ready{model}                                gauge, last readiness seen by /readyz (1 or 0)
+
+In the shadow metrics `primary` and `primary_version` are the model and version that answered the
+mirrored ad: the primary's, or the canary's for the canary arm (a canary version of the same model
+is told apart by its version). Verdict agreement of canary version 2 with the teacher:
+`sum(rate(adaudit_shadow_agreements_total{primary_version="2",task="verdict"}[5m]))
+ / sum(rate(adaudit_shadow_comparisons_total{primary_version="2"}[5m]))`.
 
 Reviewed accuracy per model for the canary comparison:
 `sum by (model, version) (rate(adaudit_reviewed_total{task="verdict",outcome="correct"}[1h]))
@@ -45,16 +51,17 @@ class GatewayMetrics:
                                        ["model", "version"], buckets=BATCH_BUCKETS, registry=r)
         self.predictions = Counter("adaudit_predictions", "Answered predictions by model and label",
                                    ["model", "version", "task", "label"], registry=r)
+        answered = ["primary", "primary_version"]  # the model and version that answered the mirrored ad
         self.shadow_agreements = Counter("adaudit_shadow_agreements", "Shadow model agreed with the primary",
-                                         ["primary", "shadow", "task"], registry=r)
+                                         answered + ["shadow", "task"], registry=r)
         self.shadow_disagreements = Counter(
             "adaudit_shadow_disagreements", "Shadow model disagreed with the primary, by label pair",
-            ["primary", "shadow", "task", "primary_label", "shadow_label"], registry=r)
+            answered + ["shadow", "task", "primary_label", "shadow_label"], registry=r)
         self.shadow_comparisons = Counter("adaudit_shadow_comparisons", "Mirrored ads compared",
-                                          ["primary", "shadow"], registry=r)
-        self.shadow_queue_depth = Gauge("adaudit_shadow_queue_depth", "Mirrored ads waiting", registry=r)
+                                          answered + ["shadow"], registry=r)
+        self.shadow_queue_depth = Gauge("adaudit_shadow_queue_depth", "Mirrored ads waiting", answered, registry=r)
         self.shadow_dropped = Counter("adaudit_shadow_dropped", "Mirrored ads dropped: shadow queue full",
-                                      registry=r)
+                                      answered, registry=r)
         self.reviewed = Counter("adaudit_reviewed", "Reviewer feedback compared with the logged decision",
                                 ["model", "version", "task", "outcome"], registry=r)
         self.errors = Counter("adaudit_errors", "Errors by kind", ["kind"], registry=r)

@@ -121,12 +121,21 @@ class Disagreement(BaseModel):
     shadow: dict
 
 
+class TargetReadiness(BaseModel):
+    model: str
+    version: str | None  # None: the latest the backend serves
+    location: str  # the target's Triton (host:port), or the embedded backend's model folder
+    ready: bool
+    problem: str | None = None
+
+
 class Readiness(BaseModel):
     ready: bool
     backend: str
     primary_model: str
     models: dict[str, bool]
     message: str
+    targets: dict[str, TargetReadiness] = {}  # primary, canary, shadow (those configured), each on its own backend
 
 
 class ErrorBody(BaseModel):

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
 
+from .addresses import parse_targets
 from .security import parse_api_keys
 
 SETTINGS_FILE_VARIABLE = "ADAUDIT_SETTINGS_FILE"
@@ -32,7 +33,17 @@ class GatewaySettings(BaseSettings):
     # how the gateway talks to Triton: its HTTP/REST protocol (binary tensors; triton_http.py), the default
     # as its calls cost less (benchmarks/results/serving-history.md), or gRPC (triton_grpc.py)
     triton_protocol: Literal["http", "grpc"] = "http"
+    # load spreading (addresses.py): a Triton URL may name several host:port (comma-separated); its names are
+    # looked up again every triton_resolve_interval_s (and after a failed call) and calls go round robin over
+    # the addresses; a connection (HTTP) or channel (gRPC) older than triton_connection_max_age_s is not reused
+    triton_resolve_interval_s: float = Field(5.0, gt=0, le=3600)
+    triton_connection_max_age_s: float = Field(60.0, gt=0)
     triton_url: str = "127.0.0.1:8000"  # host:port of Triton's endpoint for triton_protocol (HTTP 8000, gRPC 8001)
+    # host:port of the Triton that serves the shadow model, and the one that serves the canary; None: triton_url.
+    # The gateway keeps one backend per distinct address, so a shadow on its own Triton (its own GPU) never
+    # queues in front of the primary's requests, nor counts in the primary Triton's queue time (its HPA)
+    shadow_triton_url: str | None = None
+    canary_triton_url: str | None = None
     model_dir: Path | None = None  # embedded: MODEL_DIR/<model name>/ (a model folder or numbered versions)
     # triton: the model repository Triton serves, read-only, for the tokenizer each version was exported with
     # (REPO/<model>/<version>/model/); needed by a model whose export says it has its own tokenizer
@@ -94,6 +105,19 @@ class GatewaySettings(BaseSettings):
         parse_api_keys(value)  # refuses a malformed entry, naming it by position (never echoing a secret)
         return value
 
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_addresses(cls, value: str) -> str:
+        parse_targets(value)  # host:port, or several comma-separated: refuses the entry that is not
+        return value
+
+    @field_validator("shadow_triton_url", "canary_triton_url")
+    @classmethod
+    def _target_addresses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_targets(value)  # as triton_url: host:port, or several comma-separated
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "GatewaySettings":
         if self.backend == "embedded" and self.model_dir is None:
@@ -103,8 +127,10 @@ class GatewaySettings(BaseSettings):
             raise ValueError("canary_fraction > 0 needs canary_model (ADAUDIT_CANARY_MODEL)")
         if self.shadow_fraction > 0 and not self.shadow_model:
             raise ValueError("shadow_fraction > 0 needs shadow_model (ADAUDIT_SHADOW_MODEL)")
-        if ":" not in self.triton_url:
-            raise ValueError(f"triton_url {self.triton_url!r} must be host:port (Triton's {self.triton_protocol} port)")
+        for name in ("triton_url", "shadow_triton_url", "canary_triton_url"):
+            url = getattr(self, name)
+            if url is not None and ":" not in url:
+                raise ValueError(f"{name} {url!r} must be host:port (Triton's {self.triton_protocol} port)")
         return self
 
     def migrates_on_start(self) -> bool:
@@ -112,6 +138,11 @@ class GatewaySettings(BaseSettings):
         if self.database_migrate_on_start is not None:
             return self.database_migrate_on_start
         return self.database_url.startswith("sqlite")
+
+    def triton_urls(self) -> dict[str, str]:
+        """The Triton address of each target: {"primary": ..., "canary": ..., "shadow": ...}."""
+        return {"primary": self.triton_url, "canary": self.canary_triton_url or self.triton_url,
+                "shadow": self.shadow_triton_url or self.triton_url}
 
     def body_limit(self, ads: int) -> int:
         """Largest request body for `ads` ads: their base64 images and copy, capped by max_body_bytes."""

@@ -12,6 +12,10 @@ disagreement (request id and both outputs) in the decision log for review (one w
 shadow call). A failing shadow
 model is counted (`adaudit_errors_total{kind="shadow_failed"}`) and logged, nothing more.
 
+Every shadow metric and every disagreement row names the model and version that answered the
+mirrored ad (`primary`, `primary_version`: the primary's, or the canary's for an ad the canary
+answered), so a canary version's agreement with the teacher never blends with the primary version's.
+
 Two settings keep a shadow that shares the primary's machine (a CPU box, or one GPU) from
 slowing the primary, while it still compares as many ads as it can:
 
@@ -81,10 +85,9 @@ class ShadowMirror:
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.metrics.shadow_dropped.inc()
+            self.metrics.shadow_dropped.labels(job.model, job.version).inc()
             return False
-        finally:
-            self.metrics.shadow_queue_depth.set(self.queue.qsize())
+        self.metrics.shadow_queue_depth.labels(job.model, job.version).inc()
         return True
 
     async def drain(self) -> None:
@@ -97,7 +100,8 @@ class ShadowMirror:
             jobs = [await self.queue.get()]
             while len(jobs) < self.batch and not self.queue.empty():
                 jobs.append(self.queue.get_nowait())
-            self.metrics.shadow_queue_depth.set(self.queue.qsize())
+            for job in jobs:
+                self.metrics.shadow_queue_depth.labels(job.model, job.version).dec()
             try:
                 await asyncio.sleep(max(0.0, self._next_start - loop.time()))
                 started = loop.time()
@@ -122,15 +126,15 @@ class ShadowMirror:
         disagreements = []
         for job, shadow in zip(jobs, shadows):
             primary, labels = job.prediction.labels, shadow.labels
-            self.metrics.shadow_comparisons.labels(job.model, spec.name).inc()
+            pair = (job.model, job.version, spec.name)  # the answering model and version, and the shadow
+            self.metrics.shadow_comparisons.labels(*pair).inc()
             disagree = False
             for task in COMPARED_TASKS:
                 if primary[task] == labels[task]:
-                    self.metrics.shadow_agreements.labels(job.model, spec.name, task).inc()
+                    self.metrics.shadow_agreements.labels(*pair, task).inc()
                 else:
                     disagree = True
-                    self.metrics.shadow_disagreements.labels(job.model, spec.name, task, primary[task],
-                                                             labels[task]).inc()
+                    self.metrics.shadow_disagreements.labels(*pair, task, primary[task], labels[task]).inc()
             if disagree:
                 disagreements.append({
                     "request_id": job.request_id, "primary_model": job.model, "primary_version": job.version,

@@ -26,6 +26,7 @@ import numpy as np
 
 from adaudit.models.preprocessing import SERVED_INPUTS
 
+from .addresses import AddressError, Resolver
 from .triton_transport import TritonCallError, TritonTransport
 
 
@@ -35,6 +36,10 @@ class TritonHttpError(ConnectionError):
 
 class ConnectionClosed(TritonHttpError):
     """The server closed the connection before answering."""
+
+
+class Unreachable(TritonHttpError):
+    """Nothing accepted the connection (refused, no route): the call never reached a server."""
 
 
 class Answer:
@@ -55,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.open = False
         self.reusable = False
+        self.born = asyncio.get_running_loop().time()
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -110,14 +116,19 @@ class _Connection(asyncio.Protocol):
 
 
 class TritonHttpClient:
-    """Keep-alive connections to one Triton HTTP endpoint (`host:port`), opened as calls need them."""
+    """Keep-alive connections to one Triton HTTP endpoint (`host:port`), opened as calls need them. A connection
+    older than `max_age_s` is closed instead of reused (behind a virtual IP, a new connection may reach
+    another pod); once `close()`d, connections still in use are closed when their call ends."""
 
-    def __init__(self, url: str, keep_idle: int = 8):
+    def __init__(self, url: str, keep_idle: int = 8, max_age_s: float | None = None):
         host, _, port = url.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not host or not port.isdigit():
             raise ValueError(f"Triton HTTP address {url!r} is not HOST:PORT")
-        self.host, self.port, self.keep_idle = host, int(port), keep_idle
+        self.host, self.port, self.keep_idle, self.max_age_s = host, int(port), keep_idle, max_age_s
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._idle: list[_Connection] = []
+        self.closed = False
 
     async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -126,32 +137,33 @@ class TritonHttpClient:
                                                    max(timeout, 0.0))
         except asyncio.TimeoutError:  # nothing answers the connection attempt (a dead node, dropped packets)
             raise TritonHttpError(f"Triton did not answer within the timeout: cannot connect to "
-                                  f"{self.host}:{self.port}") from None
+                                  f"{self.address}") from None
         except OSError as error:
-            raise TritonHttpError(f"cannot connect to {self.host}:{self.port}: {error.strerror or error}") from None
+            raise Unreachable(f"cannot connect to {self.address}: {error.strerror or error}") from None
         return connection
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None,
                       timeout: float = 5.0) -> Answer:
         """One call, within `timeout` seconds in all (connecting included); a reused connection that the server
         had closed meanwhile is retried on the next idle one or a new one, within the same time."""
-        head = [f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"]
+        head = [f"{method} {path} HTTP/1.1\r\nHost: {self.address}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{name}: {value}\r\n" for name, value in (headers or {}).items()]
         request = "".join(head).encode("latin-1") + b"\r\n"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._idle:
             connection = self._idle.pop()
-            if connection.open:
+            if connection.open and self._young(connection, loop.time()):
                 try:
                     return await self._exchange(connection, request, body, deadline, timeout)
                 except ConnectionClosed:
                     if connection.body or connection.headers:  # it had started answering: not a stale socket
                         raise
                 except TritonHttpError:  # no answer in time: the other idle ones may lead to the same dead peer
-                    await self.close()
+                    self._drop_idle()
                     raise
-            # closed while idle (Triton restarted, or its keep-alive ran out): the next one, or a new connection
+            connection.close()  # closed while idle (Triton restarted, its keep-alive ran out) or too old: the next
+            # one, or a new connection
         connection = await self._connect(deadline - loop.time())
         return await self._exchange(connection, request, body, deadline, timeout)
 
@@ -168,26 +180,76 @@ class TritonHttpClient:
             raise
         finally:
             expire.cancel()
-        if connection.reusable and connection.open and len(self._idle) < self.keep_idle:
+        if connection.reusable and connection.open and not self.closed and len(self._idle) < self.keep_idle \
+                and self._young(connection, asyncio.get_running_loop().time()):
             self._idle.append(connection)
         else:
             connection.close()
         return answer
 
-    async def close(self) -> None:
+    def _young(self, connection: _Connection, now: float) -> bool:
+        return self.max_age_s is None or now - connection.born < self.max_age_s
+
+    def _drop_idle(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+    def shut(self) -> None:
+        """No more calls: idle connections close now, busy ones when their call ends."""
+        self.closed = True
+        self._drop_idle()
+
+    async def close(self) -> None:
+        self.shut()
 
 
 class HttpTransport(TritonTransport):
     """Triton's HTTP/REST protocol: tritonclient makes and reads the bodies (the binary tensor extension:
-    a JSON header, then each tensor's raw bytes), `TritonHttpClient` carries them on keep-alive connections."""
+    a JSON header, then each tensor's raw bytes), `TritonHttpClient` carries them on keep-alive connections.
+
+    Load spreading: the URL's names are resolved to addresses (addresses.Resolver: again every
+    `resolve_interval_s` and after a failure), each address has its own pool of connections, and every call
+    goes to the next address in turn (round robin), so a Triton pod that appears gets its share from the
+    next lookup on. A call that cannot reach its address (refused, or the connection closed before an
+    answer: the pod is gone) is tried on the next one within the same timeout, and that address is skipped
+    for `resolve_interval_s`; the pool of an address the names no longer resolve to is dropped."""
 
     protocol = "http"
 
-    def __init__(self, url: str, timeout_s: float = 5.0):
+    def __init__(self, url: str, timeout_s: float = 5.0, resolve_interval_s: float = 5.0,
+                 connection_max_age_s: float | None = None, lookup=None):
         super().__init__(url, timeout_s)
-        self.client = TritonHttpClient(url)
+        self.resolver = Resolver(url, resolve_interval_s, timeout_s=min(timeout_s, 2.0),
+                                 lookup=lookup)
+        self.resolver.listeners.append(self._retire)
+        self.connection_max_age_s = connection_max_age_s
+        self.pools: dict[str, TritonHttpClient] = {}
+        self._failed: dict[str, float] = {}  # address -> when a call last could not reach it
+        self._turn = 0
+
+    def pool(self, address: str) -> TritonHttpClient:
+        pool = self.pools.get(address)
+        if pool is None:
+            pool = self.pools[address] = TritonHttpClient(address, max_age_s=self.connection_max_age_s)
+        return pool
+
+    def _retire(self, addresses: list[str]) -> None:
+        """A new address list: the pools of addresses no longer in it close (calls in flight end first)."""
+        for address in set(self.pools) - set(addresses):
+            self.pools.pop(address).shut()
+            self._failed.pop(address, None)
+
+    def _order(self, addresses: list[str]) -> list[str]:
+        """This call's addresses to try: the next healthy one in turn first, the others after it, the ones that
+        failed within the resolve interval last."""
+        now = asyncio.get_running_loop().time()
+        healthy = [a for a in addresses if now - self._failed.get(a, float("-inf")) >= self.resolver.interval_s]
+        resting = [a for a in addresses if a not in healthy]
+        if healthy:
+            start = self._turn % len(healthy)
+            healthy = healthy[start:] + healthy[:start]
+        self._turn += 1
+        return healthy + resting
 
     @staticmethod
     def _path(model: str, version: str | None, *rest: str) -> str:
@@ -196,11 +258,32 @@ class HttpTransport(TritonTransport):
 
     async def _request(self, path: str, body: bytes = b"", headers: dict | None = None,
                        timeout: float | None = None) -> Answer:
+        timeout = timeout or self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            answer = await self.client.request("POST" if body else "GET", path, body, headers,
-                                               timeout or self.timeout_s)
-        except TritonHttpError as error:
+            addresses = await self.resolver.addresses()
+        except AddressError as error:
             raise TritonCallError(str(error), answered=False, down=True) from None
+        answer, problems = None, []
+        for address in self._order(addresses):
+            left = deadline - loop.time()
+            if left <= 0:
+                problems.append(f"Triton did not answer within {timeout} s")
+                break
+            try:
+                answer = await self.pool(address).request("POST" if body else "GET", path, body, headers, left)
+            except (Unreachable, ConnectionClosed) as error:  # never reached a server, or it went away: the next
+                self._failed[address] = loop.time()
+                self.resolver.stale()
+                problems.append(str(error))
+                continue
+            except TritonHttpError as error:  # no answer in time, or not HTTP: no time or reason to try another
+                raise TritonCallError("; ".join(problems + [str(error)]), answered=False, down=True) from None
+            self._failed.pop(address, None)
+            break
+        if answer is None:
+            raise TritonCallError("; ".join(problems), answered=False, down=True)
         if answer.status != 200:
             try:
                 message = json.loads(answer.body)["error"]
@@ -239,4 +322,7 @@ class HttpTransport(TritonTransport):
             return False
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.resolver.close()
+        for pool in self.pools.values():
+            pool.shut()
+        self.pools.clear()

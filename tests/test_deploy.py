@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -50,6 +49,7 @@ from adaudit.service.app import create_app
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.settings import GatewaySettings
 from conftest import wait_for
+from loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "adaudit"
@@ -82,20 +82,20 @@ def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
     return matches[0]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # --- the chart ----------------------------------------------------------------------------------
+
+def shadow_is_on(values: dict) -> bool:
+    return float(values.get("gateway", {}).get("settings", {}).get("shadow_fraction") or 0) > 0
+
 
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_chart_renders_manifests_valid_for_kubernetes(values_file):
     docs = render(values_of(values_file))
     kinds = sorted(d["kind"] for d in docs)
-    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
-        assert kinds.count(kind) == 2, f"{values_file}: {kind} for the gateway and Triton, got {kinds}"
+    own = int(shadow_is_on(values_of(values_file)))  # the shadow's own Triton: a Deployment and a Service
+    for kind, count in (("Deployment", 2 + own), ("Service", 2 + own), ("HorizontalPodAutoscaler", 2),
+                        ("PodDisruptionBudget", 2)):
+        assert kinds.count(kind) == count, f"{values_file}: {kind} for the gateway and Triton, got {kinds}"
     for doc in docs:
         try:
             validate(doc, KUBERNETES, strict=True)
@@ -125,8 +125,12 @@ def test_gpu_and_model_repository_wiring():
     assert "nvidia.com/gpu" not in json.dumps(off["containers"][0]["resources"]) and "tolerations" not in off
     assert "--allow-gpu-metrics=false" in off["containers"][0]["args"]
 
+    # with the shadow on, the teacher is loaded by its own Triton (test_the_shadow_gets_its_own_triton_and_gpu),
+    # or by this one when it has none
     shadow = find(render(values_of("shadow")), "Deployment", "adaudit-triton")
-    assert "--load-model=teacher" in shadow["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--load-model=teacher" not in shadow["spec"]["template"]["spec"]["containers"][0]["args"]
+    shared = find(render({**values_of("shadow"), "shadowTriton": {"enabled": False}}), "Deployment", "adaudit-triton")
+    assert "--load-model=teacher" in shared["spec"]["template"]["spec"]["containers"][0]["args"]
 
     s3 = find(render({"triton": {"modelRepository": {"pvc": {"claimName": ""}, "url": "s3://bucket/adaudit",
                                                      "credentialsSecret": "s3-keys"}}}), "Deployment", "adaudit-triton")
@@ -138,10 +142,81 @@ def test_gpu_and_model_repository_wiring():
     assert "ADAUDIT_MODEL_REPOSITORY" not in find(render(s3_values), "ConfigMap", "adaudit-gateway")["data"]
 
 
+def test_the_shadow_gets_its_own_triton_and_gpu():
+    """Shadow on: a Deployment and a headless Service <release>-triton-shadow loading only the teacher, on a GPU
+    of its own; the gateway's ADAUDIT_SHADOW_TRITON_URL points at it. Its container is the primary Triton's
+    (image, ports, probes, mounts, security) but for the models it loads and its resources."""
+    docs = render(values_of("shadow"))
+    pod = find(docs, "Deployment", "adaudit-triton-shadow")["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert [a for a in server["args"] if a.startswith("--load-model=")] == ["--load-model=teacher"]
+    assert server["resources"]["requests"]["nvidia.com/gpu"] == server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    primary = find(docs, "Deployment", "adaudit-triton")["spec"]["template"]["spec"]
+    alike = lambda container: {k: v for k, v in container.items() if k not in ("args", "resources")}  # noqa: E731
+    assert alike(server) == alike(primary["containers"][0])
+    assert [a for a in server["args"] if not a.startswith("--load-model=")] == \
+        [a for a in primary["containers"][0]["args"] if not a.startswith("--load-model=")]
+    assert pod["volumes"] == primary["volumes"] and pod["securityContext"] == primary["securityContext"]
+    service = find(docs, "Service", "adaudit-triton-shadow")["spec"]
+    assert service["clusterIP"] == "None" and service["selector"] == \
+        find(docs, "Deployment", "adaudit-triton-shadow")["spec"]["selector"]["matchLabels"]
+    gateway_env = find(docs, "ConfigMap", "adaudit-gateway")["data"]
+    assert gateway_env["ADAUDIT_SHADOW_TRITON_URL"] == "adaudit-triton-shadow:8000"
+    assert find(docs, "PodMonitor", "adaudit-triton-shadow")["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    grpc = render({**values_of("shadow"), "triton": {"protocol": "grpc"}})
+    assert find(grpc, "ConfigMap", "adaudit-gateway")["data"]["ADAUDIT_SHADOW_TRITON_URL"] == \
+        "adaudit-triton-shadow:8001"
+    cpu = values_of("gpu-off")
+    off = render({**cpu, "gateway": {**cpu["gateway"], **values_of("shadow")["gateway"]}})
+    assert "nvidia.com/gpu" not in json.dumps(find(off, "Deployment", "adaudit-triton-shadow"))
+    # no shadow traffic, or the shadow on the primary's Triton, or on a Triton named by hand: no Deployment of its own
+    for values in ({}, {**values_of("shadow"), "shadowTriton": {"enabled": False}},
+                   {"gateway": {"settings": {"shadow_fraction": 0.25, "shadow_triton_url": "teachers.gpu:8000"}}}):
+        docs = render(values)
+        assert not [d for d in docs if d["metadata"]["name"] == "adaudit-triton-shadow"]
+        data = find(docs, "ConfigMap", "adaudit-gateway")["data"]
+        assert data.get("ADAUDIT_SHADOW_TRITON_URL") == values.get("gateway", {}).get("settings", {}).get(
+            "shadow_triton_url")
+
+
+def test_the_triton_autoscaler_reads_the_primary_models_queue_time_only(tmp_path):
+    """The HPA asks prometheus-adapter for the metric with the selector model=<primary_model>, which the
+    adapter adds to the query's label matchers: on a pod serving student and teacher, the teacher's long
+    queue does not count. Checked by promtool on series of both models (and the adapter's rule serves only
+    series that have a model label)."""
+    metric = find(render({}), "HorizontalPodAutoscaler", "adaudit-triton")["spec"]["metrics"][0]["pods"]["metric"]
+    assert metric["selector"] == {"matchLabels": {"model": "student"}}
+    other = find(render({"gateway": {"settings": {"primary_model": "student-v2"}}}), "HorizontalPodAutoscaler",
+                 "adaudit-triton")["spec"]["metrics"][0]["pods"]["metric"]
+    assert other["selector"]["matchLabels"] == {"model": "student-v2"}
+    rule = yaml.safe_load(ADAPTER.read_text())["rules"]["custom"][0]
+    assert 'model!=""' in rule["seriesQuery"] and rule["name"]["as"] == metric["name"]
+    if PROMTOOL is None:
+        pytest.skip("promtool missing: apt-get install prometheus (the Makefile's install target does)")
+    # what prometheus-adapter asks for one pod: the pod's and namespace's matchers plus the HPA's selector
+    matchers = 'namespace="audit",pod="adaudit-triton-0",model="student"'
+    query = rule["metricsQuery"].replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod")
+    pod = 'namespace="audit",pod="adaudit-triton-0",version="1"'
+    series = [  # a minute: 60 student requests queued 1 ms each, 60 teacher requests queued 100 ms each
+        {"series": f'nv_inference_queue_duration_us{{{pod},model="student"}}', "values": "0+60000x10"},
+        {"series": f'nv_inference_request_success{{{pod},model="student"}}', "values": "0+60x10"},
+        {"series": f'nv_inference_queue_duration_us{{{pod},model="teacher"}}', "values": "0+6000000x10"},
+        {"series": f'nv_inference_request_success{{{pod},model="teacher"}}', "values": "0+60x10"},
+    ]
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    (tmp_path / "adapter.test.yml").write_text(yaml.safe_dump({"rule_files": ["none.yml"], "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": query, "eval_time": "5m",
+                              "exp_samples": [{"labels": '{pod="adaudit-triton-0"}', "value": 1000}]}]}]}))
+    assert "SUCCESS" in promtool("test", "rules", "adapter.test.yml", cwd=tmp_path)
+
+
 def test_every_container_is_locked_down():
     docs = render(values_of("canary"))
     workloads = [d for d in docs if d["kind"] in ("Deployment", "Job")]
-    assert sorted(d["kind"] for d in workloads) == ["Deployment", "Deployment", "Job"]
+    # the gateway, Triton, the shadow's own Triton (the canary overlay mirrors to the teacher), the migrations
+    assert sorted(d["kind"] for d in workloads) == ["Deployment", "Deployment", "Deployment", "Job"]
     for deployment in workloads:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
@@ -182,6 +257,7 @@ def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch
     settings = GatewaySettings()
     expected = values.get("gateway", {}).get("settings", {})
     assert settings.backend == "triton" and settings.triton_url == "adaudit-triton:8000"
+    assert (settings.triton_resolve_interval_s, settings.triton_connection_max_age_s) == (5, 60)
     assert settings.triton_protocol == "http"
     assert settings.shadow_fraction == expected.get("shadow_fraction", 0)
     assert settings.canary_fraction == expected.get("canary_fraction", 0)
@@ -190,6 +266,10 @@ def test_gateway_accepts_the_settings_the_chart_renders(values_file, monkeypatch
     assert (settings.database_pool_size, settings.database_max_overflow) == (5, 2)  # 10 pods x 7 < 100 connections
     assert not settings.migrates_on_start()  # a shared database: the migration Job upgrades it, pods run no DDL
     assert len(settings.api_keys) == 2
+    # the shadow's requests go to its own Triton while it is on; the canary's to the primary's
+    assert settings.triton_urls()["shadow"] == ("adaudit-triton-shadow:8000" if shadow_is_on(values)
+                                                else settings.triton_url)
+    assert settings.triton_urls()["canary"] == settings.triton_url
 
 
 POSTGRES = "postgresql+psycopg://adaudit:secret@db.audit.svc:5432/adaudit"
@@ -266,6 +346,40 @@ def test_probes_point_at_routes_the_gateway_and_triton_serve():
 TRITON_PROBES = {"/v2/health/live", "/v2/health/ready"}
 
 
+def test_triton_is_a_headless_service_of_at_least_two_pods_spread_over_nodes():
+    """The gateway's Triton URL names a headless Service (its name resolves to every ready pod, which the
+    gateway spreads its calls over); at least two Triton pods, a PDB that keeps one up, one pod per node
+    preferred."""
+    docs = render({})
+    service = find(docs, "Service", "adaudit-triton")
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    url = find(docs, "ConfigMap", "adaudit-gateway")["data"]["ADAUDIT_TRITON_URL"]
+    assert url == f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    pod = find(docs, "Deployment", "adaudit-triton")["spec"]["template"]
+    assert find(docs, "HorizontalPodAutoscaler", "adaudit-triton")["spec"]["minReplicas"] >= 2
+    budget = find(docs, "PodDisruptionBudget", "adaudit-triton")["spec"]
+    assert budget["minAvailable"] == 1 and "maxUnavailable" not in budget
+    assert budget["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (spread,) = pod["spec"]["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["maxSkew"], spread["whenUnsatisfiable"]) == \
+        ("kubernetes.io/hostname", 1, "ScheduleAnyway")
+    assert spread["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    fixed = find(render({"triton": {"autoscaling": {"enabled": False}}}), "Deployment", "adaudit-triton")
+    assert fixed["spec"]["replicas"] == 2
+    hard = render({"triton": {"topologySpread": {"whenUnsatisfiable": "DoNotSchedule"}}})
+    assert find(hard, "Deployment", "adaudit-triton")["spec"]["template"]["spec"]["topologySpreadConstraints"][0][
+        "whenUnsatisfiable"] == "DoNotSchedule"
+    off = render({"triton": {"topologySpread": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
+                             "autoscaling": {"enabled": False}, "replicas": 1}})
+    assert "topologySpreadConstraints" not in find(off, "Deployment", "adaudit-triton")["spec"]["template"]["spec"]
+    assert [d["metadata"]["name"] for d in off if d["kind"] == "PodDisruptionBudget"] == ["adaudit-gateway"]
+    for doc in docs + off:
+        try:
+            validate(doc, KUBERNETES, strict=True)
+        except SchemaNotFoundError:
+            pass
+
+
 def test_images_hold_the_package_and_run_what_the_chart_asks():
     import tomllib
 
@@ -297,10 +411,17 @@ BAD_VALUES = [
     ({"triton": {"modelRepository": {"url": "http://example.com/models"}}}, "url"),
     ({"triton": {"modelRepository": {"url": "s3://bucket/models"}}}, "either pvc.claimName or url"),
     ({"gateway": {"settings": {"canary_fraction": 0.1}}}, "canary_model"),
+    ({"gateway": {"settings": {"shadow_triton_url": "teacher"}}}, "shadow_triton_url"),
+    ({"shadowTriton": {"enabled": True, "gpu": {"count": 0}}}, "count"),
     ({"database": {"url": "mysql://x"}}, "url"),
     ({"triton": {"enabled": False}}, "triton.externalUrl"),
     ({"apiKeys": {"enabled": True, "entries": ["ops:not-a-digest"]}}, "entries"),
     ({"securityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+    # a Triton PDB that no eviction could ever satisfy (one pod, minAvailable 1): node drains would hang
+    ({"triton": {"autoscaling": {"minReplicas": 1}}}, "minAvailable 1 with triton.autoscaling.minReplicas 1"),
+    ({"triton": {"autoscaling": {"enabled": False}, "replicas": 1}}, "minAvailable 1 with triton.replicas 1"),
+    ({"triton": {"topologySpread": {"whenUnsatisfiable": "Never"}}}, "whenUnsatisfiable"),
+    ({"gateway": {"settings": {"triton_resolve_interval_s": 0}}}, "triton_resolve_interval_s"),
 ]
 
 
@@ -360,7 +481,7 @@ def test_promtool_checks_config_rules_and_alert_unit_tests(tmp_path):
 
 
 def test_scrape_config_keeps_the_pods_and_ports_the_chart_makes():
-    docs = render({})
+    docs = render(values_of("shadow"))  # the shadow's own Triton too
     for job in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]:
         keep = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
         name, component = keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",
@@ -442,6 +563,23 @@ def metric_names(expr: str) -> set[str]:
     selectors = set(re.findall(r"([a-zA-Z_:][\w:]*)\s*[{\[]", expr))
     bare = set(re.findall(r"\b(adaudit_\w+|nv_\w+|adaudit:[\w:]+)", expr))
     return selectors | bare
+
+
+def test_shadow_agreement_queries_keep_each_answering_version_apart():
+    """Every query over the shadow's agreement counters groups or filters by primary_version (the version that
+    answered: the primary's or the canary's), so a canary's agreement with the teacher never blends both arms."""
+    shadow = r"adaudit_shadow_(?:agreements|disagreements)_total"
+    for expr in map(substituted, rule_expressions() + dashboard_expressions() + analysis_expressions()):
+        if not re.search(shadow, expr):
+            continue
+        groupings = re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr)
+        selectors = re.findall(r"adaudit_shadow_(?:agreements|disagreements|comparisons)_total(\{[^}]*\})?", expr)
+        assert (groupings and all("primary_version" in g for g in groupings)) or \
+            all("primary_version=" in s for s in selectors), expr
+    registry = GatewayMetrics()  # and every shadow metric carries it
+    for name in ("shadow_agreements", "shadow_disagreements", "shadow_comparisons", "shadow_queue_depth",
+                 "shadow_dropped"):
+        assert "primary_version" in getattr(registry, name)._labelnames, name
 
 
 def test_rules_reference_only_recorded_or_gateway_metrics():

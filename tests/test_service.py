@@ -34,6 +34,7 @@ from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
 from adaudit.service.decision_log import DecisionLog, PostgresDecisionWriter, SqliteDecisionWriter
 from adaudit.service.encoding import ModelSpec, Prediction
+from adaudit.service.gateway import backends_by_target
 from adaudit.service.metrics import GatewayMetrics
 from adaudit.service.policy import TrafficPolicy
 from adaudit.service.settings import GatewaySettings
@@ -248,7 +249,7 @@ def test_shadow_mirrors_compares_and_stores_disagreements(model_dir, tmp_path):
     with TestClient(create_app(settings(model_dir, tmp_path, shadow_fraction=1.0))) as client:
         answers = [audit_json(client, ad_id=f"s{i}").json() for i in range(4)]
         assert all(a["shadowed"] and a["model"] == "student" for a in answers)
-        pair = dict(primary="student", shadow="teacher")
+        pair = dict(primary="student", primary_version="1", shadow="teacher")  # every shadow metric: the version
         wait_for(lambda: metric(client, "adaudit_shadow_comparisons_total", **pair) == 4)
         assert metric(client, "adaudit_shadow_disagreements_total", task="verdict", primary_label="approve",
                       shadow_label="reject", **pair) == 4
@@ -261,6 +262,35 @@ def test_shadow_mirrors_compares_and_stores_disagreements(model_dir, tmp_path):
         first = stored[answers[0]["request_id"]]
         assert first["primary"]["labels"]["verdict"] == "approve" and first["shadow"]["labels"]["verdict"] == "reject"
         assert (first["shadow_model"], first["shadow_version"]) == ("teacher", "1")
+        assert (first["primary_model"], first["primary_version"]) == ("student", "1")
+        targets = client.get("/readyz").json()["targets"]
+        assert {arm: (t["model"], t["ready"]) for arm, t in targets.items()} == \
+            {"primary": ("student", True), "shadow": ("teacher", True)}
+
+
+def test_shadow_metrics_keep_a_canary_version_apart_from_the_primary_version(model_dir, tmp_path):
+    """Version 1 of `audited` (the student's weights) is primary, version 2 (the teacher's) the canary, and
+    every ad is mirrored to the teacher: the canary version agrees with it on every ad, the primary version
+    on none. Counted per version they stay 1.0 and 0.0; blended they would be the canary's share."""
+    versions = tmp_path / "versions"
+    for version, source in (("1", "student"), ("2", "teacher")):
+        (versions / "audited").mkdir(parents=True, exist_ok=True)
+        (versions / "audited" / version).symlink_to(model_dir / source)
+    (versions / "teacher").symlink_to(model_dir / "teacher")
+    with TestClient(create_app(settings(versions, tmp_path, primary_model="audited", primary_version="1",
+                                        canary_model="audited", canary_version="2", canary_fraction=0.5,
+                                        shadow_fraction=1.0))) as client:
+        arms = [audit_json(client, ad_id=f"v{i}").json()["arm"] for i in range(12)]
+        assert set(arms) == {"primary", "canary"}
+        wait_for(lambda: metric(client, "adaudit_shadow_comparisons_total") == 12)
+        for version, arm, agreeing in (("1", "primary", 0), ("2", "canary", arms.count("canary"))):
+            labels = dict(primary="audited", primary_version=version, shadow="teacher")
+            assert metric(client, "adaudit_shadow_comparisons_total", **labels) == arms.count(arm)
+            assert metric(client, "adaudit_shadow_agreements_total", task="verdict", **labels) == agreeing
+        assert metric(client, "adaudit_shadow_disagreements_total", primary_version="2") == 0
+        wait_for(lambda: len(client.get("/v1/shadow/disagreements").json()) == arms.count("primary"))
+        rows = client.get("/v1/shadow/disagreements").json()
+        assert {(r["primary_model"], r["primary_version"]) for r in rows} == {("audited", "1")}
 
 
 def test_a_failing_shadow_never_touches_the_answer(model_dir, tmp_path):
@@ -281,7 +311,8 @@ def test_shadow_queue_overflow_is_dropped_and_counted():
     import asyncio
     accepted, metrics = asyncio.run(scenario())
     assert accepted == [True, True, False]
-    assert metrics.shadow_dropped._value.get() == 1 and metrics.shadow_queue_depth._value.get() == 2
+    assert metrics.shadow_dropped.labels("student", "1")._value.get() == 1
+    assert metrics.shadow_queue_depth.labels("student", "1")._value.get() == 2
 
 
 def test_shadow_batches_queued_ads_and_keeps_to_its_busy_fraction():
@@ -317,7 +348,8 @@ def test_shadow_batches_queued_ads_and_keeps_to_its_busy_fraction():
     assert [size for _, size in calls] == [4, 4, 2]
     gaps = [later - earlier for (earlier, _), (later, _) in zip(calls, calls[1:])]
     assert all(gap >= duration / fraction * 0.95 for gap in gaps), gaps  # the call, then three times as long idle
-    assert metrics.shadow_comparisons.labels("student", "teacher")._value.get() == 10
+    assert metrics.shadow_comparisons.labels("student", "1", "teacher")._value.get() == 10
+    assert metrics.shadow_queue_depth.labels("student", "1")._value.get() == 0
     with pytest.raises(ValueError, match="busy_fraction"):
         ShadowMirror(None, None, None, metrics, queue_size=1, workers=1, busy_fraction=0)
 
@@ -628,6 +660,27 @@ def test_settings_from_env_and_yaml(tmp_path, monkeypatch):
         GatewaySettings(backend="embedded")
     with pytest.raises(ValidationError):
         GatewaySettings(shadow_fraction=1.5)
+
+
+def test_each_target_gets_the_backend_of_its_own_triton_address():
+    """One backend per distinct Triton address: the shadow's own, the canary's on the primary's (its default)."""
+    made = []
+
+    def make(settings):
+        made.append(settings.triton_url)
+        return type("Backend", (), {"name": "triton", "url": settings.triton_url})()
+
+    chosen = backends_by_target(GatewaySettings(triton_url="primary:8000", shadow_triton_url="teacher:8000",
+                                                shadow_fraction=1.0), make)
+    assert made == ["primary:8000", "teacher:8000"]
+    assert {arm: backend.url for arm, backend in chosen.items()} == \
+        {"primary": "primary:8000", "canary": "primary:8000", "shadow": "teacher:8000"}
+    assert chosen["primary"] is chosen["canary"]
+    made.clear()
+    same = backends_by_target(GatewaySettings(triton_url="a:8000", canary_triton_url="a:8000"), make)
+    assert made == ["a:8000"] and len({id(b) for b in same.values()}) == 1
+    with pytest.raises(ValidationError, match="shadow_triton_url|host:port"):
+        GatewaySettings(shadow_triton_url="teacher")
 
 
 def test_database_settings_pool_and_migration_at_start(monkeypatch):

@@ -11,22 +11,17 @@ reason, only when the server cannot run here (nvidia-pytriton missing or the bin
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import os
 import signal
 import shutil
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
 from adaudit.export.repository import ServingSettings, export_model
@@ -37,6 +32,7 @@ from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
 from adaudit.service.settings import GatewaySettings
 from conftest import wait_for
+from loopback import free_ports, random_png_base64
 
 try:
     pytriton_folder()
@@ -47,25 +43,7 @@ except TritonError as error:
 COPIES = ["限时特价，全网最低价！", "纯天然蜂蜜，产地直供", "新款跑鞋 包邮", "理财稳赚不赔，月收益20%", "可爱猫咪玩具", "祖传秘方，三天根治"]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def ad_image(seed: int) -> str:
-    generator = np.random.default_rng(seed)
-    pixels = generator.integers(0, 256, (40 + seed, 56, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-ADS = [{"image_base64": ad_image(i), "text": copy, "ad_id": f"t{i}"} for i, copy in enumerate(COPIES)]
+ADS = [{"image_base64": random_png_base64(i, 40 + i, 56), "text": copy, "ad_id": f"t{i}"} for i, copy in enumerate(COPIES)]
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +137,14 @@ def test_a_shadow_exported_at_idle_cpu_priority_runs_under_sched_idle(triton):
     assert os.sched_getscheduler(stub_of("student")) == os.SCHED_OTHER
 
 
-def mirror_three_ads(client, primary: str, shadow: str) -> None:
-    """Audit three ads with every ad mirrored; wait until all three are compared."""
+def mirror_three_ads(client, primary: str, shadow: str, version: str = "1") -> None:
+    """Audit three ads with every ad mirrored; wait until all three are compared (counted under the
+    answering model's version)."""
     for ad in ADS[:3]:
         assert client.post("/v1/audits", json=ad).json()["shadowed"] is True
     deadline = time.monotonic() + 20
-    while f'adaudit_shadow_comparisons_total{{primary="{primary}",shadow="{shadow}"}} 3.0' not in \
-            client.get("/metrics").text:
+    while (f'adaudit_shadow_comparisons_total{{primary="{primary}",primary_version="{version}",shadow="{shadow}"}}'
+           ' 3.0') not in client.get("/metrics").text:
         assert time.monotonic() < deadline, client.get("/metrics").text
         time.sleep(0.05)
 

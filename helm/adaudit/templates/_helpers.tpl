@@ -14,7 +14,7 @@
 {{- end -}}
 {{- end -}}
 
-{{/* "<fullname>-<component>", component in gateway|triton */}}
+{{/* "<fullname>-<component>", component in gateway|triton|triton-shadow */}}
 {{- define "adaudit.componentName" -}}
 {{- printf "%s-%s" (include "adaudit.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -67,7 +67,8 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* Models Triton loads: triton.models, or the gateway's primary, canary and active shadow models. */}}
+{{/* Models Triton loads: triton.models, or the gateway's primary, canary and active shadow models (the
+shadow's only while it has no Triton of its own: adaudit.shadowTriton). */}}
 {{- define "adaudit.tritonModels" -}}
 {{- $settings := .Values.gateway.settings -}}
 {{- $models := .Values.triton.models -}}
@@ -76,11 +77,27 @@ true
 {{- if and $settings.canary_model (gt (float64 $settings.canary_fraction) 0.0) -}}
 {{- $models = append $models $settings.canary_model -}}
 {{- end -}}
-{{- if and $settings.shadow_model (gt (float64 $settings.shadow_fraction) 0.0) -}}
+{{- if and $settings.shadow_model (gt (float64 $settings.shadow_fraction) 0.0) (not (include "adaudit.shadowTriton" .)) -}}
 {{- $models = append $models $settings.shadow_model -}}
 {{- end -}}
 {{- end -}}
 {{- uniq $models | join "," -}}
+{{- end -}}
+
+{{/* "true" when the shadow model gets its own Triton (<fullname>-triton-shadow: Deployment and Service), else
+empty: the chart runs Triton, shadowTriton.enabled, the shadow is on (shadow_model, shadow_fraction > 0) and
+gateway.settings.shadow_triton_url does not name another one. */}}
+{{- define "adaudit.shadowTriton" -}}
+{{- $settings := .Values.gateway.settings -}}
+{{- if and .Values.triton.enabled .Values.shadowTriton.enabled $settings.shadow_model (gt (float64 $settings.shadow_fraction) 0.0) (not $settings.shadow_triton_url) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The shadow Triton's host:port for the gateway (ADAUDIT_SHADOW_TRITON_URL): its Service, the port of triton.protocol. */}}
+{{- define "adaudit.shadowTritonUrl" -}}
+{{- $port := ternary .Values.triton.ports.grpc .Values.triton.ports.http (eq .Values.triton.protocol "grpc") -}}
+{{- printf "%s:%v" (include "adaudit.componentName" (dict "root" . "component" "triton-shadow")) $port -}}
 {{- end -}}
 
 {{/* Container security context (restricted Pod Security Standard). */}}
