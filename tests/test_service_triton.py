@@ -257,6 +257,18 @@ def test_a_pruned_vocabulary_student_takes_its_own_tokenizer_from_the_repository
                                                                 abs=1e-4)
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is stopped: SIGSTOP stops a process's threads one by one, so a
+    request sent the moment kill() returns may still be answered by a thread not yet stopped."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model_dir, tmp_path, triton, protocol):
     """Triton alive and connected but answering nothing (SIGSTOP): a 503 after request_timeout_s, no hang."""
@@ -264,6 +276,7 @@ def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model
         warm_up(client)
         os.kill(triton.process.pid, signal.SIGSTOP)
         try:
+            wait_for(lambda: stopped(triton.process.pid) or None, 10, "every thread of tritonserver to stop")
             hung = client.post("/v1/audits", json=ADS[1])
             ready = client.get("/readyz")
         finally:
