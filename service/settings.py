@@ -105,17 +105,11 @@ class GatewaySettings(BaseSettings):
         parse_api_keys(value)  # refuses a malformed entry, naming it by position (never echoing a secret)
         return value
 
-    @field_validator("triton_url")
+    @field_validator("triton_url", "shadow_triton_url", "canary_triton_url")
     @classmethod
-    def _triton_addresses(cls, value: str) -> str:
-        parse_targets(value)  # host:port, or several comma-separated: refuses the entry that is not
-        return value
-
-    @field_validator("shadow_triton_url", "canary_triton_url")
-    @classmethod
-    def _target_addresses(cls, value: str | None) -> str | None:
+    def _triton_addresses(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_targets(value)  # as triton_url: host:port, or several comma-separated
+            parse_targets(value)  # host:port, or several comma-separated: refuses the entry that is not
         return value
 
     @model_validator(mode="after")
@@ -127,10 +121,6 @@ class GatewaySettings(BaseSettings):
             raise ValueError("canary_fraction > 0 needs canary_model (ADAUDIT_CANARY_MODEL)")
         if self.shadow_fraction > 0 and not self.shadow_model:
             raise ValueError("shadow_fraction > 0 needs shadow_model (ADAUDIT_SHADOW_MODEL)")
-        for name in ("triton_url", "shadow_triton_url", "canary_triton_url"):
-            url = getattr(self, name)
-            if url is not None and ":" not in url:
-                raise ValueError(f"{name} {url!r} must be host:port (Triton's {self.triton_protocol} port)")
         return self
 
     def migrates_on_start(self) -> bool:

@@ -72,8 +72,10 @@ class GrpcTransport(TritonTransport):
         return self._client
 
     async def _retire(self, client) -> None:
-        await asyncio.sleep(self.timeout_s + 1)
-        await client.close()
+        try:
+            await asyncio.sleep(self.timeout_s + 1)
+        finally:  # also when the transport closes first: the old channel never outlives it
+            await client.close()
 
     async def _call(self, method: str, *args, **kwargs):
         from tritonclient.utils import InferenceServerException
@@ -119,6 +121,7 @@ class GrpcTransport(TritonTransport):
         await self.resolver.close()
         for task in list(self._retiring):
             task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
             self._client = None
