@@ -17,7 +17,7 @@ import torch
 
 from adaudit.core.files import atomic_folder
 from adaudit.data.dataset import data_checksum
-from adaudit.data.encoding import EncodedSplit, encode_split
+from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.evaluation import predict_logits
@@ -27,7 +27,7 @@ from .augmentation import Views, make_views
 from .distillation import TeacherCache, cache_teacher
 from .recipe import Recipe, RecipeError, default_recipe, load_recipe
 from .search import LatencyModel, plot_search, policy_recipe, search_policy
-from .stages import Context, build_stages, run_stages, stage_entry, validation_split
+from .stages import Context, build_stages, run_stages, stage_entry
 
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.json"
@@ -109,7 +109,7 @@ def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, reci
 
     cache = cache_teacher(teacher, train)
     predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
-    choices = validation_split(data_dir, teacher, processor)
+    choices = encode_validation(data_dir, processor, teacher.config.tasks)
     entry = stage_entry("teacher", teacher, test, predictions, choices=choices)
     log(f"teacher: {entry['params'] / 1e6:.2f}M params, {entry['latency_ms_p50']:.2f} ms, "
         f"verdict accuracy {entry['accuracy']:.4f}")

@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from adaudit.data.encoding import EncodedSplit, encode_split, tokenised_for
+from adaudit.data.encoding import EncodedSplit, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.training.evaluation import evaluate
 from adaudit.training.measure import profile
@@ -57,12 +57,6 @@ def stage_entry(name: str, model: AuditModel, test: EncodedSplit, teacher_predic
     return entry
 
 
-def validation_split(data_dir: Path, model: AuditModel, processor) -> EncodedSplit | None:
-    """The data set's validation split as `model` tokenises it; None when the data set has none."""
-    if not (Path(data_dir) / "validation.jsonl").is_file():
-        return None
-    return encode_split(data_dir, "validation", processor, model.config.tasks)
-
 
 class Context:
     """What every stage needs: the distillation and calibration samples, the teacher's cached outputs,
@@ -72,7 +66,9 @@ class Context:
                  teacher_predictions: dict[str, torch.Tensor], views: Views | None = None, log=print,
                  choices: EncodedSplit | None = None):
         self.recipe, self.data_dir, self.log = recipe, data_dir, log
-        self.choices = choices  # the data set's validation split (as the teacher tokenises it), if it has one
+        # the data set's validation split, if it has one, as the current model tokenises it (the teacher, then
+        # the student from the vocabulary stage on)
+        self.choices = choices
         self.teacher_cache, self.views, self.teacher_predictions = cache, views, teacher_predictions
         self.steps = 0
         self.use_splits(ads, test)
@@ -97,8 +93,7 @@ class Context:
         self.calibration_cache = cache.subset(calibration)
 
     def entry(self, name: str, model: AuditModel, extra: dict | None = None) -> dict:
-        choices = None if self.choices is None else tokenised_for(model, self.choices, self.data_dir, "validation")
-        return stage_entry(name, model, self.test, self.teacher_predictions, extra, choices)
+        return stage_entry(name, model, self.test, self.teacher_predictions, extra, self.choices)
 
     def distillation_loss(self, model: AuditModel) -> float:
         return mean_distillation_loss(model, self.train, self.cache, self.recipe.distillation)
@@ -143,6 +138,8 @@ class PruneVocabulary:
         model, ads, test, summary = prune_data_vocabulary(model, context.data_dir, context.ads, context.test,
                                                           self.settings, context.log)
         context.use_splits(ads, test)
+        if context.choices is not None:  # the one stage that changes the tokenizer: the validation split follows
+            context.choices = tokenised_for(model, context.choices, context.data_dir, "validation")
         return model, context.entry(self.name, model, {"seconds": time.perf_counter() - started, **summary})
 
 
@@ -244,10 +241,10 @@ class ShrinkWidths(DistillingStage):
 
 def pruned_masks(masks: UnitMasks, kept_heads, kept_neurons, kept_cross):
     """(mask, indices kept) for every block whose width the stage shrinks."""
-    for tower, per_block in kept_heads.items():
-        yield from zip(masks.heads[tower], per_block)
-    for tower, per_block in kept_neurons.items():
-        yield from zip(masks.neurons[tower], per_block)
+    for tower, kept_per_block in kept_heads.items():
+        yield from zip(masks.heads[tower], kept_per_block)
+    for tower, kept_per_block in kept_neurons.items():
+        yield from zip(masks.neurons[tower], kept_per_block)
     for mask, kept in zip(masks.cross_heads, kept_cross or []):
         if mask is not None:
             yield mask, kept

@@ -66,6 +66,13 @@ def encode_split(data_dir: Path, split: str, processor: AuditProcessor, tasks: d
     return encode_records(records[:limit] if limit else records, processor, tasks)
 
 
+def encode_validation(data_dir: Path, processor: AuditProcessor, tasks: dict[str, list[str]]) -> EncodedSplit | None:
+    """The data set's validation split (what choices are made on), or None for a data set without one."""
+    if not (Path(data_dir) / "validation.jsonl").is_file():
+        return None
+    return encode_split(data_dir, "validation", processor, tasks)
+
+
 def tokenised_for(model, split: EncodedSplit, data_dir: Path, name: str) -> EncodedSplit:
     """`split` (encoded for the teacher) with its copy tokenised by `model`'s own tokenizer: a student
     whose vocabulary was pruned takes other token ids. Unchanged for a model with the generated vocabulary."""

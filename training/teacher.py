@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from adaudit.data.dataset import data_checksum
-from adaudit.data.encoding import EncodedSplit, encode_split
+from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.data.recombination import recombined_pairs
 from adaudit.training.evaluation import evaluate
 from adaudit.core.files import atomic_write_text
@@ -46,9 +46,9 @@ def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) ->
 
 def validation_metrics(model: AuditModel, data_dir: Path, processor: AuditProcessor, modality: str) -> dict:
     """{"validation": scores} on the data set's validation split (what choices are made on), or {} without one."""
-    if not (Path(data_dir) / "validation.jsonl").is_file():
+    split = encode_validation(data_dir, processor, model.config.tasks)
+    if split is None:
         return {}
-    split = encode_split(data_dir, "validation", processor, model.config.tasks)
     return {"validation": evaluate(model, blank_modality(split, modality, processor))}
 
 
