@@ -30,17 +30,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (all held at once while chosen, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind((HOST, 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def random_png_base64(seed: int, height: int, width: int) -> str:
     """A seeded noise picture as a base64 PNG: an ad's `image_base64`."""
     import base64

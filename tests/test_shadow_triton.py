@@ -27,7 +27,8 @@ from adaudit.service.app import create_app
 from adaudit.service.settings import GatewaySettings
 from adaudit.training.presets import preset_config
 from conftest import wait_for
-from loopback import free_ports, random_png_base64
+from benchmarks.serving import free_ports
+from loopback import random_png_base64
 
 try:
     pytriton_folder()
