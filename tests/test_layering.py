@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "adaudit.core": set(),
     "adaudit.models": {"adaudit.core"},
+    "adaudit.decisions": {"adaudit.core", "adaudit.models"},  # scores + policy -> pass / review / block
     "adaudit.data": {"adaudit.core", "adaudit.models"},
-    "adaudit.training": {"adaudit.core", "adaudit.models", "adaudit.data"},
-    "adaudit.compression": {"adaudit.core", "adaudit.models", "adaudit.data", "adaudit.training"},
+    "adaudit.training": {"adaudit.core", "adaudit.models", "adaudit.data", "adaudit.decisions"},
+    "adaudit.compression": {"adaudit.core", "adaudit.models", "adaudit.data", "adaudit.training",
+                            "adaudit.decisions"},
     "adaudit.export": {"adaudit.core", "adaudit.models"},
-    "adaudit.service": {"adaudit.core", "adaudit.models"},
+    "adaudit.service": {"adaudit.core", "adaudit.models", "adaudit.decisions"},
 }
 
 
