@@ -21,6 +21,13 @@ Phases, one after another, on one gateway unless said otherwise:
                503s within the request timeout, /readyz, recovery time after Triton is ready
   sigterm      0.5 X; SIGTERM to the gateway mid-load: requests in flight must finish
 
+With --replicas, one phase instead, the production topology on one machine: two gateways writing one
+decision log on a throwaway PostgreSQL cluster (benchmarks/postgres.py, schema by `adaudit db upgrade`'s
+code), each spreading its Triton calls over two tritonservers (`triton_url` names both); two locust
+processes load the two gateways at once, one tritonserver is SIGKILLed and restarted mid-phase, and
+afterwards feedback for ads one gateway answered is sent through the other. Results:
+OUT/reliability-replicas.{json,md}.
+
 Gateway memory (VmRSS) is sampled every second. At the end every accepted request id is looked
 up in the decision log: lost = accepted without a row, extra = rows whose answer the client
 never got, doubled = a request id answered twice. The machine has two cores: locust, the gateway
@@ -206,12 +213,17 @@ def sigterm(gateway: GatewayProcess, workdir: Path, rate: float, seconds: float,
                                           if r[0] >= signalled))}, records
 
 
-def decision_log_check(database: Path, records: list[list]) -> dict:
-    import sqlite3
+def decision_log_check(database: Path | str, records: list[list]) -> dict:
+    """Every accepted request id against the decision log (a SQLite file, or any SQLAlchemy URL)."""
+    from sqlalchemy import create_engine, text
 
-    with sqlite3.connect(database) as connection:
-        rows = [row[0] for row in connection.execute("SELECT request_id FROM decisions")]
-        callers = dict(connection.execute("SELECT caller, count(*) FROM decisions GROUP BY caller").fetchall())
+    engine = create_engine(database if isinstance(database, str) else f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            rows = [row[0] for row in connection.execute(text("SELECT request_id FROM decisions"))]
+            callers = dict(connection.execute(text("SELECT caller, count(*) FROM decisions GROUP BY caller")).all())
+    finally:
+        engine.dispose()
     accepted = [r[3] for r in records if r[2] == 200]
     logged, answered = set(rows), set(accepted)
     return {"accepted": len(accepted), "rows": len(rows), "lost": len(answered - logged),
@@ -321,6 +333,29 @@ def run(args) -> dict:
             **result, "goals": GOALS, "achieved": achieved(result)}
 
 
+def run_replicas_phase(args) -> dict:
+    """`--replicas`: benchmarks/replicas.py's phase, with this benchmark's provenance and goals."""
+    from benchmarks.replicas import run_replicas
+
+    started, started_utc = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    result = run_replicas(args, KEY)
+    log_, cross = result["decision_log"], result["cross_gateway"]
+    return {"command": args.command, "started_utc": started_utc, "wall_seconds": round(time.monotonic() - started),
+            "machine": machine(), "load_average_at_start": load_at_start,
+            "settings": {"max_in_flight": args.max_in_flight, "request_timeout_s": args.request_timeout,
+                         "users": args.users, "phase_seconds": args.seconds, "offered_per_s": args.replicas_rate,
+                         "triton_threads_per_model": 1, "gateways": 2, "tritonservers": 2,
+                         "decision_log": "PostgreSQL"},
+            "student": str(args.student), "replicas": result,
+            "goals": {"lost_or_doubled": 0, "feedback_across_gateways": "all"},
+            "achieved": {"lost": log_["lost"], "doubled": log_["doubled"],
+                         "lost_or_doubled_met": log_["lost"] == 0 and log_["doubled"] == 0,
+                         "cross_gateway_met": cross["feedback_sent"] > 0 and cross["feedback_sent"]
+                         == cross["feedback_accepted"] == cross["read_back_with_feedback"]
+                         == cross["reviewed_counted_by_the_other_gateway"]}}
+
+
 def achieved(result: dict) -> dict:
     logs = result["decision_log"].values()
     lost = sum(entry["lost"] for entry in logs)
@@ -407,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--student", type=Path, required=True)
-    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--teacher", type=Path, help="the shadow model (not needed with --replicas)")
     parser.add_argument("--data", type=Path, required=True, help="data folder with test.jsonl and its images")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--ads", type=int, default=128, help="distinct ads to cycle through")
@@ -421,14 +456,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kill-seconds", type=float, default=45)
     parser.add_argument("--kill-after", type=float, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, records)")
+    parser.add_argument("--replicas", action="store_true", help="only the replicas phase: 2 gateways, 2 "
+                        "tritonservers, one PostgreSQL log (benchmarks/replicas.py); --seconds is its length")
+    parser.add_argument("--replicas-rate", type=float, default=60.0, help="ads/s offered over both gateways")
     args = parser.parse_args(argv)
+    if not args.replicas and args.teacher is None:
+        parser.error("--teacher is required (except with --replicas)")
     args.command = shlex.join(["python", "-m", "benchmarks.reliability", *(sys.argv[1:] if argv is None else argv)])
     try:
-        summary = run(args)
+        summary = run_replicas_phase(args) if args.replicas else run(args)
     except (RuntimeError, TritonError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replicas:
+        from benchmarks.replicas import markdown as replicas_markdown
+
+        atomic_write_text(args.out / "reliability-replicas.json", json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(args.out / "reliability-replicas.md", replicas_markdown(summary))
+        log(f"achieved: {summary['achieved']}; wrote {args.out / 'reliability-replicas.json'} and .md")
+        return
     atomic_write_text(args.out / "reliability.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(args.out / "reliability.md", markdown(summary))
     log(f"achieved: {summary['achieved']}; wrote {args.out / 'reliability.json'} and reliability.md")

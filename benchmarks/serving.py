@@ -39,7 +39,9 @@ beside it.
 Triton adds a batch's compute time to nv_inference_compute_infer_duration_us once per request in
 the batch, so for batched points the compute per execution comes from Triton's statistics API
 (/v2/models/<m>/stats, batch_stats), which counts each execution once and also gives the
-executions per batch size. CPU seconds of the load generator, the gateway and Triton (server and
+executions per batch size. The gateway's own counters for the same window (backend calls and the ads in
+them, adaudit_backend_batch_ads) are held against Triton's requests and inferences (goal: within 10%;
+the last column of the points table), with the mean time of a call as each side sees it. CPU seconds of the load generator, the gateway and Triton (server and
 model stubs) are read from /proc for every point. Results: OUT/serving-ENGINE.{json,md} (`--engine`:
 onnxruntime, the default, or torch; OUT/serving-ENGINE-protocols.* with --compare-protocols), so runs
 of both engines sit side by side.
@@ -196,7 +198,7 @@ class TritonMetrics:
         sizes = {size: value for size, value in sorted(sizes.items()) if value[0] > 0}
         batch_executions = sum(count for count, _ in sizes.values())
         return {
-            "requests": int(d["success"]), "executions": int(d["executions"]),
+            "requests": int(d["success"]), "executions": int(d["executions"]), "inferences": int(d["inferences"]),
             "average_batch": round(d["inferences"] / executions, 2),
             # per request: Triton adds a batch's durations once per request in it
             "queue_ms_per_request": round(d["queue_us"] / requests / 1000, 3),
@@ -393,6 +395,42 @@ async def load(client: Client, bodies: list[bytes], concurrency: int, requests: 
     }
 
 
+# --- the gateway's view against Triton's own ---------------------------------------------------
+GATEWAY_COUNTERS = {"calls": "adaudit_backend_batch_ads_count", "ads": "adaudit_backend_batch_ads_sum",
+                    "inference_s": "adaudit_inference_duration_seconds_sum",
+                    "inferences": "adaudit_inference_duration_seconds_count"}
+AGREEMENT_GOAL = 0.10  # the gateway's figures within 10% of Triton's statistics
+
+
+def gateway_snapshot(gateway: "GatewayProcess", model: str) -> dict[str, float]:
+    samples = gateway.metrics()
+    return {key: metric(samples, name, model=model) for key, name in GATEWAY_COUNTERS.items()}
+
+
+def agreement(gateway_before: dict, gateway_after: dict, triton_window: dict) -> dict:
+    """The gateway's backend calls and ads over one point against Triton's requests and inferences (its
+    counters): the gateway counts what it sent, Triton what it ran, so the two must agree. Beside them, the
+    mean time the gateway waited for its answers against Triton's mean request time: the gateway's includes
+    the wire, (de)serialisation and, under load, its own batching wait, so it is reported, not held to 10%."""
+    calls = gateway_after["calls"] - gateway_before["calls"]
+    ads = gateway_after["ads"] - gateway_before["ads"]
+    pairs = {"calls": (calls, triton_window["requests"]), "ads": (ads, triton_window["inferences"])}
+    differences = [abs(ours - theirs) / theirs if theirs else float(ours != theirs) for ours, theirs in pairs.values()]
+    return {"gateway_calls": int(calls), "triton_requests": int(triton_window["requests"]),
+            "gateway_ads": int(ads), "triton_inferences": int(triton_window["inferences"]),
+            "largest_difference": round(max(differences), 4), "within_goal": max(differences) <= AGREEMENT_GOAL,
+            "gateway_inference_mean_ms": round((gateway_after["inference_s"] - gateway_before["inference_s"]) * 1000
+                                               / max(gateway_after["inferences"] - gateway_before["inferences"], 1), 3),
+            "triton_request_mean_ms": triton_window["request_ms_per_request"]}
+
+
+def agreement_cell(seen: dict | None) -> str:
+    if not seen:
+        return "-"
+    return (f"{seen['gateway_calls']}/{seen['triton_requests']}, {seen['gateway_ads']}/{seen['triton_inferences']}, "
+            f"{fmt(seen['gateway_inference_mean_ms'])}/{fmt(seen['triton_request_mean_ms'])}")
+
+
 def measure(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, model: str, bodies: list[bytes],
             concurrency: int, requests: int, max_seconds: float, label: str, also: str | None = None) -> dict:
     """One point; `also`: another model whose Triton counters are read over the same window (the shadow)."""
@@ -401,9 +439,11 @@ def measure(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mod
             # open the connections first (not measured), so no point pays for TCP handshakes
             await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)))
             other = triton.snapshot(also) if also else None
+            seen_before = gateway_snapshot(gateway, model)
             before, cpu_before = triton.snapshot(model), clock.read()
             result = await load(client, bodies, concurrency, requests, max_seconds)
             cpu_after, after = clock.read(), triton.snapshot(model)
+            result["gateway_seen"] = (seen_before, gateway_snapshot(gateway, model))
             if also:
                 result[f"triton_{also}"] = TritonMetrics.window(other, triton.snapshot(also))
         return result, before, after, cpu_before, cpu_after
@@ -411,6 +451,7 @@ def measure(gateway: GatewayProcess, triton: TritonMetrics, clock: CpuClock, mod
     result, before, after, cpu_before, cpu_after = asyncio.run(go())
     result["cpu"] = CpuClock.used(cpu_before, cpu_after, result["wall_s"])
     result["triton"] = TritonMetrics.window(before, after)
+    result["agreement"] = agreement(*result.pop("gateway_seen"), result["triton"])
     errors = f", {result['errors']} ERRORS {result['first_errors']}" if result["errors"] else ""
     log(f"  {label:<20} c={concurrency:<3} n={result['requests']:<4} p50 {result['p50_ms'] or 0:8.2f} ms  "
         f"p99 {result['p99_ms'] or 0:8.2f} ms  {result['throughput_ads_per_s']:7.1f} ads/s  "
@@ -647,18 +688,23 @@ def markdown(summary: dict) -> str:
         f"{yes[m['student_batching_lift']]} |",
         f"| shadow 1.0 vs 0.0: primary p99 at concurrency 8 | < +{fmt(g['shadow_p99_increase_pct'], 'g')}% | "
         f"{fmt(a['shadow_p99_increase_pct'], '+.1f')}% | {yes[m['shadow_p99_increase_pct']]} |",
+        f"| the gateway's backend calls and ads per point vs Triton's requests and inferences | within "
+        f"{AGREEMENT_GOAL:.0%} | largest difference {a['gateway_triton_largest_difference']:.1%} over "
+        f"{len(summary['points'])} points | {yes[m['gateway_triton_agreement']]} |",
         f"| (beside it) the same at concurrency 1, the teacher busy with a full queue | | "
         f"{fmt(a.get('shadow_p99_increase_pct_c1'), '+.1f')}% | |", "",
         "| primary | shadow | concurrency | requests | p50 ms | p99 ms | ads/s | Triton avg batch | "
-        "Triton compute / execution ms | CPU cores: client / gateway / Triton / other processes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "Triton compute / execution ms | CPU cores: client / gateway / Triton / other processes | "
+        "gateway / Triton: calls, ads, mean call ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for point in summary["points"]:
         t, c = point["triton"], point["cpu"]
         lines.append(f"| {point['primary']} | {point['shadow_fraction']:g} | {point['concurrency']} | "
                      f"{point['requests']} | {fmt(point['p50_ms'])} | {fmt(point['p99_ms'])} | "
                      f"{fmt(point['throughput_ads_per_s'], '.1f')} | {fmt(t['average_batch'])} | "
                      f"{fmt(t['compute_infer_ms_per_execution'])} | {fmt(c['client_cores'])} / "
-                     f"{fmt(c['gateway_cores'])} / {fmt(c['triton_cores'])} / {fmt(c['other_cores'])} |")
+                     f"{fmt(c['gateway_cores'])} / {fmt(c['triton_cores'])} / {fmt(c['other_cores'])} | "
+                     f"{agreement_cell(point.get('agreement'))} |")
     o = summary["overhead"]
     lines += ["", f"Gateway overhead, student, batch 1, one request at a time ({o['requests']} requests; p50 of each). "
               "Each ad is sent twice, in alternating order: by a socket client that adds microseconds (the overhead "
@@ -851,13 +897,15 @@ def run(args: argparse.Namespace) -> dict:
             "shadow_p99_increase_pct": round(100 * (shadow_ratio - 1), 2) if shadow_ratio is not None else None,
             "shadow_p99_increase_pct_c1": round(100 * (ratio(shadow_on_c1["p99_ms"], shadow_off_c1["p99_ms"]) - 1), 2)
             if shadow_on_c1["p99_ms"] and shadow_off_c1["p99_ms"] else None,
+            "gateway_triton_largest_difference": max(p["agreement"]["largest_difference"] for p in points),
         }
         met = {"gateway_overhead_ms": achieved["gateway_overhead_ms"] is not None
                and achieved["gateway_overhead_ms"] < GOALS["gateway_overhead_ms"],
                "student_batching_lift": achieved["student_batching_lift"] is not None
                and achieved["student_batching_lift"] >= GOALS["student_batching_lift"],
                "shadow_p99_increase_pct": achieved["shadow_p99_increase_pct"] is not None
-               and achieved["shadow_p99_increase_pct"] < GOALS["shadow_p99_increase_pct"]}
+               and achieved["shadow_p99_increase_pct"] < GOALS["shadow_p99_increase_pct"],
+               "gateway_triton_agreement": achieved["gateway_triton_largest_difference"] <= AGREEMENT_GOAL}
         return {
             "command": args.command, "started_utc": started_utc, "wall_seconds": round(time.monotonic() - started, 1),
             "machine": {**machine(), "load_average_at_start": load_at_start,

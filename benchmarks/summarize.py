@@ -61,6 +61,8 @@ def provenance(run: Path, report: dict, teacher: dict) -> dict:
                   else None, "teacher": teacher.get("seed"), "compression": report.get("seed")},
         "data_checksum": report.get("data_checksum"),
         "validation_split": "validation" in report["student"],  # figures to choose on, apart from the test split
+        # how the recipe was chosen (benchmarks/recipe_choice.py): the candidates' validation figures and the rule
+        "recipe_choice": json.loads((run / "choice.json").read_text()) if (run / "choice.json").exists() else None,
     }
 
 
@@ -93,6 +95,13 @@ def main(run: Path, results: Path) -> None:
               f"points; compression took {achieved['wall_minutes']:.1f} min on {report['distillation_samples']} "
               f"distillation ads. Teacher training: {teacher['wall_seconds'] / 60:.1f} min.",
               "", f"Machine: {report['machine']}"]
+    choice = summary["provenance"]["recipe_choice"]
+    if choice:
+        lines += ["", f"Recipe chosen on the validation split: **{choice['chosen']}** ({choice['rule']}). Candidates "
+                  "(validation verdict accuracy / violation macro-F1): " + "; ".join(
+                      f"{name} {100 * c['validation']['accuracy']:.2f}% / {100 * c['validation']['violation_macro_f1']:.2f}%"
+                      f" (replaces {json.dumps(c['replaces']) if c['replaces'] else 'nothing'})"
+                      for name, c in choice["candidates"].items())]
     lines += ["", f"Best verdict accuracy a single-modality model could reach on this test split: text only "
               f"{100 * ceilings['text_only_ceiling']:.2f}%, image only {100 * ceilings['image_only_ceiling']:.2f}% "
               f"(image-text mismatches need both; picture-only gambling needs the image)."]

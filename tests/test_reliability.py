@@ -10,27 +10,21 @@ benchmarks/reliability.py.
 
 from __future__ import annotations
 
-import getpass
-import glob
 import json
-import os
-import pwd
-import shutil
 import sqlite3
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from loopback import GatewayProcess, ServerThread, finish_request, free_port, held_request
+from loopback import GatewayProcess, ServerThread, finish_request, held_request
 from sqlalchemy import create_engine, text
 from test_service import COPY, audit_json, b64, biased_model, metric, model_dir, png, settings, wait_for  # noqa: F401
 
 from adaudit.training.presets import preset_config
+from benchmarks.postgres import PostgresCluster, PostgresUnavailable
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
@@ -130,60 +124,12 @@ def test_a_locked_sqlite_log_fails_the_request_and_recovers(model_dir, tmp_path)
     assert set(decisions(values.database_url)) == {first.json()["request_id"], second.json()["request_id"]}
 
 
-def postgres_binaries() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    path = found[-1] if found else shutil.which("initdb")
-    return Path(path).parent if path else None
-
-
-class PostgresCluster:
-    """A throwaway PostgreSQL cluster in a temporary folder, on a loopback port, run as a non-root user."""
-
-    def __init__(self):
-        self.bin = postgres_binaries()
-        if self.bin is None:
-            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-        self.user = "postgres" if os.geteuid() == 0 else getpass.getuser()
-        if os.geteuid() == 0:
-            try:
-                self.account = pwd.getpwnam(self.user)
-            except KeyError:
-                pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-        self.folder = Path(tempfile.mkdtemp(prefix="adaudit-postgres-"))
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://adaudit@127.0.0.1:{self.port}/postgres"
-
-    def run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
-        result = subprocess.run(prefix + [str(self.bin / command[0]), *command[1:]], capture_output=True, text=True,
-                                timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)}: {result.stdout[-1500:]}{result.stderr[-1500:]}")
-
-    def create(self) -> "PostgresCluster":
-        if os.geteuid() == 0:
-            os.chown(self.folder, self.account.pw_uid, self.account.pw_gid)
-        self.run("initdb", "-D", str(self.folder / "data"), "-U", "adaudit", "-A", "trust", "--no-sync", "-E", "UTF8")
-        return self
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.run("pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self.run("pg_ctl", "-D", str(self.folder / "data"), "-m", mode, "-w", "stop")
-
-    def remove(self) -> None:
-        try:
-            self.stop("immediate")
-        except RuntimeError:
-            pass
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 @pytest.fixture
 def postgres():
-    cluster = PostgresCluster()
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
     try:
         cluster.create()
         cluster.start()
