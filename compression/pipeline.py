@@ -2,7 +2,9 @@
 
 Every stage (stages.py) cuts the model (physically: `structure.cut`) and distils it from the cached
 teacher outputs on at most 2,000 training ads. After each stage the model is profiled and
-evaluated on the test split, so `report.json` shows what every stage cost and bought.
+evaluated on the test split, so `report.json` shows what every stage cost and bought. The final
+student's temperatures are fitted on the validation split (training/calibration.py); report.json's
+"calibration" holds them and the calibration error before and after, beside `reliability.png`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
+from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
+                                         summary as calibration_summary)
 from adaudit.training.evaluation import predict_logits
 from adaudit.training.measure import machine, paired_latency
 
@@ -68,14 +72,33 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     context = Context(recipe, data_dir, reference.train, reference.cache, reference.test, reference.predictions,
                       views, log, reference.choices)
     student, entries = run_stages(build_stages(recipe), copy.deepcopy(teacher), context)  # starts as the teacher
+    calibration, calibration_entry = calibrate_student(student, context)
     report = assemble_report(reference, student, entries, context, views, searched, started)
+    report.update(calibration_entry)
     with atomic_folder(out) as staging:
         student.save_pretrained(staging)  # nested atomic write into the staging folder
         (staging / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2) + "\n")
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         if searched:
             plot_search(searched, staging)
+        if calibration is not None:
+            plot_reliability(calibration, staging, "student: temperature scaling")
     return report
+
+
+def calibrate_student(student: AuditModel, context: Context) -> tuple[Calibration | None, dict]:
+    """The final student's temperatures, fitted on the data set's validation split (as the student tokenises
+    it) and stored in its config, and report.json's "calibration" entry. Without a validation split the
+    student is served at 1.0: the temperatures it inherited from the teacher fitted the teacher's logits."""
+    if context.choices is None:
+        student.config.temperatures = {}
+        context.log(f"calibration skipped: {NO_VALIDATION}")
+        return None, skipped(NO_VALIDATION)
+    calibration = fit_calibration(student, context.choices, context.test)
+    calibration.apply(student)
+    context.log(f"calibration (fitted on {len(context.choices)} validation ads): "
+                f"{calibration_summary(calibration.record)}")
+    return calibration, {"calibration": calibration.record}
 
 
 def load_teacher_and_recipe(teacher_dir: Path, recipe_path: Path | str | None, target_speedup: float | None,
@@ -93,8 +116,7 @@ def load_teacher_and_recipe(teacher_dir: Path, recipe_path: Path | str | None, t
     teacher = AuditModel.from_pretrained(teacher_dir)
     if chosen:  # only once the teacher has loaded: a bad folder's error stays the one line printed
         log(f"recipe: {recipe_path} (packaged, for this teacher's preset)")
-    recipe.check_against(teacher.config)
-    return recipe, teacher
+    return recipe.resolve(teacher.config), teacher  # targets relative to the teacher made absolute, checked
 
 
 def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, recipe: Recipe, log) -> Reference:

@@ -44,7 +44,7 @@ from torch import nn
 
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import SERVED_INPUTS, AuditProcessor
-from adaudit.models.serving import served_logits
+from adaudit.models.serving import calibrated, served_logits
 
 GPU_OPSET = 17
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -68,7 +68,8 @@ class _ServedGraph(nn.Module):
     def forward(self, image_bytes, input_ids, attention_mask):
         pixel_values = AuditProcessor.normalise(image_bytes)  # the one normalisation, traced into the graph
         output = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-        return tuple(output.logits[task] for task in self.tasks)
+        logits = calibrated(output.logits, self.model.config.temperatures)  # Triton serves the graph as it is
+        return tuple(logits[task] for task in self.tasks)
 
 
 def served_example(config, batch: int, length: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:

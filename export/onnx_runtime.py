@@ -34,6 +34,7 @@ dependencies).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ BATCH_ONE_SUFFIX = ".batch1.onnx"
 # The batch-1 graph pays where the fixed cost per operator dominates: small models. It holds its own copy of
 # the weights, so a larger model (a teacher) gets none and runs one ad on the any-batch graph.
 BATCH_ONE_MAX_PARAMETERS = 20_000_000
+TEMPERATURES_KEY = "adaudit.temperatures"  # graph metadata: the config's served temperatures, as JSON
 
 
 class _Logits(nn.Module):
@@ -108,6 +110,10 @@ def _graph(model: AuditModel, inputs: dict[str, torch.Tensor], batch_dynamic: bo
         fused = optimize_model(graph, model_type="bert")  # LayerNorm, GELU and bias fusions
     finally:
         quiet.setLevel(level)
+    # the graph computes raw logits, like the model's forward; the served temperatures travel with it, read
+    # back by OnnxRuntimeAuditModel for models/serving.served_logits to divide by
+    entry = fused.model.metadata_props.add()
+    entry.key, entry.value = TEMPERATURES_KEY, json.dumps(model.config.temperatures)
     return fused.model.SerializeToString()
 
 
@@ -174,6 +180,8 @@ class OnnxRuntimeAuditModel(nn.Module):
         self.single = session(single) if batch_one and single.is_file() else None
         self.session = session(path, spinning=self.single is None)  # with a batch-1 graph: larger batches only
         self.names = [output.name for output in self.session.get_outputs()]
+        # what served_logits divides by (a graph exported before calibration carries none: every task at 1.0)
+        self.temperatures = json.loads(self.session.get_modelmeta().custom_metadata_map.get(TEMPERATURES_KEY, "{}"))
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AuditOutput:
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values.numpy(), dtype=np.float32),

@@ -314,7 +314,7 @@ def export_model(model_folder: Path, repository: Path, name: str, version: int,
     with atomic_folder(version_folder) as staging:
         shutil.copy2(TRITON_MODEL_FILE, staging / "model.py")
         shutil.copytree(model_folder, staging / "model",
-                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
+                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json", "*.png"))
         if settings.engine == "onnxruntime" and settings.instance_kind == "KIND_CPU":
             from adaudit.export.onnx_runtime import example_inputs, export_onnx
 
@@ -341,7 +341,7 @@ def _export_gpu_version(model_folder: Path, model: AuditModel, model_root: Path,
     with atomic_folder(version_folder) as staging:
         (staging / ONNX_FILE).write_bytes(data)
         shutil.copytree(model_folder, staging / "model",
-                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json"))
+                        ignore=shutil.ignore_patterns("report.json", "recipe.json", "metrics.json", "*.png"))
         record = {"target": settings.target, "opset": GPU_OPSET, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__, "execution_provider": "CPUExecutionProvider", **checked}
         (staging / GRAPH_CHECK_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -9,6 +9,7 @@ lets a pruned student reload from its folder alone.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class AuditModelConfig:
     # the teacher preset this model (or the teacher it was compressed from) was built from
     # (training/presets.py); None for a config written before presets were recorded
     preset: str | None = None
+    # task -> the temperature its logits are divided by where they are served (models/serving.py), fitted on
+    # held-out ads (training/calibration.py) so that softmax scores are calibrated probabilities; a task not
+    # listed (every task of a config written before calibration) is served at 1.0, its logits unchanged
+    temperatures: dict[str, float] = field(default_factory=dict)
     model_type: str = "adaudit-blip2"
 
     def tower(self, name: str) -> TowerConfig:
@@ -83,6 +88,12 @@ class AuditModelConfig:
             raise ConfigError("qformer: at least one block must attend to the image")
         if self.industry_agreement and "industry" not in self.tasks:
             raise ConfigError("industry_agreement needs the industry task")
+        for task, temperature in self.temperatures.items():
+            if task not in self.tasks:
+                raise ConfigError(f"temperature for unknown task {task!r} (tasks: {', '.join(self.tasks)})")
+            number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            if not number or not math.isfinite(temperature) or temperature <= 0:
+                raise ConfigError(f"{task}: a temperature must be a finite number above 0, not {temperature!r}")
         return self
 
     # --- JSON -------------------------------------------------------------------------

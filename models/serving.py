@@ -5,6 +5,11 @@ padded to the model's text length) goes through `model_inputs`: the picture is n
 the model runs (on its device, in its dtype) and the copy is trimmed to the longest one in the
 batch. Keeping this in one function is what makes the embedded backend, Triton and evaluation
 answer with the same logits for the same ad.
+
+The served logits are calibrated: each task's logits are divided by the temperature fitted on
+held-out ads (the config's `temperatures`, training/calibration.py), so a softmax over them is a
+probability a threshold can be set on. Dividing by a positive number keeps every argmax. Training
+and distillation call the model itself and see its raw logits; only what is served is divided.
 """
 
 from __future__ import annotations
@@ -27,10 +32,28 @@ def model_inputs(image_bytes: torch.Tensor, input_ids: torch.Tensor, attention_m
             "attention_mask": attention_mask[:, :length]}
 
 
+def task_temperatures(model) -> dict[str, float]:
+    """The temperatures to serve `model` at: an `AuditModel`'s config, or an engine's own `temperatures`
+    (the ONNX Runtime model reads them from its graph); none (every task at 1.0) for anything else."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "temperatures"):
+        return dict(config.temperatures)
+    return dict(getattr(model, "temperatures", None) or {})
+
+
+def calibrated(logits: dict[str, torch.Tensor], temperatures: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Each task's logits divided by its temperature; a task at 1.0 passes through untouched, so a model
+    without temperatures serves (and exports) exactly the graph it did before calibration existed."""
+    return {task: value / temperatures[task] if temperatures.get(task, 1.0) != 1.0 else value
+            for task, value in logits.items()}
+
+
 @torch.inference_mode()
 def served_logits(model, image_bytes: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Each task's logits for a batch of prepared ads, as served (no gradients).
+    """Each task's calibrated logits for a batch of prepared ads, as served (no gradients).
 
-    `model` is an `AuditModel` or anything called the same way (the ONNX Runtime model)."""
-    return model(**model_inputs(image_bytes, input_ids, attention_mask, dtype)).logits
+    `model` is an `AuditModel` or anything called the same way that returns raw logits (the ONNX
+    Runtime model); the temperatures come from `task_temperatures(model)`."""
+    logits = model(**model_inputs(image_bytes, input_ids, attention_mask, dtype)).logits
+    return calibrated(logits, task_temperatures(model))

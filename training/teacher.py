@@ -3,7 +3,9 @@
 The teacher trains on the labels with cross-entropy, saves a checkpoint after every epoch
 to `OUT.checkpoint/` (resume with `resume=True`), and writes its folder atomically at the
 end, with `metrics.json` holding its scores on the held-out test split (the reported figures) and,
-when the data set has one, on its validation split (what choices are made on).
+when the data set has one, on its validation split (what choices are made on). On that validation
+split each task's temperature is fitted (training/calibration.py) and stored in the teacher's
+config; metrics.json records the calibration error before and after, beside `reliability.png`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.data.recombination import recombined_pairs
+from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
+                                         summary as calibration_summary)
 from adaudit.training.evaluation import evaluate
 from adaudit.core.files import atomic_write_text
 from adaudit.models.modeling import AuditModel
@@ -44,12 +48,32 @@ def blank_modality(split: EncodedSplit, keep: str, processor: AuditProcessor) ->
     return split
 
 
-def validation_metrics(model: AuditModel, data_dir: Path, processor: AuditProcessor, modality: str) -> dict:
-    """{"validation": scores} on the data set's validation split (what choices are made on), or {} without one."""
-    split = encode_validation(data_dir, processor, model.config.tasks)
-    if split is None:
-        return {}
-    return {"validation": evaluate(model, blank_modality(split, modality, processor))}
+def validation_split(data_dir: Path, processor: AuditProcessor, tasks: dict, modality: str) -> EncodedSplit | None:
+    """The data set's validation split (what choices are made on) as this teacher reads it, or None."""
+    split = encode_validation(data_dir, processor, tasks)
+    return None if split is None else blank_modality(split, modality, processor)
+
+
+def calibrate_teacher(model: AuditModel, validation: EncodedSplit | None, test: EncodedSplit,
+                      log) -> tuple[Calibration | None, dict]:
+    """Temperatures fitted on the validation split and stored in the model's config, and the "calibration"
+    entry of metrics.json; without a validation split none are fitted (the test split never chooses them)."""
+    if validation is None:
+        log(f"calibration skipped: {NO_VALIDATION}")
+        return None, skipped(NO_VALIDATION)
+    calibration = fit_calibration(model, validation, test)
+    calibration.apply(model)
+    log(f"calibration (fitted on {len(validation)} validation ads): {calibration_summary(calibration.record)}")
+    return calibration, {"calibration": calibration.record}
+
+
+def write_teacher(model: AuditModel, out: Path, metrics: dict, calibration: Calibration | None) -> None:
+    """The teacher folder, its reliability diagram (when calibrated) and metrics.json last, so a folder
+    with metrics.json is complete."""
+    model.save_pretrained(out)
+    if calibration is not None:
+        plot_reliability(calibration, out, f"teacher '{metrics['preset']}': temperature scaling")
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
 def new_teacher(preset_name: str) -> AuditModel:
@@ -114,15 +138,17 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
                  f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
+    validation = validation_split(data_dir, processor, config.tasks, modality)
+    calibration, calibration_entry = calibrate_teacher(model, validation, test, log)
     metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "seed": seed,
                "data_checksum": data_checksum(data_dir), "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
-               **validation_metrics(model, data_dir, processor, modality),
+               **({} if validation is None else {"validation": evaluate(model, validation)}),
+               **calibration_entry,
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
                "wall_seconds": time.perf_counter() - started}
-    model.save_pretrained(out)
-    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    write_teacher(model, out, metrics, calibration)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return metrics
 
