@@ -9,17 +9,27 @@ A recipe is a list of stages, run in order, each followed by distillation:
              before the hard cut; a list gives one width per block (a searched policy)
     hidden:  shrink a tower's hidden size in `steps` equal steps to `size`
 
+A target may also be relative to the teacher, so that one recipe fits teachers of any shape
+(the packaged default does): a fraction of the teacher's value, written `1/3`, `0.25` or `all`
+(a whole number is always absolute), and for blocks `spread N` (N of the teacher's blocks spread
+evenly over the tower, the last always among them, the first too when N >= 2; all of them when
+the teacher has fewer) or `spread 1/4` (that fraction of them, spread the same way). `resolve`
+turns every relative target into the absolute one for a teacher's config, rounding to the nearest
+whole number and keeping at least one; the student's recipe.json holds the resolved recipe.
+
 `RecipeError` carries one readable line for a recipe that is malformed or cannot be applied
 to the teacher (more blocks than exist, a zero width, a width larger than the teacher's).
 """
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PositiveInt, ValidationError, model_validator
 
 from adaudit.models.configuration import TOWERS, AuditModelConfig, ConfigError
 from adaudit.training.presets import PRESETS
@@ -29,13 +39,62 @@ TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: t
 NAMED_RECIPES = ("default", "tiny", "auto", "tiny-auto", "pretrained")  # `--recipe auto`: recipes/auto.yaml
 
 Tower = Literal["vision", "qformer", "text"]
-TowerCounts = dict[Tower, PositiveInt]
-BlockNumbers = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-PerBlock = Annotated[list[PositiveInt], Field(min_length=1)]
+SPREAD = "spread"
 
 
 class RecipeError(ValueError):
     pass
+
+
+def fraction_of(value: float | str) -> Fraction:
+    """The fraction a relative target names (`1/3`, `0.25`, `all`); ValueError, readable, if it names none
+    or lies outside (0, 1]."""
+    text = str(value).strip()
+    try:
+        share = Fraction(1) if text == "all" else Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{value!r} is neither a whole number nor a fraction of the teacher's value such as "
+                         "1/3, 0.25 or all") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"{value!r} is a fraction of the teacher's value: it must be greater than 0 and at most 1")
+    return share
+
+
+def _whole(value, least: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} {what} is not a whole number")
+    if value < least:
+        raise ValueError(f"{value} {what}: it must be greater than {least - 1}")
+    return value
+
+
+def _target(value, numbers: str | None, spread: bool):
+    """Validate one target as written, returning it unchanged: a whole number (absolute), a fraction
+    (relative), `spread X` (where `spread`), or a list of whole numbers (where `numbers` names them)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _whole(value, 1, "as a count or width")
+    if isinstance(value, list) and numbers:
+        if not value:
+            raise ValueError(f"a list of {numbers} needs at least one entry")
+        return [_whole(v, 0 if numbers == "block numbers" else 1, f"in a list of {numbers}") for v in value]
+    if isinstance(value, str) and spread and value.split()[:1] == [SPREAD]:
+        words = value.split()
+        if len(words) != 2:
+            raise ValueError(f"{value!r}: write `spread N` or `spread 1/4`")
+        if not (words[1].isdigit() and int(words[1]) >= 1):
+            fraction_of(words[1])
+        return value
+    if isinstance(value, (float, str)) and not isinstance(value, bool):
+        fraction_of(value)
+        return value
+    raise ValueError(f"{value!r} is not a count, a width or a fraction of the teacher's")
+
+
+# A target as written: absolute (a whole number; a list) or relative to the teacher (a fraction; `spread X`)
+Size = Annotated[int | float | str, PlainValidator(lambda v: _target(v, None, False))]
+Width = Annotated[int | float | str | list[int], PlainValidator(lambda v: _target(v, "widths", False))]
+Keep = Annotated[int | float | str | list[int], PlainValidator(lambda v: _target(v, "block numbers", True))]
+TowerCounts = dict[Tower, Size]
 
 
 class Strict(BaseModel):
@@ -71,16 +130,16 @@ class DistillationSettings(Strict):
 
 class BlocksStage(Strict):
     kind: Literal["blocks"]
-    keep: dict[Tower, PositiveInt | BlockNumbers]  # a count, or the teacher's block numbers to keep
+    keep: dict[Tower, Keep]  # a count, the teacher's block numbers to keep, a fraction, or `spread X`
     per_step: PositiveInt = 1
     epochs_per_step: int = Field(1, ge=0)
 
 
 class WidthsStage(Strict):
     kind: Literal["widths"]
-    heads: dict[Tower, PositiveInt | PerBlock] = {}  # one width for every block, or one per block
-    ffn: dict[Tower, PositiveInt | PerBlock] = {}
-    cross_attention_heads: PositiveInt | PerBlock | None = None  # a list: one per image-attending block
+    heads: dict[Tower, Width] = {}  # one width for every block (or a fraction of the teacher's), or one per block
+    ffn: dict[Tower, Width] = {}
+    cross_attention_heads: Width | None = None  # a list: one per image-attending block
     soft_steps: int = Field(3, ge=0)
     mask_decay: float = Field(0.3, ge=0, lt=1)
     epochs_per_step: int = Field(1, ge=0)
@@ -134,8 +193,22 @@ class Recipe(Strict):
     final_epochs: int = Field(2, ge=0)
     seed: int = 0
 
+    def resolve(self, config: AuditModelConfig) -> "Recipe":
+        """This recipe for the teacher of `config`: every relative target replaced by the absolute one it
+        means for that shape (an absolute recipe comes back equal), checked; RecipeError if the teacher
+        cannot become what a stage asks."""
+        stages = [resolve_stage(stage, config, f"stage {number} ({stage.kind})")
+                  for number, stage in enumerate(self.stages, 1)]
+        resolved = self.model_copy(update={"stages": stages})
+        resolved.check_resolved(config)
+        return resolved
+
     def check_against(self, config: AuditModelConfig) -> None:
         """Raise RecipeError if a stage asks for what this model cannot become."""
+        self.resolve(config)
+
+    def check_resolved(self, config: AuditModelConfig) -> None:
+        """`check_against` for a recipe whose targets are all absolute."""
         depth = {tower: len(config.tower(tower).blocks) for tower in TOWERS}
         hidden = {tower: config.tower(tower).hidden_size for tower in TOWERS}
         for number, stage in enumerate(self.stages, 1):
@@ -169,6 +242,59 @@ class Recipe(Strict):
                         raise RecipeError(f"{where} asks for {tower} hidden size {size} but it is {hidden[tower]}: "
                                           "the target is unreachable by pruning")
                     hidden[tower] = size
+
+
+def of_teacher(value, teacher: int, where: str) -> int | list[int]:
+    """An absolute target as it is; a fraction of the teacher's `teacher` as the nearest whole number (halves
+    up), at least 1."""
+    if isinstance(value, (int, list)):
+        return value
+    try:
+        share = fraction_of(value)
+    except ValueError as error:
+        raise RecipeError(f"{where}: {error}") from None
+    return max(1, math.floor(share * teacher + Fraction(1, 2)))
+
+
+def spread(count: int, depth: int) -> list[int]:
+    """`count` of `depth` block numbers spread evenly, the last among them, the first too when count >= 2:
+    the ends of a tower carry what the middle blocks only refine (the search kept them)."""
+    if count == 1:
+        return [depth - 1]
+    return [math.floor(Fraction(i * (depth - 1), count - 1) + Fraction(1, 2)) for i in range(count)]
+
+
+def resolve_keep(value, depth: int, where: str) -> int | list[int]:
+    """A blocks target for a tower of `depth` blocks: `spread X` becomes block numbers (at most `depth` of
+    them), a fraction a count."""
+    if isinstance(value, str) and value.split()[:1] == [SPREAD]:
+        count = value.split()[-1]
+        return spread(min(int(count), depth) if count.isdigit() else of_teacher(count, depth, where), depth)
+    return of_teacher(value, depth, where)
+
+
+def resolve_stage(stage: "Stage", config: AuditModelConfig, where: str) -> "Stage":
+    """The stage with its relative targets made absolute for the teacher of `config`: block fractions of its
+    depth, width fractions of its narrowest block's, hidden sizes of its hidden size."""
+    def narrowest(tower: str, field: str) -> int:
+        return min(getattr(block, field) for block in config.tower(tower).blocks if getattr(block, field))
+
+    if isinstance(stage, BlocksStage):
+        return stage.model_copy(update={"keep": {
+            tower: resolve_keep(keep, len(config.tower(tower).blocks), f"{where}: {tower} blocks")
+            for tower, keep in stage.keep.items()}})
+    if isinstance(stage, WidthsStage):
+        widths = {field: {tower: of_teacher(keep, narrowest(tower, attribute), f"{where}: {tower} {field}")
+                          for tower, keep in getattr(stage, field).items()}
+                  for field, attribute in (("heads", "heads"), ("ffn", "intermediate_size"))}
+        if stage.cross_attention_heads is not None:
+            widths["cross_attention_heads"] = of_teacher(stage.cross_attention_heads,
+                                                         narrowest("qformer", "cross_attention_heads"),
+                                                         f"{where}: cross-attention heads")
+        return stage.model_copy(update=widths)
+    return stage.model_copy(update={"size": {
+        tower: of_teacher(size, config.tower(tower).hidden_size, f"{where}: {tower} hidden size")
+        for tower, size in stage.size.items()}})
 
 
 def per_block(width: int | list[int], blocks: int | None, where: str) -> list[int]:
@@ -206,4 +332,5 @@ def load_recipe(path: Path | str | None = None) -> Recipe:
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
-        raise RecipeError(f"recipe {path}: {location}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise RecipeError(f"recipe {path}: {location}: {message}") from None

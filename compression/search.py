@@ -547,7 +547,7 @@ def calibration_configs(teacher: AuditModel, recipe: Recipe, count: int, seed: i
     rng = np.random.default_rng(seed + 1)
     flat = {t: torch.ones(len(teacher.blocks(t))) for t in TOWERS}
     space = Space(teacher, recipe.search, flat, lambda policy: 0.0, float("inf"))
-    hidden_sizes = final_hidden_sizes(recipe)
+    hidden_sizes = final_hidden_sizes(recipe.resolve(teacher.config))  # targets relative to the teacher: its
     return [policy_config(teacher.config, space.scaled(float(rng.uniform(0.05, 1.0)), rng), hidden_sizes)
             for _ in range(count)]
 
@@ -576,7 +576,9 @@ def policy_recipe(recipe: Recipe, policy: Policy) -> Recipe:
 def search_policy(teacher: AuditModel, train: EncodedSplit, order: torch.Tensor, recipe: Recipe, budget_ms: float,
                   log=print, latency_model: LatencyModel | None = None) -> dict:
     """The search on `recipe.search.samples` training ads (the first of `order`); the held-out ads for
-    the generalization gap come after the distillation samples, so none is ever a test ad."""
+    the generalization gap come after the distillation samples, so none is ever a test ad. A recipe with
+    targets relative to the teacher is resolved against it first (its hidden sizes set the students timed)."""
+    recipe = recipe.resolve(teacher.config)
     settings = recipe.search
     search_split = train.subset(order[:settings.samples])
     rest = order[recipe.distillation.samples:] if len(order) > recipe.distillation.samples else order[settings.samples:]

@@ -11,7 +11,9 @@ Every stage but the vocabulary distils after its cut, from the teacher's cached 
 entry adds the distillation loss after it. `build_stages` is the one place that turns a recipe
 into the list of stages; `run_stages` runs them in order. The `Context` is what every stage reads:
 the distillation ads (with their augmented views), the calibration samples, and the test split
-and teacher's predictions every entry is measured against.
+and teacher's predictions every entry is measured against. Every stage's last line says how long it
+took, how long compression has run and about how long is left (from the distillation epochs done
+and planned), so a log without progress bars still shows where a long run is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from adaudit.data.encoding import EncodedSplit, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.training.evaluation import evaluate
+from adaudit.training.loop import duration
 from adaudit.training.measure import profile
 
 from .augmentation import Views
@@ -71,6 +74,8 @@ class Context:
         self.choices = choices
         self.teacher_cache, self.views, self.teacher_predictions = cache, views, teacher_predictions
         self.steps = 0
+        self.started = time.perf_counter()
+        self.epochs_done, self.epochs_planned = 0, 0  # distillation epochs, for the estimate of the time left
         self.use_splits(ads, test)
 
     def use_splits(self, ads: EncodedSplit, test: EncodedSplit) -> None:
@@ -98,12 +103,20 @@ class Context:
     def distillation_loss(self, model: AuditModel) -> float:
         return mean_distillation_loss(model, self.train, self.cache, self.recipe.distillation)
 
+    def progress(self) -> str:
+        """Time since the stages began, and the time left estimated from the distillation epochs done."""
+        elapsed = time.perf_counter() - self.started
+        left = self.epochs_planned - self.epochs_done
+        estimate = f", about {duration(elapsed / self.epochs_done * left)} left" if self.epochs_done and left > 0 else ""
+        return f"stages so far {duration(elapsed)}{estimate}"
+
     def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
         self.steps += 1
         losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
                         seed=self.recipe.seed + self.steps)
+        self.epochs_done += max(epochs, 0)
         if losses:
-            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+            self.log(f"  {description}: distillation loss {loss_change(losses)}")
         return model
 
     def distil_keeping_the_best_epoch(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
@@ -114,10 +127,19 @@ class Context:
         best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
         losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
                         seed=self.recipe.seed + self.steps, on_epoch_end=best)
+        self.epochs_done += max(epochs, 0)
         if losses:
-            self.log(f"  {description}: distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}; held-out loss "
+            self.log(f"  {description}: distillation loss {loss_change(losses)}; held-out loss "
                      f"{' '.join(f'{x:.3f}' for x in best.losses)}: keeping epoch {best.best_epoch}")
         return best.restore(model)
+
+
+def loss_change(losses: list[float]) -> str:
+    """First and last epoch's mean loss; for one epoch, its first and last batch's (fit's EpochLosses), so
+    that a one-epoch step does not read as if nothing happened; each time saying which figures they are."""
+    if hasattr(losses, "change"):
+        return losses.change()
+    return f"{losses[0]:.4f} -> {losses[-1]:.4f} (epoch means)" if len(losses) > 1 else f"{losses[0]:.4f} (one epoch)"
 
 
 class CompressionStage(Protocol):
@@ -126,12 +148,19 @@ class CompressionStage(Protocol):
     def run(self, model: AuditModel, context: Context) -> tuple[AuditModel, dict]:
         """The model after the stage, and the stage's entry in report.json."""
 
+    def epochs(self, depth: dict[str, int]) -> int:
+        """The distillation epochs the stage plans for a model of `depth` blocks per tower (which a
+        blocks stage then lowers)."""
+
 
 class PruneVocabulary:
     name: ClassVar[str] = "vocabulary"
 
     def __init__(self, settings: VocabularySettings):
         self.settings = settings
+
+    def epochs(self, depth: dict[str, int]) -> int:
+        return 0
 
     def run(self, model: AuditModel, context: Context) -> tuple[AuditModel, dict]:
         started = time.perf_counter()
@@ -161,7 +190,8 @@ class DistillingStage:
         entry = context.entry(self.name, model, {"seconds": time.perf_counter() - started,
                                                  "distillation_loss": context.distillation_loss(model)})
         context.log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
-                    f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f}")
+                    f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f} "
+                    f"(stage {self.number}: {duration(entry['seconds'])}; {context.progress()})")
         return model, entry
 
 
@@ -169,6 +199,14 @@ class RemoveBlocks(DistillingStage):
     """Remove blocks `per_step` at a time, least influential first, down to a count or a given set."""
     name: ClassVar[str] = "blocks"
     settings: BlocksStage
+
+    def epochs(self, depth: dict[str, int]) -> int:
+        stage, steps = self.settings, 0
+        for tower, keep in stage.keep.items():
+            surplus = max(depth[tower] - (len(keep) if isinstance(keep, list) else keep), 0)
+            depth[tower] -= surplus
+            steps = max(steps, -(-surplus // stage.per_step))
+        return steps * stage.epochs_per_step
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         stage = self.settings
@@ -205,6 +243,9 @@ class ShrinkWidths(DistillingStage):
     then the hard cut."""
     name: ClassVar[str] = "widths"
     settings: WidthsStage
+
+    def epochs(self, depth: dict[str, int]) -> int:
+        return self.settings.soft_steps * self.settings.epochs_per_step + self.settings.epochs_after_cut
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         stage = self.settings
@@ -255,6 +296,9 @@ class ShrinkHidden(DistillingStage):
     name: ClassVar[str] = "hidden"
     settings: HiddenStage
 
+    def epochs(self, depth: dict[str, int]) -> int:
+        return self.settings.steps * self.settings.epochs_per_step
+
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         stage = self.settings
         start = {t: model.config.tower(t).hidden_size for t in stage.size}
@@ -275,6 +319,9 @@ class FinalDistillation(DistillingStage):
     name: ClassVar[str] = "final"
     settings: int  # epochs
 
+    def epochs(self, depth: dict[str, int]) -> int:
+        return self.settings
+
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         return context.distil_keeping_the_best_epoch(model, self.settings, "final")
 
@@ -293,6 +340,9 @@ def build_stages(recipe: Recipe) -> list[CompressionStage]:
 
 def run_stages(stages: list[CompressionStage], model: AuditModel, context: Context) -> tuple[AuditModel, list[dict]]:
     """Each stage in turn on the model the last one returned; the student and every stage's entry."""
+    depth = {tower: len(model.blocks(tower)) for tower in ("vision", "qformer", "text")}
+    context.epochs_planned = context.epochs_done + sum(stage.epochs(depth) for stage in stages
+                                                        if hasattr(stage, "epochs"))
     entries = []
     for stage in stages:
         model, entry = stage.run(model, context)

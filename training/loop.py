@@ -3,6 +3,9 @@
 Training steps run under bfloat16 autocast where the CPU supports it natively (AVX-512
 BF16 or AMX), where it is markedly faster; weights, optimizer state and evaluation stay float32.
 
+Progress: in a terminal, tqdm's bar; elsewhere (a log file, CI, a command in the background), where
+the bar is off, one line per epoch on stderr (`ProgressLines`), so a long run is never silent.
+
 `fit` knows nothing about losses: it takes a function of (model, batch index) that returns
 the loss, so the teacher (cross-entropy on labels) and every compression stage (distillation
 from cached teacher logits) run the same loop. Checkpoints hold no pickle: the model as
@@ -12,6 +15,8 @@ safetensors + JSON, the optimizer's tensors as safetensors and its settings as J
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -88,6 +93,62 @@ def image_grounding_loss(image_logits: dict[str, torch.Tensor], split: EncodedSp
     return loss
 
 
+class EpochLosses(list):
+    """The mean loss of every epoch (the list itself), and the loss of the run's first and last batch:
+    what a single epoch changed, which its one mean cannot say."""
+    first_batch: float | None = None
+    last_batch: float | None = None
+
+    def change(self) -> str:
+        """The loss's change for a log line, saying which figures it compares."""
+        if len(self) > 1:
+            return f"{self[0]:.4f} -> {self[-1]:.4f} (epoch means)"
+        if self.first_batch is not None and self.last_batch is not None:
+            return f"{self.first_batch:.4f} -> {self.last_batch:.4f} (first and last batch of its one epoch)"
+        return f"{self[0]:.4f} (its one epoch's mean)" if self else "none (no epoch)"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ProgressLines:
+    """Progress as plain lines on stderr when it is not a terminal (where tqdm's bar is off): one at the
+    end of every epoch, and one every `every_s` seconds inside a long epoch, each with the loss, the time
+    elapsed and an estimate of the time left (from the steps done so far), flushed at once."""
+
+    def __init__(self, description: str, total_steps: int, first_step: int, every_s: float = 60.0,
+                 enabled: bool | None = None):
+        self.description, self.total_steps, self.first_step, self.every_s = description, total_steps, first_step, every_s
+        self.enabled = not stderr_is_terminal() if enabled is None else enabled
+        self.started = self.last_line = time.monotonic()
+
+    def timing(self, step: int) -> str:
+        elapsed, done = time.monotonic() - self.started, step - self.first_step
+        left = elapsed / done * (self.total_steps - step) if done else float("nan")
+        return f"{duration(elapsed)} elapsed" + (f", about {duration(left)} left" if done and step < self.total_steps
+                                                 else "")
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+            self.last_line = time.monotonic()
+
+    def batch(self, epoch: int, epochs: int, batch: int, batches: int, loss: float, step: int) -> None:
+        if self.enabled and time.monotonic() - self.last_line >= self.every_s and batch < batches:
+            self.line(f"{self.description} epoch {epoch}/{epochs}: batch {batch}/{batches}, loss {loss:.4f} so "
+                      f"far, {self.timing(step)}")
+
+    def epoch(self, epoch: int, epochs: int, loss: float, step: int) -> None:
+        self.line(f"{self.description} epoch {epoch}/{epochs}: loss {loss:.4f}, {self.timing(step)}")
+
+
 def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, state: TrainingState,
                    optimizer_state: dict | None = None):
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
@@ -110,21 +171,22 @@ def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, stat
 def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule, description: str,
         state: TrainingState | None = None, optimizer_state: dict | None = None,
         on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState, float], None] | None = None,
-        ) -> list[float]:
+        ) -> EpochLosses:
     """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch."""
     state = state or TrainingState()
     steps_per_epoch = -(-size // schedule.batch_size)
     optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
                                           optimizer_state)
     bfloat16 = bfloat16_supported() if schedule.bfloat16 is None else schedule.bfloat16
-    epoch_losses = []
+    epoch_losses = EpochLosses()
+    progress = ProgressLines(description, steps_per_epoch * schedule.epochs, state.step)
     for epoch in range(state.epoch, schedule.epochs):
         model.train()
         generator = torch.Generator().manual_seed(schedule.seed * 1000 + epoch)
         total, count = 0.0, 0
         bar = tqdm(torch.randperm(size, generator=generator).split(schedule.batch_size),
                    desc=f"{description} epoch {epoch + 1}/{schedule.epochs}", leave=False, mininterval=2, disable=None)  # no bar when not a terminal
-        for index in bar:
+        for batch, index in enumerate(bar, 1):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
                 loss = loss_fn(model, index)
             optimizer.zero_grad(set_to_none=True)
@@ -133,10 +195,16 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
             optimizer.step()
             scheduler.step()
             state.step += 1
-            total, count = total + loss.item() * len(index), count + len(index)
+            value = loss.item()
+            total, count = total + value * len(index), count + len(index)
+            if epoch_losses.first_batch is None:
+                epoch_losses.first_batch = value
+            epoch_losses.last_batch = value
             bar.set_postfix(loss=f"{total / count:.4f}")
+            progress.batch(epoch + 1, schedule.epochs, batch, steps_per_epoch, total / count, state.step)
         state.epoch = epoch + 1
         epoch_losses.append(total / count)
+        progress.epoch(state.epoch, schedule.epochs, epoch_losses[-1], state.step)
         if on_epoch_end is not None:
             on_epoch_end(model, optimizer, state, epoch_losses[-1])
     model.eval()
