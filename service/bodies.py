@@ -83,7 +83,7 @@ def validated(model, data, what: str):
 def audit_from_json(data, max_image_bytes: int, prefix: str = "") -> RawAd:
     request = validated(AuditRequest, data, "the audit request")
     image = image_from_base64(request.image_base64, f"{prefix}image_base64", max_image_bytes)
-    return RawAd(image, request.text, request.ad_id)
+    return RawAd(image, request.text, request.ad_id, request.policy)
 
 
 def batch_from_json(data, max_batch: int, max_image_bytes: int) -> list[RawAd]:
@@ -95,7 +95,7 @@ def batch_from_json(data, max_batch: int, max_image_bytes: int) -> list[RawAd]:
     if not batch.items:
         raise unprocessable("batch_empty", "the batch has no ads")
     return [RawAd(image_from_base64(item.image_base64, f"items[{i}].image_base64", max_image_bytes),
-                  item.text, item.ad_id) for i, item in enumerate(batch.items)]
+                  item.text, item.ad_id, item.policy) for i, item in enumerate(batch.items)]
 
 
 @dataclass
@@ -152,9 +152,9 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
 
 def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
     parts = parse_multipart(body, content_type)
-    unknown = sorted(set(parts) - {"image", "text", "ad_id"})
+    unknown = sorted(set(parts) - {"image", "text", "ad_id", "policy"})
     if unknown:
-        raise unprocessable("invalid_request", f"unknown form fields {unknown}; expected image, text, ad_id")
+        raise unprocessable("invalid_request", f"unknown form fields {unknown}; expected image, text, ad_id, policy")
     for name in ("image", "text"):
         if name not in parts:
             raise unprocessable("invalid_request", f"the form has no {name!r} field")
@@ -169,4 +169,5 @@ def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
         problem = storable_problem(ad_id) if ad_id is not None else None
         if problem:
             raise unprocessable("invalid_request", f"ad_id {problem}")
-    return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id)
+    policy = bytes(parts["policy"].data).decode("utf-8", "replace").strip() or None if "policy" in parts else None
+    return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id, policy)

@@ -1,8 +1,10 @@
 """The decision log (SQLAlchemy): every decision, reviewer feedback, and shadow disagreements.
 
     decisions(request_id PK, created_at, ad_id, model, version, arm, verdict, violation,
-              violation_score, outputs JSON {labels, scores}, latency_ms, shadowed,
-              caller: the API key's name, or "anonymous" when no keys are configured)
+              violation_score, outputs JSON {labels, scores, term_hits}, latency_ms, shadowed,
+              caller: the API key's name, or "anonymous" when no keys are configured,
+              suggestion (pass / review / block), policy_name, policy_version, reasons JSON:
+              the audit decision, NULL on rows logged before revision 0003)
     feedback(id PK, request_id FK -> decisions, task, label, predicted, correct, reviewer, created_at)
               one row per reviewed task, unique (request_id, task)
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
@@ -341,7 +343,8 @@ class DecisionLog:
                     "verdict": row.verdict, "verdict_score": scores["verdict"], "violation": row.violation,
                     "violation_score": row.violation_score, "scores": scores, "latency_ms": row.latency_ms,
                     "attributes": {t: l for t, l in labels.items() if t not in ("verdict", "violation")},
-                    "caller": row.caller, "feedback": {f.task: f.label for f in feedback} or None}
+                    "caller": row.caller, "feedback": {f.task: f.label for f in feedback} or None,
+                    **_decision_of(row)}
 
     def add_feedback(self, request_id: str, labels: dict[str, str], reviewer: str | None) -> tuple[dict, dict]:
         """Store the reviewer's labels; returns (the decision, {task: correct})."""
@@ -386,6 +389,13 @@ class DecisionLog:
                      "primary_version": r.primary_version, "shadow_model": r.shadow_model,
                      "shadow_version": r.shadow_version, "primary": r.primary_outputs, "shadow": r.shadow_outputs}
                     for r in session.scalars(query)]
+
+
+def _decision_of(row: DecisionRow) -> dict:
+    """The audit decision of a logged row (empty fields for a row logged before decisions existed)."""
+    policy = {"name": row.policy_name, "version": row.policy_version} if row.policy_name else None
+    return {"suggestion": row.suggestion, "reasons": row.reasons or [], "policy": policy,
+            "term_hits": row.outputs.get("term_hits", [])}
 
 
 def _columns(row: DecisionRow) -> dict:

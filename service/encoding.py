@@ -45,6 +45,7 @@ class ModelSpec:
 class Prediction:
     labels: dict[str, str]
     scores: dict[str, float]
+    probabilities: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> class -> softmax (decisions)
 
     def as_dict(self) -> dict:
         return {"labels": self.labels, "scores": self.scores}
@@ -83,11 +84,14 @@ def predictions(logits: dict[str, np.ndarray], tasks: dict[str, tuple[str, ...]]
     rows = {task: logits[task].tolist() for task in tasks}
     answers = []
     for i in range(len(next(iter(rows.values())))):
-        labels, scores = {}, {}
+        labels, scores, probabilities = {}, {}, {}
         for task, names in tasks.items():
             row = rows[task][i]
             top = max(row)
             labels[task] = names[row.index(top)]
-            scores[task] = round(1.0 / sum(math.exp(value - top) for value in row), 6)
-        answers.append(Prediction(labels, scores))
+            exponentials = [math.exp(value - top) for value in row]
+            total = sum(exponentials)
+            scores[task] = round(1.0 / total, 6)
+            probabilities[task] = {name: round(e / total, 6) for name, e in zip(names, exponentials)}
+        answers.append(Prediction(labels, scores, probabilities))
     return answers

@@ -27,6 +27,12 @@
    `adaudit_predictions_total`;
 5. the ads the policy mirrors are offered to the shadow queue, after the answer is logged.
 
+Each answer is an audit decision (adaudit.decisions, docs/decisions.md): the audit policy the
+request named (or `default_policy`; an unknown name is a 422 before any work) turns the model's
+probabilities and the copy's term hits into `suggestion`, `reasons`, `term_hits`, and the answer's
+`verdict` and `violation` follow that decision's one rule, so they never contradict each other. The
+policies reload while serving (audit_policies.py).
+
 Each target (primary, canary, shadow) has its own backend: with Triton, one per distinct address
 (`triton_url`, `canary_triton_url`, `shadow_triton_url`: `backends_by_target`), so a shadow on its
 own Triton (its own GPU) takes nothing from the primary's server. Specs and backend calls are keyed
@@ -42,6 +48,9 @@ import uuid
 
 import numpy as np
 
+from adaudit.decisions.decide import Decision, decide
+
+from .audit_policies import AuditPolicies
 from .backends import BackendError
 from .coalescing import Coalescer
 from .decision_log import DecisionLog, now
@@ -96,6 +105,7 @@ class Gateway:
         self.policy = policy or TrafficPolicy(settings)
         self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars)
         self.encoder = Encoder()
+        self.policies = AuditPolicies(settings.policy_dir, settings.default_policy)  # audit decisions
         # backend calls keyed by (model, version, backend): one model on two servers is two queues
         self.calls = Coalescer(self._infer_together, settings.backend_calls_in_flight,
                                lambda key, ads: metrics.backend_batch.labels(key[0], key[1]).observe(ads))
@@ -256,6 +266,7 @@ class Gateway:
             self.audits_in_flight -= 1
 
     async def _audit(self, raw: list[RawAd], received: float, caller: str | None) -> list[dict]:
+        policies = [self.policies.get(item.policy) for item in raw]  # an unknown name: 422 before any work
         groups, ads, prepared, decode_s = await self.prepare(raw)
         answered = await together(*(self._answer(t, [ads[i] for i in idx], prepared[t])
                                     for t, idx in groups.items()))
@@ -264,7 +275,9 @@ class Gateway:
         rows = []
         for indexes, (target, (spec, answers, inputs, preprocess_s, inference_s)) in zip(groups.values(), answered):
             for position, (index, answer) in enumerate(zip(indexes, answers)):
-                result = self._result(ads[index], spec, target.arm, answer)
+                decision = decide(answer.probabilities, policies[index].matcher.find(ads[index].text),
+                                  policies[index].policy)
+                result = self._result(ads[index], spec, target.arm, answer, decision)
                 results[index] = result
                 if self._mirrors(spec):
                     jobs.append(self._job(result["request_id"], spec, answer, select(inputs, position), ads[index]))
@@ -313,13 +326,20 @@ class Gateway:
         return spec, answers
 
     @staticmethod
-    def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction) -> dict:
-        labels, scores = answer.labels, answer.scores
+    def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction, decision: Decision) -> dict:
+        """The answer: the decision's verdict and violation (each with the model's probability of it), the
+        model's other labels, the suggestion, its reasons and term hits, and the policy that decided."""
+        labels, scores = answer.labels, dict(answer.scores)
+        decided = {"verdict": decision.verdict, "violation": decision.violation}
+        for task, label in decided.items():
+            if task in answer.probabilities:
+                scores[task] = answer.probabilities[task].get(label, 0.0)
         return {"request_id": uuid.uuid4().hex, "ad_id": ad.ad_id,
-                "verdict": labels["verdict"], "verdict_score": scores["verdict"],
-                "violation": labels["violation"], "violation_score": scores["violation"],
+                "verdict": decided["verdict"], "verdict_score": scores["verdict"],
+                "violation": decided["violation"], "violation_score": scores["violation"],
                 "attributes": {t: l for t, l in labels.items() if t not in HEADLINE_TASKS},
-                "scores": scores, "model": spec.name, "version": spec.version, "arm": arm, "shadowed": False}
+                "scores": scores, "model": spec.name, "version": spec.version, "arm": arm, "shadowed": False,
+                **decision.as_dict()}
 
     @staticmethod
     def _row(result: dict) -> dict:
@@ -327,8 +347,11 @@ class Gateway:
         return {"request_id": result["request_id"], "created_at": now(), "ad_id": result["ad_id"],
                 "model": result["model"], "version": result["version"], "arm": result["arm"],
                 "verdict": result["verdict"], "violation": result["violation"],
-                "violation_score": result["violation_score"], "outputs": {"labels": labels, "scores": result["scores"]},
-                "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"]}
+                "violation_score": result["violation_score"],
+                "outputs": {"labels": labels, "scores": result["scores"], "term_hits": result["term_hits"]},
+                "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"],
+                "suggestion": result["suggestion"], "policy_name": result["policy"]["name"],
+                "policy_version": result["policy"]["version"], "reasons": result["reasons"]}
 
     async def _log(self, rows: list[dict]) -> None:
         try:

@@ -14,6 +14,7 @@ with no other audit in flight is decoded on the event loop instead (gateway.py, 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +24,8 @@ from adaudit.models.preprocessing import decode_picture
 from .errors import bad_request, too_large, unprocessable
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# what does not count as copy: whitespace, control characters (C0, DEL, C1) and invisible format characters
+CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]+")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class RawAd:
     image: bytes
     text: str | bytes
     ad_id: str | None = None
+    policy: str | None = None  # the audit policy the request named (None: the gateway's default)
 
 
 @dataclass
@@ -61,8 +65,8 @@ def check_text(text: str | bytes, limits: Limits, field: str = "text") -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise bad_request("text_not_utf8", f"{field} is not valid UTF-8 (it holds a lone surrogate)") from None
-    if not text.strip():
-        raise bad_request("text_empty", f"{field} is empty or only whitespace")
+    if not CONTROL_OR_SPACE.sub("", text):
+        raise bad_request("text_empty", f"{field} is empty or only whitespace and control characters")
     if len(text) > limits.max_text_chars:
         raise unprocessable("text_too_long", f"{field} has {len(text)} characters; the maximum is "
                             f"{limits.max_text_chars}")

@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 # What an id or a name stored in the decision log may not hold: control characters (PostgreSQL refuses
 # NUL in text; the others break logs and CSV exports) and lone surrogates (not encodable as UTF-8)
@@ -32,9 +32,15 @@ def _storable(value: str) -> str:
     return value
 
 
-StorableText = Annotated[str, AfterValidator(_storable)]
-AD_ID = Field(None, min_length=1, max_length=128, description="The platform's ad id; canary assignment is "
-              "sticky per ad id when given (no control characters)", examples=["ad-20261123-0042"])
+def storable_text(max_length: int, min_length: int = 0):
+    """A str of at most `max_length` characters that can be stored (see `storable_problem`). The length is a
+    string constraint inside the type, checked before the storability check: given as a Field constraint
+    on the whole annotated type, pydantic would check it after the validator and call it "items"."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_storable)]
+
+
+AD_ID = Field(None, description="The platform's ad id; canary assignment is sticky per ad id when given (no "
+              "control characters)", examples=["ad-20261123-0042"])
 
 
 class AuditRequest(BaseModel):
@@ -42,7 +48,10 @@ class AuditRequest(BaseModel):
     image_base64: str = Field(description="The ad image (PNG, JPEG, WebP, GIF or BMP), base64; a data: URL "
                               "prefix is accepted")
     text: str = Field(description="The ad copy (UTF-8)", examples=["限时特价，全网最低价！"])
-    ad_id: StorableText | None = AD_ID
+    ad_id: storable_text(128, min_length=1) | None = AD_ID
+    policy: str | None = Field(None, min_length=1, max_length=64, description="The audit policy to decide with "
+                               "(GET /v1/policies lists them); none: the gateway's default_policy",
+                               examples=["default"])
 
 
 class BatchRequest(BaseModel):
@@ -56,15 +65,43 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class Reason(BaseModel):
+    rule: str = Field(description="the policy rule that fired", examples=["violation.exaggeration.block_at",
+                                                                         "terms.block: 最佳"])
+    suggestion: Literal["review", "block"] = Field(description="the level the rule fired at")
+    violation: str | None = Field(description="the violation class it stands for (none for an attribute rule)")
+    score: float | None = Field(description="the model's probability (none for a term hit)")
+    threshold: float | None = Field(description="the policy's threshold it reached (none for a term hit)")
+
+
+class PolicyRef(BaseModel):
+    name: str = Field(examples=["default"])
+    version: str = Field(examples=["1"])
+
+
+class TermHit(BaseModel):
+    term: str = Field(description="the term as its list spells it", examples=["最佳"])
+    list: Literal["block", "review", "allow"]
+    start: int = Field(description="offset of the hit's first character in the copy as sent")
+    end: int = Field(description="offset after its last character (text[start:end] is the hit as written)")
+
+
+SUGGESTION = Field(description="pass, review (a reviewer decides) or block, by the policy (docs/decisions.md)")
+
+
 class AuditLabels(BaseModel):
     request_id: str
     ad_id: str | None = None
-    verdict: str = Field(examples=["reject"])
-    verdict_score: float = Field(description="softmax probability of the verdict")
+    verdict: str = Field(examples=["reject"], description="reject exactly when violation is not none; follows "
+                         "the suggestion (docs/decisions.md)")
+    verdict_score: float = Field(description="the model's probability of this verdict")
     violation: str = Field(examples=["exaggeration"])
-    violation_score: float = Field(description="softmax probability of the violation")
+    violation_score: float = Field(description="the model's probability of this violation")
     attributes: dict[str, str] = Field(description="the other tasks' labels (industry, background_colour, ...)")
-    scores: dict[str, float] = Field(description="softmax probability of every task's label")
+    scores: dict[str, float] = Field(description="the model's probability of every task's answered label")
+    suggestion: Literal["pass", "review", "block"] | None = SUGGESTION
+    reasons: list[Reason] = Field([], description="each policy rule that fired")
+    policy: PolicyRef | None = Field(None, description="the policy that decided")
     model: str
     version: str
     arm: Literal["primary", "canary"] = Field(description="which policy arm answered")
@@ -72,6 +109,9 @@ class AuditLabels(BaseModel):
 
 
 class AuditResult(AuditLabels):
+    suggestion: Literal["pass", "review", "block"] = SUGGESTION
+    policy: PolicyRef
+    term_hits: list[TermHit] = Field(description="terms of the policy's lists found in the copy, with offsets")
     timings: Timings
 
 
@@ -83,7 +123,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str] = Field(min_length=1, description="task -> the reviewer's label",
                                    examples=[{"verdict": "reject", "violation": "medical_claim"}])
-    reviewer: StorableText | None = Field(None, max_length=128)
+    reviewer: storable_text(128) | None = None
 
 
 class FeedbackResponse(BaseModel):
@@ -95,6 +135,7 @@ class FeedbackResponse(BaseModel):
 
 
 class Decision(AuditLabels):
+    term_hits: list[TermHit] = []
     created_at: datetime
     latency_ms: float
     caller: str | None = Field(None, description="the API key's name that asked (anonymous without keys)")
@@ -136,6 +177,21 @@ class Readiness(BaseModel):
     models: dict[str, bool]
     message: str
     targets: dict[str, TargetReadiness] = {}  # primary, canary, shadow (those configured), each on its own backend
+
+
+class PolicySummary(BaseModel):
+    name: str
+    version: str
+    description: str
+    source: str = Field(description="the YAML file it was read from")
+    violations: dict[str, dict[str, float]] = Field(description="per violation class: block_at, review_at")
+    terms: dict[str, int] = Field(description="terms per list (block, review, allow)")
+    default: bool = Field(description="what a request that names no policy gets")
+
+
+class PolicyList(BaseModel):
+    default: str
+    policies: list[PolicySummary]
 
 
 class ErrorBody(BaseModel):

@@ -91,7 +91,14 @@ class GatewaySettings(BaseSettings):
     max_in_flight: int = Field(64, ge=1)  # /v1 requests served at once; more are answered 503 at once
     shutdown_drain_s: float = Field(10.0, ge=0)  # at stop, how long the shadow queue may take to drain
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    # audit decisions (docs/decisions.md): a folder of policy YAMLs (None: the shipped default.yaml and
+    # strict.yaml), the one a request that names none gets, and the API key names allowed to reload them
+    # (POST /v1/policies/reload; none listed: any caller the API keys admit)
+    policy_dir: Path | None = None
+    default_policy: str = Field("default", min_length=1, max_length=64)
+    policy_admins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("api_keys", "cors_origins", "policy_admins", mode="before")
     @classmethod
     def _list(cls, value):
         if isinstance(value, str):  # from the environment: a JSON list or comma-separated
@@ -121,6 +128,8 @@ class GatewaySettings(BaseSettings):
             raise ValueError("canary_fraction > 0 needs canary_model (ADAUDIT_CANARY_MODEL)")
         if self.shadow_fraction > 0 and not self.shadow_model:
             raise ValueError("shadow_fraction > 0 needs shadow_model (ADAUDIT_SHADOW_MODEL)")
+        if self.policy_dir is not None and not self.policy_dir.is_dir():
+            raise ValueError(f"policy_dir (ADAUDIT_POLICY_DIR) {self.policy_dir} is not a folder of policy YAMLs")
         return self
 
     def migrates_on_start(self) -> bool:

@@ -28,6 +28,12 @@ class DecisionRow(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     shadowed: Mapped[bool] = mapped_column(Boolean, default=False)
     caller: Mapped[str | None] = mapped_column(String(64), index=True)
+    # the audit decision (revision 0003; NULL on rows logged before it): pass / review / block, the rules
+    # that fired (a JSON list) and the policy that decided
+    suggestion: Mapped[str | None] = mapped_column(String(16), index=True)
+    policy_name: Mapped[str | None] = mapped_column(String(64))
+    policy_version: Mapped[str | None] = mapped_column(String(32))
+    reasons: Mapped[list | None] = mapped_column(JSON)
 
 
 class FeedbackRow(Base):

@@ -27,10 +27,10 @@ from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import Column, MetaData, Table, create_engine, inspect, text
 from conftest import wait_for
-from test_reliability import PostgresCluster
 from test_service import audit_json, model_dir, settings  # noqa: F401
 
 from adaudit.service.app import create_app
+from benchmarks.postgres import PostgresCluster, PostgresUnavailable
 from adaudit.service.decision_log import DecisionLog, now
 from adaudit.service.schema import (MIGRATION_LOCK, MIGRATIONS, VERSION_TABLE, SchemaError, downgrade_schema,
                                     head_revision, schema_status, upgrade_schema)
@@ -45,7 +45,10 @@ ROW = {"created_at": now(), "ad_id": "ad-1", "model": "student", "version": "1",
 @pytest.fixture(scope="module")
 def cluster():
     """One throwaway PostgreSQL cluster for the module; each test gets its own database in it."""
-    server = PostgresCluster()
+    try:
+        server = PostgresCluster()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
     try:
         server.create()
         server.start()
@@ -103,21 +106,22 @@ def schema_differences(url: str) -> list:
         return compare_metadata(context, Base.metadata)
 
 
+DECISION_COLUMNS_OF_0003 = ("suggestion", "policy_name", "policy_version", "reasons")  # never made by create_all
+
+
 def made_by_create_all(url: str, caller: str) -> None:
     """A log as the gateway made it before migrations existed: create_all, no version table, and rows.
     caller: "column" (today's create_all: the column and its index), "altered" (an older log the ad-hoc
     ALTER TABLE gave the column, no index) or "none" (before callers were recorded)."""
-    with engine_of(url) as engine:
-        if caller == "column":
-            Base.metadata.create_all(engine)
-        else:  # decisions as it was, then the other two tables as create_all makes them
-            old = Table("decisions", MetaData(), *(Column(c.name, c.type, primary_key=c.primary_key,
-                                                          nullable=c.nullable, index=c.index)
-                                                   for c in Base.metadata.tables["decisions"].columns
-                                                   if c.name != "caller"))
-            old.create(engine)
-            Base.metadata.create_all(engine, tables=[Base.metadata.tables["feedback"],
-                                                     Base.metadata.tables["shadow_disagreements"]])
+    added_later = set(DECISION_COLUMNS_OF_0003) | ({"caller"} if caller != "column" else set())
+    with engine_of(url) as engine:  # decisions as create_all made it then, then the other two tables
+        old = Table("decisions", MetaData(), *(Column(c.name, c.type, primary_key=c.primary_key,
+                                                      nullable=c.nullable, index=c.index)
+                                               for c in Base.metadata.tables["decisions"].columns
+                                               if c.name not in added_later))
+        old.create(engine)
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables["feedback"],
+                                                 Base.metadata.tables["shadow_disagreements"]])
         with engine.begin() as connection:
             if caller == "altered":
                 connection.execute(text("ALTER TABLE decisions ADD COLUMN caller VARCHAR(64)"))
@@ -138,13 +142,18 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_upgrade_from_empty_gives_the_tables_definition_and_downgrades_back(url):
     with engine_of(url) as engine:
         before, after = upgrade_schema(engine)
-        assert (before.state, after) == ("empty", head_revision()) and head_revision() == "0002"
+        assert (before.state, after) == ("empty", head_revision()) and head_revision() == "0003"
         assert schema_differences(url) == []  # the migrations make exactly the tables decision_log.py declares
         assert upgrade_schema(engine)[0].state == "current"  # again: nothing to do
         log = DecisionLog(url, migrate=False)
-        log.add_decisions([{**ROW, "request_id": "r-1", "caller": "partner"}])
+        log.add_decisions([{**ROW, "request_id": "r-1", "caller": "partner", "suggestion": "review",
+                            "policy_name": "strict", "policy_version": "2", "reasons": [{"rule": "terms.review: 最"}]}])
+        assert (log.decision("r-1")["suggestion"], log.decision("r-1")["policy"]) == \
+            ("review", {"name": "strict", "version": "2"})
         log.close()
 
+        assert downgrade_schema(engine, "0002")[1] == "0002"  # the decision's columns dropped, the row kept
+        assert not set(DECISION_COLUMNS_OF_0003) & {c["name"] for c in inspect(engine).get_columns("decisions")}
         assert downgrade_schema(engine, "0001")[1] == "0001"  # caller dropped, the row kept
         columns = {c["name"] for c in inspect(engine).get_columns("decisions")}
         assert "caller" not in columns and "ad_id" in columns
@@ -153,7 +162,7 @@ def test_upgrade_from_empty_gives_the_tables_definition_and_downgrades_back(url)
         assert downgrade_schema(engine, "base")[1] is None
         assert set(inspect(engine).get_table_names()) <= {VERSION_TABLE}
         upgrade_schema(engine)
-    assert revision_of(url) == "0002" and schema_differences(url) == []
+    assert revision_of(url) == "0003" and schema_differences(url) == []
 
 
 @pytest.mark.parametrize("caller", ["column", "altered", "none"])
@@ -161,7 +170,7 @@ def test_a_log_made_by_create_all_is_stamped_and_upgraded_keeping_its_rows(url, 
     made_by_create_all(url, caller)
     with engine_of(url) as engine:
         before, after = upgrade_schema(engine)
-    assert (before.state, before.revision, after) == ("unversioned", None, "0002")
+    assert (before.state, before.revision, after) == ("unversioned", None, "0003")
     assert schema_differences(url) == []  # the ALTER TABLE variant got its index
     expected = "partner" if caller != "none" else None
     assert request_ids(url) == {f"old-{n}": expected for n in range(3)}
@@ -236,7 +245,7 @@ def test_an_upgrade_waits_for_one_in_progress_in_another_process(postgresql):
             _, errors = second.communicate(timeout=60)
         finally:
             second.kill()
-    assert second.returncode == 0 and "schema at revision 0002 (unchanged)" in errors, errors
+    assert second.returncode == 0 and "schema at revision 0003 (unchanged)" in errors, errors
 
 
 # --- the command line ---------------------------------------------------------------------------------
@@ -245,7 +254,7 @@ def test_db_upgrade_command_and_its_default_url(tmp_path):
     env = {"ADAUDIT_DATABASE_URL": f"sqlite:///{database}", "PATH": "/usr/bin:/bin"}
     first = subprocess.run([sys.executable, "-m", "adaudit.cli", "db", "upgrade"], capture_output=True, text=True,
                            timeout=120, env=env)
-    assert first.returncode == 0 and "schema at revision 0002 (was empty)" in first.stderr, first.stderr
+    assert first.returncode == 0 and "schema at revision 0003 (was empty)" in first.stderr, first.stderr
     again = cli("db", "upgrade", "--database-url", f"sqlite:///{database}")
     assert again.returncode == 0 and "(unchanged)" in again.stderr, again.stderr
     current = cli("db", "current", "--database-url", f"sqlite:///{database}")
@@ -271,7 +280,7 @@ def test_on_sqlite_the_gateway_upgrades_its_own_file_keeping_the_rows(model_dir,
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/audits/old-1").json()["caller"] == "partner"
         assert audit_json(client).status_code == 200
-    assert revision_of(values.database_url) == "0002" and len(request_ids(values.database_url)) == 4
+    assert revision_of(values.database_url) == "0003" and len(request_ids(values.database_url)) == 4
 
 
 def test_a_gateway_on_a_shared_database_runs_no_ddl_and_is_unready_until_upgraded(model_dir, tmp_path,  # noqa: F811

@@ -610,6 +610,8 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
     row = {"created_at": datetime(2026, 12, 2, 17, 30, 5, 123456, tzinfo=timezone.utc), "ad_id": "ad-7",
            "model": "student", "version": "3", "arm": "canary", "verdict": "reject", "violation": "gambling",
            "violation_score": 0.8125, "latency_ms": 4.5, "shadowed": True, "caller": "partner",
+           "suggestion": "block", "policy_name": "strict", "policy_version": "2",
+           "reasons": [{"rule": "violation.gambling.block_at", "score": 0.8125, "threshold": 0.7}],
            "outputs": {"labels": {"verdict": "reject", "violation": "gambling", "logo": "有"},
                        "scores": {"verdict": 0.75, "violation": 0.8125, "logo": float("nan")}}}
     assert log.writer.add_decisions_now([{**row, "request_id": "in-place"}])

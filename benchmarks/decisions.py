@@ -1,0 +1,85 @@
+"""Audit decisions benchmark (issue 28): the automation rate at a target precision, student vs teacher.
+
+    .venv/bin/python -m benchmarks.decisions --model STUDENT --teacher TEACHER --data DATA \
+        [--target-precision 0.99] [--out benchmarks/results]
+
+For each model: thresholds fitted on the data folder's validation split (decisions/fit.py: automatic
+blocks and automatic passes each at the target precision there), then applied to the test split,
+where the automation rate (share of ads blocked or passed without a reviewer) and the precision each
+automatic side reaches are measured. Goals: the student's automation rate at least 90%, within 2
+points of the teacher's. Writes OUT/decisions.json and OUT/decisions.md (with the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from adaudit.core.files import write_results
+from adaudit.decisions.fit import apply_thresholds, fit_thresholds
+from adaudit.training.policy_fit import split_scores
+
+GOAL_AUTOMATION, GOAL_GAP = 0.90, 0.02
+
+
+def measure(model: Path, data: Path, target: float) -> dict:
+    validation_scores, validation_truth = split_scores(model, data, "validation")
+    fit = fit_thresholds(validation_scores, validation_truth, target)
+    test_scores, test_truth = split_scores(model, data, "test")
+    return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation_scores))},
+            "test": apply_thresholds(test_scores, test_truth, fit.block_at, fit.review_at)}
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Audit decisions: automation rate at a target precision", "",
+             f"Command: `{summary['command']}`", "",
+             f"Thresholds fitted on the validation split at precision {summary['target_precision']} for automatic "
+             "blocks and passes, measured on the test split.", "",
+             "| model | block_at | review_at | automation (test) | block precision (test) | pass precision (test) "
+             "| ads (test) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for role in ("student", "teacher"):
+        test = summary[role]["test"]
+        lines.append(f"| {role} | {test['block_at']:.6f} | {test['review_at']:.6f} | {percent(test['automation_rate'])} "
+                     f"| {percent(test['block_precision'])} | {percent(test['pass_precision'])} | {test['ads']} |")
+    goals = summary["goals"]
+    lines += ["", f"Goals: student automation >= {percent(GOAL_AUTOMATION)}: "
+              f"{'met' if goals['student_automation_met'] else 'not met'}; within {100 * GOAL_GAP:.0f} points of the "
+              f"teacher (gap {100 * goals['gap']:.2f} points): {'met' if goals['gap_met'] else 'not met'}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="the student folder")
+    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="data folder with validation.jsonl and test.jsonl")
+    parser.add_argument("--target-precision", type=float, default=0.99)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    summary = {"command": shlex.join(["python", "-m", "benchmarks.decisions", *sys.argv[1:]]),
+               "target_precision": args.target_precision}
+    for role, folder in (("student", args.model), ("teacher", args.teacher)):
+        summary[role] = measure(folder, args.data, args.target_precision)
+    student, teacher = summary["student"]["test"]["automation_rate"], summary["teacher"]["test"]["automation_rate"]
+    summary["goals"] = {"student_automation_met": student >= GOAL_AUTOMATION, "gap": teacher - student,
+                        "gap_met": teacher - student <= GOAL_GAP}
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_results(args.out, "decisions", summary, markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

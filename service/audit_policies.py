@@ -1,0 +1,48 @@
+"""The gateway's audit policies: every policy of the policy folder, by name, reloadable while serving.
+
+Loaded at start from `policy_dir` (default: the shipped default.yaml and strict.yaml); a request
+names one (`policy`) or gets `default_policy`. `reload()` reads the whole folder again and swaps the
+set in one assignment only once every file, term list and the default check out: a broken policy
+never replaces the running ones, and audits in flight keep the set they started with. How reloads are
+triggered: `POST /v1/policies/reload` (routes_policies.py), an explicit operator action, rather than
+watching files, so a half-copied folder is never picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from adaudit.decisions.policy import SHIPPED, LoadedPolicy, PolicyError, load_policies
+
+from .errors import unprocessable
+
+
+class AuditPolicies:
+    def __init__(self, folder: Path | None, default: str):
+        self.folder = Path(folder) if folder is not None else SHIPPED
+        self.default = default
+        self.loaded: dict[str, LoadedPolicy] = self.load()  # PolicyError at start: the gateway does not start
+        self._reloading = asyncio.Lock()
+
+    def load(self) -> dict[str, LoadedPolicy]:
+        loaded = load_policies(self.folder)
+        if self.default not in loaded:
+            raise PolicyError(f"default_policy {self.default!r} is not among the policies in {self.folder} "
+                              f"({', '.join(sorted(loaded))})")
+        return loaded
+
+    async def reload(self) -> dict[str, LoadedPolicy]:
+        """The folder read again (in a worker thread) and swapped in; PolicyError leaves the running set."""
+        async with self._reloading:
+            self.loaded = await asyncio.to_thread(self.load)
+            return self.loaded
+
+    def get(self, name: str | None) -> LoadedPolicy:
+        """The policy a request named (None: the default); 422 `unknown_policy` naming the known ones."""
+        loaded = self.loaded
+        policy = loaded.get(name or self.default)
+        if policy is None:
+            raise unprocessable("unknown_policy", f"no audit policy named {name!r}; the policies are "
+                                f"{', '.join(sorted(loaded))} (GET /v1/policies)")
+        return policy

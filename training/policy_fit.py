@@ -1,0 +1,98 @@
+"""`adaudit policy fit`: a model run over held-out ads, thresholds fitted on its scores, a policy written.
+
+The thresholds are chosen on the data folder's validation split, never on test.jsonl: the test split
+must stay the place where a chosen threshold's precision is measured, not tuned (benchmarks/decisions.py
+measures there). The fitted policy keeps the base policy's term lists (written inline, so the YAML is
+one self-contained file that works wherever it is copied) and gives every violation class the fitted
+`block_at` and `review_at` (decisions/fit.py explains why one pair serves every class).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from adaudit.core.files import atomic_write_bytes, atomic_write_text
+from adaudit.data.dataset import DatasetError
+from adaudit.data.encoding import encode_split, encode_validation
+from adaudit.decisions.fit import FittedThresholds, fit_thresholds, precision_automation_curve, risk_scores
+from adaudit.decisions.policy import SHIPPED, load_policy, parse_policy
+from adaudit.models.modeling import AuditModel
+from adaudit.models.preprocessing import AuditProcessor
+
+from .evaluation import predict_logits
+
+
+def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+    """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`."""
+    model = AuditModel.from_pretrained(model_dir)
+    processor = AuditProcessor.from_folder(model.config, model_dir)
+    tasks = model.config.tasks
+    if split == "validation":
+        encoded = encode_validation(data_dir, processor, tasks)
+        if encoded is None:
+            raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on held-out "
+                               "ads (`adaudit data make --validation-fraction`), never on the test split")
+    else:
+        encoded = encode_split(data_dir, split, processor, tasks)
+    names = list(tasks["violation"])
+    probabilities = torch.softmax(predict_logits(model, encoded)["violation"], dim=-1).numpy()
+    truth = encoded.labels[:, encoded.tasks.index("violation")].numpy()
+    none_index = names.index("none")
+    return risk_scores(probabilities, none_index), truth != none_index
+
+
+def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None) -> dict:
+    """The base policy (default: the shipped default.yaml) with the fitted thresholds and inline term lists."""
+    loaded = load_policy(base or SHIPPED / "default.yaml")
+    policy = loaded.policy.model_dump(exclude_none=True)
+    thresholds = {"block_at": round(fit.block_at, 6), "review_at": round(min(fit.review_at, fit.block_at), 6)}
+    policy.update(name=name, version="1", violations={v: dict(thresholds) for v in policy["violations"]},
+                  description=f"fitted by adaudit policy fit: automatic blocks and passes at precision "
+                              f"{fit.target_precision} on the validation split, automation rate "
+                              f"{fit.automation_rate:.4f} there")
+    if "terms" in policy:
+        policy["terms"].update(loaded.matcher.lists)
+    parse_policy(policy, name)  # what is written must load
+    return policy
+
+
+def plot_curve(curve: list[dict], chosen: FittedThresholds, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([p["target_precision"] for p in curve], [p["automation_rate"] for p in curve], marker="o")
+    axis.axvline(chosen.target_precision, color="grey", linestyle="--", linewidth=1)
+    axis.set_xlabel("target precision of automatic blocks and passes")
+    axis.set_ylabel("automation rate (share decided without a reviewer)")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def fit_policy(model_dir: Path, data_dir: Path, target: float, out: Path, name: str = "fitted",
+               base: Path | None = None) -> dict:
+    """Fit, write OUT (the policy YAML) and OUT's curve PNG beside it; returns the fit and the curve."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"--target-precision {target} is not between 0 and 1")
+    scores, violating = split_scores(model_dir, data_dir)
+    fit = fit_thresholds(scores, violating, target)
+    curve = precision_automation_curve(scores, violating)
+    policy = fitted_policy(fit, name, base)
+    out = Path(out)
+    atomic_write_text(out, yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
+    plot = out.with_suffix(".curve.png")
+    plot_curve(curve, fit, plot)
+    written = next(iter(policy["violations"].values()))  # the thresholds as written (rounded)
+    return {"fit": fit.as_dict() | written, "curve": curve, "ads": int(len(scores)), "policy": str(out),
+            "plot": str(plot)}
