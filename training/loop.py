@@ -1,7 +1,9 @@
 """One plain training loop, shared by teacher training and distillation, plus checkpoints.
 
-Training steps run under bfloat16 autocast where the CPU supports it natively (AVX-512
-BF16 or AMX), where it is markedly faster; weights, optimizer state and evaluation stay float32.
+Training steps run on the device given (training/device.py: `--device`) under its autocast: bfloat16
+where the CPU supports it natively (AVX-512 BF16 or AMX), where it is markedly faster, and on GPUs with
+bfloat16; float16 with loss scaling on older GPUs. Weights, optimizer state and evaluation stay float32.
+Under torchrun the same loop runs on every rank with DDP (training/distributed.py).
 
 Progress: in a terminal, tqdm's bar; elsewhere (a log file, CI, a command in the background), where
 the bar is off, one line per epoch on stderr (`ProgressLines`), so a long run is never silent.
@@ -32,6 +34,9 @@ from adaudit.core.files import atomic_folder
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 
+from .device import Placement
+from .distributed import World, per_rank_batch
+
 LossFunction = Callable[[AuditModel, torch.Tensor], torch.Tensor]
 
 
@@ -43,18 +48,11 @@ class Schedule:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     seed: int = 0
-    bfloat16: bool | None = None  # autocast matmuls to bfloat16; None: where the CPU has native support
+    bfloat16: bool | None = None  # autocast to bfloat16 (False: float32); None: by device (training/device.py)
     # parameters under these top-level modules learn at `fresh_learning_rate` instead: the parts a
     # pretrained teacher adds around its pretrained towers start from random weights
     fresh_modules: tuple[str, ...] = ()
     fresh_learning_rate: float | None = None
-
-
-def bfloat16_supported() -> bool:
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported()) or bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
 
 
 @dataclass
@@ -68,7 +66,7 @@ class TrainingState:
 def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor) -> torch.Tensor:
     """Sum over tasks of cross-entropy with the labels, plus the image-grounding loss."""
     output = model(**split.inputs(index))
-    labels = split.labels[index]
+    labels = split.labels[index].to(output.pooled.device)  # the model's device (its inputs follow it there)
     loss = sum(F.cross_entropy(output.logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
     return loss + image_grounding_loss(output.image_logits, split, labels)
 
@@ -171,37 +169,34 @@ def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, stat
 def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule, description: str,
         state: TrainingState | None = None, optimizer_state: dict | None = None,
         on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState, float], None] | None = None,
-        ) -> EpochLosses:
-    """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch."""
+        device: torch.device | str | None = None, world: World | None = None) -> EpochLosses:
+    """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch.
+
+    `device` (default: the CPU) holds the model and the batches; `world` (training/distributed.py), when
+    torchrun started several ranks, wraps the model in DDP, deals each rank its share of every global
+    batch and averages the epoch's loss over all ranks. `on_epoch_end` runs on every rank with the
+    unwrapped model (what writes must check `is_main_process`)."""
     state = state or TrainingState()
-    steps_per_epoch = -(-size // schedule.batch_size)
+    world = world or World()
+    placement = Placement.on(device or world.device, schedule.bfloat16)
+    placement.place(model)
+    sampler = world.sampler(size, seed=schedule.seed * 1000)  # the permutation fit always drew on 1 rank
+    batch_size = per_rank_batch(schedule.batch_size, world.world_size)
+    steps_per_epoch = -(-len(sampler) // batch_size)
     optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
                                           optimizer_state)
-    bfloat16 = bfloat16_supported() if schedule.bfloat16 is None else schedule.bfloat16
+    run = EpochRun(world.wrap(model), loss_fn, optimizer, scheduler, placement, world)
     epoch_losses = EpochLosses()
-    progress = ProgressLines(description, steps_per_epoch * schedule.epochs, state.step)
+    progress = ProgressLines(description, steps_per_epoch * schedule.epochs, state.step,
+                             enabled=None if world.main else False)
     for epoch in range(state.epoch, schedule.epochs):
         model.train()
-        generator = torch.Generator().manual_seed(schedule.seed * 1000 + epoch)
-        total, count = 0.0, 0
-        bar = tqdm(torch.randperm(size, generator=generator).split(schedule.batch_size),
-                   desc=f"{description} epoch {epoch + 1}/{schedule.epochs}", leave=False, mininterval=2, disable=None)  # no bar when not a terminal
-        for batch, index in enumerate(bar, 1):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-                loss = loss_fn(model, index)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            value = loss.item()
-            total, count = total + value * len(index), count + len(index)
-            if epoch_losses.first_batch is None:
-                epoch_losses.first_batch = value
-            epoch_losses.last_batch = value
-            bar.set_postfix(loss=f"{total / count:.4f}")
-            progress.batch(epoch + 1, schedule.epochs, batch, steps_per_epoch, total / count, state.step)
+        sampler.set_epoch(epoch)
+        batches = torch.tensor(list(sampler), dtype=torch.long).split(batch_size)
+        bar = tqdm(batches, desc=f"{description} epoch {epoch + 1}/{schedule.epochs}", leave=False, mininterval=2,
+                   disable=None if world.main else True)  # no bar when not a terminal, nor on other ranks
+        total, count = run.epoch(bar, state, epoch_losses, progress, (epoch + 1, schedule.epochs, steps_per_epoch))
+        total, count = world.sum([total, count])  # every rank's ads: the same mean on every rank
         state.epoch = epoch + 1
         epoch_losses.append(total / count)
         progress.epoch(state.epoch, schedule.epochs, epoch_losses[-1], state.step)
@@ -209,6 +204,48 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
             on_epoch_end(model, optimizer, state, epoch_losses[-1])
     model.eval()
     return epoch_losses
+
+
+@dataclass
+class EpochRun:
+    """The steps of one epoch: autocast by device, loss scaling where float16 needs it, clipping, the
+    schedule; `trained` is the model or its DDP wrapper (which averages gradients in backward)."""
+    trained: torch.nn.Module
+    loss_fn: LossFunction
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    placement: Placement
+    world: World
+
+    def __post_init__(self):
+        self.scaler = self.placement.grad_scaler()
+
+    def step(self, index: torch.Tensor) -> float:
+        with self.placement.autocast():
+            loss = self.loss_fn(self.trained, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trained.parameters(), 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item()
+
+    def epoch(self, bar, state: TrainingState, epoch_losses: EpochLosses, progress: ProgressLines,
+              where: tuple[int, int, int]) -> tuple[float, int]:
+        """(sum of the batch losses weighted by their ads, ads) over this rank's batches."""
+        total, count = 0.0, 0
+        for batch, index in enumerate(bar, 1):
+            value = self.step(index)
+            state.step += 1
+            total, count = total + value * len(index), count + len(index)
+            if epoch_losses.first_batch is None:
+                epoch_losses.first_batch = value
+            epoch_losses.last_batch = value
+            bar.set_postfix(loss=f"{total / count:.4f}")
+            progress.batch(where[0], where[1], batch, where[2], total / count, state.step)
+        return total, count
 
 
 # --- checkpoints ---------------------------------------------------------------------

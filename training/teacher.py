@@ -2,7 +2,7 @@
 
 The teacher trains on the labels with cross-entropy, saves a checkpoint after every epoch
 to `OUT.checkpoint/` (resume with `resume=True`), and writes its folder atomically at the
-end, with `metrics.json` holding its scores on the held-out test split (the reported figures) and,
+end (under torchrun: rank 0 alone, training/distributed.py), with `metrics.json` holding its scores on the held-out test split (the reported figures) and,
 when the data set has one, on its validation split (what choices are made on). On that validation
 split each task's temperature is fitted (training/calibration.py) and stored in the teacher's
 config; metrics.json records the calibration error before and after, beside `reliability.png`.
@@ -11,6 +11,7 @@ config; metrics.json records the calibration error before and after, beside `rel
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -28,6 +29,7 @@ from adaudit.core.files import atomic_write_text
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from .presets import preset
+from .distributed import World, finish, per_rank_batch, start
 from .loop import TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
 
 MODALITIES = ("both", "text", "image")
@@ -94,61 +96,87 @@ def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
 
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
-                  frozen_blocks: int | None = None, recombined: float | None = None, log=print) -> dict:
+                  frozen_blocks: int | None = None, recombined: float | None = None, log=print,
+                  device: str | None = "auto") -> dict | None:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
     (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
     fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
-    added to the training ads, as a fraction of them (only when both modalities are read)."""
+    added to the training ads, as a fraction of them (only when both modalities are read). `device`:
+    training/device.py. Under torchrun every rank trains (DDP) and rank 0 alone logs, evaluates and writes:
+    it returns the metrics, the other ranks None."""
     started = time.perf_counter()
     out = Path(out)
     row = preset(preset_name)  # a readable ConfigError for an unknown name
     schedule = replace(row.schedule, seed=seed, **({"epochs": epochs} if epochs else {}))
-    checkpoint = checkpoint_folder(out)
-    state, optimizer_state = TrainingState(), None
-    recombined = row.recombined if recombined is None else recombined
-    if recombined < 0:
-        raise ValueError(f"recombined must be 0 or more, got {recombined}")
-    recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
+    per_rank_batch(schedule.batch_size, int(os.environ.get("WORLD_SIZE", "1")))  # refused before any work
+    world = start(device)
+    try:
+        log = log if world.main else (lambda message: None)
+        return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
+                           recombined, log, started)
+    finally:
+        finish(world)
+
+
+def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log):
+    """(model, optimizer state, training state, recombined fraction): from the checkpoint when resuming."""
     if resume and checkpoint.exists():
         model, optimizer_state, state, meta = load_checkpoint(checkpoint)
         # the rows the run started with (a checkpoint from before recombined pairs: none), so that the
         # epochs left cover the same rows and the learning-rate schedule the same steps
         recombined = meta.get("recombined", 0.0)
         log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined})")
-    else:
-        torch.manual_seed(seed)
-        model = new_teacher(preset_name)
+        return model, optimizer_state, state, recombined
+    torch.manual_seed(seed)
+    return new_teacher(preset_name), None, TrainingState(), recombined
+
+
+def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
+                modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float):
+    """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
+    checkpoint = checkpoint_folder(out)
+    recombined = row.recombined if recombined is None else recombined
+    if recombined < 0:
+        raise ValueError(f"recombined must be 0 or more, got {recombined}")
+    recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
+    model, optimizer_state, state, recombined = load_or_new_teacher(checkpoint, resume, row.name, schedule.seed,
+                                                                    recombined, log)
     frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
     if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
         log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {frozen_blocks} blocks)")
-    log(f"{model.num_parameters() / 1e6:.2f}M parameters")
+    log(f"{model.num_parameters() / 1e6:.2f}M parameters, on {world.device}"
+        + (f", {world.world_size} ranks ({world.backend})" if world.distributed else ""))
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
     train = encode_split(data_dir, "train", processor, config.tasks, limit)
-    pairs = recombined_pairs(train, round(recombined * len(train)), seed=seed)
+    pairs = recombined_pairs(train, round(recombined * len(train)), seed=schedule.seed)
     train = blank_modality(train.joined(pairs), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
-    log(f"teacher '{preset_name}': {len(train) - len(pairs)} training ads + {len(pairs)} recombined, "
+    log(f"teacher '{row.name}': {len(train) - len(pairs)} training ads + {len(pairs)} recombined, "
         f"{len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
-        save_checkpoint(checkpoint, model, optimizer, state, {"preset": preset_name, "recombined": recombined})
+        if world.main:  # rank 0 alone writes; every rank holds the same weights
+            save_checkpoint(checkpoint, model, optimizer, state, {"preset": row.name, "recombined": recombined})
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
-                 f"teacher {preset_name}", state, optimizer_state, on_epoch_end=save_progress)
+                 f"teacher {row.name}", state, optimizer_state, on_epoch_end=save_progress, world=world)
+    if not world.main:
+        return None
     validation = validation_split(data_dir, processor, config.tasks, modality)
     calibration, calibration_entry = calibrate_teacher(model, validation, test, log)
-    metrics = {"preset": preset_name, "modality": modality, "epochs": schedule.epochs, "seed": seed,
+    metrics = {"preset": row.name, "modality": modality, "epochs": schedule.epochs, "seed": schedule.seed,
                "data_checksum": data_checksum(data_dir), "train_loss": losses,
                "test": evaluate(model, test), "train_samples": len(train),
                **({} if validation is None else {"validation": evaluate(model, validation)}),
                **calibration_entry,
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
+               "distributed": world.record(),
                "wall_seconds": time.perf_counter() - started}
-    write_teacher(model, out, metrics, calibration)
+    write_teacher(model.cpu(), out, metrics, calibration)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return metrics
 

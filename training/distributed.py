@@ -1,0 +1,161 @@
+"""Several processes, on one machine or many: PyTorch's own torch.distributed, launched by torchrun.
+
+Nothing here launches or coordinates processes itself. `torchrun --nproc-per-node N [--nnodes ...] -m
+adaudit teacher train ...` starts the ranks and sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR;
+`adaudit teacher train ... --nproc-per-node N` runs torchrun for you (`launch`). Inside a rank, `start`
+joins the process group (NCCL between GPUs, gloo between CPU processes), and `World` holds what the
+training loop needs from it:
+
+- DistributedDataParallel around the model (gradients averaged across ranks at every step);
+- a DistributedSampler over the training ads, seeded as the single-process loop always was
+  (seed * 1000 + epoch), so 1 rank draws the very permutation it drew before distribution existed;
+- the global batch kept what the preset says: each rank takes global / world_size ads per step, and the
+  DistributedSampler interleaves ranks so the ads of one step across all ranks are exactly the ads of the
+  single-process step (`per_rank_batch`); a world size that does not divide it is refused;
+- rank 0 alone logs and writes (`is_main_process` works before the group exists, from RANK).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from .device import resolve_device
+
+
+class DistributedError(ValueError):
+    """A run the process group cannot do (batch not divisible, a rank that died); one readable line."""
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun at all): the one process that logs and writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main_process_only(log):
+    """`log` on rank 0; a no-op on every other rank, so N ranks print one log, not N."""
+    return log if is_main_process() else (lambda message: None)
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """The ads each rank takes per step so that the global batch stays `global_batch`."""
+    if world_size < 1 or global_batch % world_size:
+        raise DistributedError(f"a world size of {world_size} does not divide the global batch of {global_batch} "
+                               f"ads: choose a number of processes that divides {global_batch}")
+    return global_batch // world_size
+
+
+@dataclass
+class World:
+    """This process's place among the ranks (a single process: rank 0 of 1, no backend)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def record(self) -> dict:
+        """metrics.json's / report.json's `distributed` entry."""
+        return {"world_size": self.world_size, "backend": self.backend, "device": str(self.device)}
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP around `model` across ranks; the model itself for one process. Unused parameters are looked
+        for because the industry picture head sits out a step whose ads all mismatch their picture."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def sampler(self, size: int, seed: int):
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                  seed=seed)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """`values` summed over every rank (every rank gets the sums)."""
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+
+def start(device_name: str | None = "auto") -> World:
+    """This process's World: joins the process group when torchrun started several ranks."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return World(resolve_device(device_name))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = resolve_device(device_name, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return World(device, dist.get_rank(), world_size, local_rank, backend)
+
+
+def finish(world: World) -> None:
+    """Leave the process group. No barrier: after training only rank 0 works (evaluates, writes), and a
+    barrier would hold the other ranks under the group's timeout for as long as that takes."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` / `option=VALUE` (the relaunched ranks must not relaunch)."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == option:
+            skip = True
+        elif not argument.startswith(option + "="):
+            kept.append(argument)
+    return kept
+
+
+def launch(argv: list[str], nproc_per_node: int) -> None:
+    """Run `python -m adaudit ARGV` as `nproc_per_node` ranks through torchrun (torch.distributed.run), on
+    this machine (--standalone rendezvous). A rank that fails stops the others (torchrun's agent does);
+    this raises one DistributedError naming the first rank that failed."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = run.parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}", "--module", "adaudit",
+                           *without_option(argv, "--nproc-per-node")])
+    try:
+        run.run(args)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        raise DistributedError(f"rank {rank} of {nproc_per_node} {exit_reason(failure.exitcode)}; torchrun "
+                               f"stopped the other ranks and nothing was written (its own error is above)") from None
+
+
+def exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
