@@ -19,8 +19,12 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+from pathlib import Path
+
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from .admission import AdmissionLimit
 from .backends import make_backend
@@ -40,6 +44,40 @@ DESCRIPTION = """Audits ads (an image and Chinese copy): approve or reject, the 
 ad's attributes. The primary model answers; a canary fraction is answered by another model
 (sticky per `ad_id`); a shadow fraction is mirrored to the full model for comparison. Every
 error is JSON `{"error": ..., "kind": ...}`."""
+DOCS_STATIC = "/static-offline-docs"  # swagger-ui's and redoc's files (the fastapi-offline package)
+CONSOLE = Path(__file__).parent / "console"  # the reviewer console's HTML, JS and CSS
+
+
+# what the docs pages and the console may load: the gateway's own files only (redoc's bundle would fetch its
+# logo from a CDN; the policy stops that before any request). Swagger's and redoc's pages start with an
+# inline script, and redoc runs a web worker from a blob; the console has no inline script.
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+               "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; object-src 'none'")
+CONSOLE_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                  "object-src 'none'; frame-ancestors 'none'")
+
+
+class LocalOnly:
+    """Pure ASGI: a Content-Security-Policy on the docs pages and the console, so a browser loads nothing for
+    them from anywhere but the gateway (the console shows advertisers' copy: no script of theirs may run)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        policy = CONSOLE_POLICY if path.startswith("/console") else DOCS_POLICY if path in ("/docs", "/redoc") \
+            else None
+        if policy is None:
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"content-security-policy", policy.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -64,7 +102,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.gateway = None
             await gateway.stop()
 
-    app = FastAPI(title="adaudit audit gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load swagger-ui and redoc from fastapi-offline's package files, served by the gateway
+    # under /static-offline-docs: FastAPI's default pages fetch them from a CDN, blank without internet
+    app = FastAPIOffline(title="adaudit audit gateway", version="1", description=DESCRIPTION, lifespan=lifespan,
+                         static_url=DOCS_STATIC)
     app.state.settings, app.state.metrics, app.state.gateway = settings, metrics, None
     app.state.guard = Guard(settings)
     install_error_handlers(app)
@@ -72,9 +113,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(reviews_router, dependencies=[Depends(authenticate)])
     app.include_router(policies_router, dependencies=[Depends(authenticate)])
     app.include_router(ops_router)
+    # the reviewer console: static files, no build step; its API calls carry the reviewer's key (docs/console.md)
+    app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
     if settings.cors_origins:  # off by default: browsers may not call the gateway from other origins
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(LocalOnly)
     app.add_middleware(AdmissionLimit, limit=settings.max_in_flight, metrics=metrics)
     app.add_middleware(GatewayMiddleware, metrics=metrics)
     return app

@@ -83,7 +83,7 @@ def validated(model, data, what: str):
 def audit_from_json(data, max_image_bytes: int, prefix: str = "") -> RawAd:
     request = validated(AuditRequest, data, "the audit request")
     image = image_from_base64(request.image_base64, f"{prefix}image_base64", max_image_bytes)
-    return RawAd(image, request.text, request.ad_id, request.policy)
+    return RawAd(image, request.text, request.ad_id, request.policy, request.explain)
 
 
 def batch_from_json(data, max_batch: int, max_image_bytes: int) -> list[RawAd]:
@@ -95,7 +95,7 @@ def batch_from_json(data, max_batch: int, max_image_bytes: int) -> list[RawAd]:
     if not batch.items:
         raise unprocessable("batch_empty", "the batch has no ads")
     return [RawAd(image_from_base64(item.image_base64, f"items[{i}].image_base64", max_image_bytes),
-                  item.text, item.ad_id, item.policy) for i, item in enumerate(batch.items)]
+                  item.text, item.ad_id, item.policy, item.explain) for i, item in enumerate(batch.items)]
 
 
 @dataclass
@@ -152,9 +152,10 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, Part]:
 
 def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
     parts = parse_multipart(body, content_type)
-    unknown = sorted(set(parts) - {"image", "text", "ad_id", "policy"})
+    unknown = sorted(set(parts) - {"image", "text", "ad_id", "policy", "explain"})
     if unknown:
-        raise unprocessable("invalid_request", f"unknown form fields {unknown}; expected image, text, ad_id, policy")
+        raise unprocessable("invalid_request", f"unknown form fields {unknown}; expected image, text, ad_id, policy, "
+                            "explain")
     for name in ("image", "text"):
         if name not in parts:
             raise unprocessable("invalid_request", f"the form has no {name!r} field")
@@ -170,4 +171,16 @@ def audit_from_multipart(body: bytes, content_type: str) -> RawAd:
         if problem:
             raise unprocessable("invalid_request", f"ad_id {problem}")
     policy = bytes(parts["policy"].data).decode("utf-8", "replace").strip() or None if "policy" in parts else None
-    return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id, policy)
+    explain = form_flag(bytes(parts["explain"].data), "explain") if "explain" in parts else False
+    return RawAd(bytes(parts["image"].data), bytes(parts["text"].data), ad_id, policy, explain)
+
+
+FORM_TRUE, FORM_FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def form_flag(value: bytes, name: str) -> bool:
+    """A form field read as a boolean the way pydantic reads a JSON one; anything else is a 422 naming it."""
+    text = value.decode("utf-8", "replace").strip().lower()
+    if text not in FORM_TRUE | FORM_FALSE:
+        raise unprocessable("invalid_request", f"{name} must be true or false, not {text[:20]!r}")
+    return text in FORM_TRUE

@@ -9,6 +9,13 @@
               one row per reviewed task, unique (request_id, task)
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
               shadow_model, shadow_version, primary_outputs JSON, shadow_outputs JSON)
+    review_items(request_id PK FK -> decisions, created_at, picture bytes, media_type, copy)
+              revision 0004: the ad itself, kept only for ads answered `review` (a reviewer must see it)
+
+The review queue is the decisions answered `review` that have no feedback yet, oldest first
+(`review_queue`, paged by the last request_id seen); feedback closes an item. A decision row whose
+dict carries `REVIEW_ITEM` (the gateway adds it to review answers while `review_store_ads` is on)
+has that item written right after it, before the answer goes out (`write_decisions`).
 
 `DecisionLog` is what every database does the same: the schema at start (below), a logged
 decision, the reviewer's feedback, per-model reviewed accuracy (a join of feedback with decisions,
@@ -50,21 +57,43 @@ import logging
 import math
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, cast, create_engine, event, func, insert, select
+from sqlalchemy import Integer, and_, cast, create_engine, event, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from .schema import SchemaError, first_line, schema_status, upgrade_schema
-from .tables import DecisionRow, DisagreementRow, FeedbackRow
+from .tables import DecisionRow, DisagreementRow, FeedbackRow, ReviewItemRow
 
 log = logging.getLogger("adaudit.service")
 CHECKPOINT_EVERY = 200  # rows written in place (SqliteDecisionWriter) between two WAL checkpoints
 IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
 
 
+REVIEW_ITEM = "review_item"  # the key of a decision row's review item (picture, media_type, copy), if any
+PICTURE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+                 (b"BM", "image/bmp"))  # WEBP: RIFF....WEBP (picture_media_type)
+
+
 class UnknownRequest(LookupError):
     pass
+
+
+class UnknownCursor(LookupError):
+    pass
+
+
+def picture_media_type(picture: bytes) -> str:
+    """The media type of an ad's picture from its first bytes (intake.py admits only these formats): the
+    picture route answers with it, so a browser shows the bytes as the image they are."""
+    if picture[:4] == b"RIFF" and picture[8:12] == b"WEBP":
+        return "image/webp"
+    return next((media for magic, media in PICTURE_TYPES if picture.startswith(magic)), "application/octet-stream")
+
+
+def review_item(picture: bytes, copy: str) -> dict:
+    """A decision row's REVIEW_ITEM: the ad as the reviewer will see it."""
+    return {"picture": picture, "media_type": picture_media_type(picture), "copy": copy}
 
 
 class FeedbackExists(ValueError):
@@ -318,8 +347,18 @@ class DecisionLog:
         return self.schema_problem
 
     async def write_decisions(self, rows: list[dict], alone: bool = False) -> None:
-        """The gateway's write of its decisions (the writer strategy's `write`)."""
+        """The gateway's write of its decisions (the writer strategy's `write`), then the review items some
+        of them carry (a second commit, from a worker thread: the items reference their decisions, and
+        pictures are too large for the in-place path). Both are done before the gateway answers."""
+        items = [{"request_id": row["request_id"], "created_at": row["created_at"], **row.pop(REVIEW_ITEM)}
+                 for row in rows if REVIEW_ITEM in row]
         await self.writer.write(rows, alone)
+        if items:
+            await asyncio.to_thread(self.add_review_items, items)
+
+    def add_review_items(self, items: list[dict]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(ReviewItemRow), items)
 
     def add_decisions(self, rows: list[dict]) -> None:
         """Commit `rows` now, waiting as long as the database needs (scripts, benchmarks, tests)."""
@@ -376,6 +415,35 @@ class DecisionLog:
             return [{"model": m, "version": v, "task": t, "reviewed": n, "correct": int(c or 0),
                      "accuracy": round((c or 0) / n, 6)} for m, v, t, n, c in session.execute(query)]
 
+    def review_queue(self, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
+        """Up to `limit` open review items (suggestion `review`, no feedback), oldest first, after the item
+        `after` (a request_id a previous page ended with), and the cursor of the next page (None: the last).
+        Ordered by (created_at, request_id), so a page boundary between equal times loses nothing, and an
+        item closed meanwhile still marks its place."""
+        open_review = and_(DecisionRow.suggestion == "review",
+                           ~exists().where(FeedbackRow.request_id == DecisionRow.request_id))
+        query = (select(DecisionRow, ReviewItemRow.copy, ReviewItemRow.media_type)
+                 .outerjoin(ReviewItemRow, ReviewItemRow.request_id == DecisionRow.request_id)
+                 .where(open_review).order_by(DecisionRow.created_at, DecisionRow.request_id).limit(limit + 1))
+        with Session(self.engine) as session:
+            if after is not None:
+                mark = session.get(DecisionRow, after)
+                if mark is None:
+                    raise UnknownCursor(after)
+                query = query.where(or_(DecisionRow.created_at > mark.created_at,
+                                        and_(DecisionRow.created_at == mark.created_at,
+                                             DecisionRow.request_id > mark.request_id)))
+            found = session.execute(query).all()
+            items = [_queue_item(row, copy, media_type) for row, copy, media_type in found[:limit]]
+        return items, (items[-1]["request_id"] if len(found) > limit else None)
+
+    def review_picture(self, request_id: str) -> tuple[bytes, str] | None:
+        """The stored picture of a review item and its media type, or None (no item, or not kept)."""
+        with Session(self.engine) as session:
+            found = session.execute(select(ReviewItemRow.picture, ReviewItemRow.media_type)
+                                    .where(ReviewItemRow.request_id == request_id)).first()
+        return None if found is None else (found[0], found[1])
+
     def add_disagreements(self, rows: list[dict]) -> None:
         """One shadow call's disagreements, in one transaction (one Core INSERT, as add_decisions)."""
         moment = now()
@@ -396,6 +464,16 @@ def _decision_of(row: DecisionRow) -> dict:
     policy = {"name": row.policy_name, "version": row.policy_version} if row.policy_name else None
     return {"suggestion": row.suggestion, "reasons": row.reasons or [], "policy": policy,
             "term_hits": row.outputs.get("term_hits", [])}
+
+
+def _queue_item(row: DecisionRow, copy: str | None, media_type: str | None) -> dict:
+    """An open review item as the queue lists it: the decision, the model's scores, what fired, the copy and
+    where its picture is (None where the ad was not kept)."""
+    return {"request_id": row.request_id, "created_at": utc(row.created_at), "ad_id": row.ad_id,
+            "model": row.model, "version": row.version, "arm": row.arm, "verdict": row.verdict,
+            "violation": row.violation, "scores": row.outputs["scores"], "copy": copy,
+            "picture_url": f"/v1/reviews/{row.request_id}/picture" if media_type else None,
+            "evidence": row.outputs.get("evidence"), **_decision_of(row)}
 
 
 def _columns(row: DecisionRow) -> dict:

@@ -53,9 +53,10 @@ from adaudit.decisions.decide import Decision, decide
 from .audit_policies import AuditPolicies
 from .backends import BackendError
 from .coalescing import Coalescer
-from .decision_log import DecisionLog, now
+from .decision_log import REVIEW_ITEM, DecisionLog, now, review_item
 from .encoding import Encoder, ModelSpec, Prediction, predictions, select
 from .errors import ApiError
+from .evidence import Explainer
 from .intake import Ad, Limits, RawAd, decode_ads
 from .metrics import GatewayMetrics
 from .policy import CANARY, PRIMARY, Target, TrafficPolicy
@@ -105,6 +106,8 @@ class Gateway:
         self.policy = policy or TrafficPolicy(settings)
         self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars)
         self.encoder = Encoder()
+        self.explainer = Explainer(self.encoder, settings.explain_max_chars, settings.explain_grid,
+                                   settings.explain_window)  # explain=true (evidence.py)
         self.policies = AuditPolicies(settings.policy_dir, settings.default_policy)  # audit decisions
         # backend calls keyed by (model, version, backend): one model on two servers is two queues
         self.calls = Coalescer(self._infer_together, settings.backend_calls_in_flight,
@@ -272,30 +275,48 @@ class Gateway:
                                     for t, idx in groups.items()))
         results: list[dict | None] = [None] * len(ads)
         jobs: list[ShadowJob] = []
-        rows = []
+        rows, explains = [], []
         for indexes, (target, (spec, answers, inputs, preprocess_s, inference_s)) in zip(groups.values(), answered):
             for position, (index, answer) in enumerate(zip(indexes, answers)):
                 decision = decide(answer.probabilities, policies[index].matcher.find(ads[index].text),
                                   policies[index].policy)
                 result = self._result(ads[index], spec, target.arm, answer, decision)
                 results[index] = result
+                if raw[index].explain:
+                    explains.append((result, target, spec, ads[index], select(inputs, position), answer, decision))
                 if self._mirrors(spec):
                     jobs.append(self._job(result["request_id"], spec, answer, select(inputs, position), ads[index]))
                     result["shadowed"] = True
                 result["timings"] = {"preprocess_ms": round((decode_s + preprocess_s) * 1000, 3),
                                      "inference_ms": round(inference_s * 1000, 3)}
+        if explains:
+            await together(*(self._explain(*job) for job in explains))
         total_ms = round((time.perf_counter() - received) * 1000, 3)
-        for result in results:
+        for index, result in enumerate(results):
             result["timings"]["total_ms"] = total_ms
             rows.append({**self._row(result), "caller": caller})
+            if result["suggestion"] == "review" and self.settings.review_store_ads:  # the reviewer sees the ad
+                rows[-1][REVIEW_ITEM] = review_item(raw[index].image, ads[index].text)
         await self._log(rows)
         for result in results:
             for task, label in {"verdict": result["verdict"], "violation": result["violation"],
                                 **result["attributes"]}.items():
                 self.metrics.predictions.labels(result["model"], result["version"], task, label).inc()
+            self.metrics.suggestions.labels(result["model"], result["version"], result["suggestion"]).inc()
         for job in jobs:
             self.shadow.offer(job)
         return results
+
+    async def _explain(self, result: dict, target: Target, spec: ModelSpec, ad: Ad, row: dict, answer: Prediction,
+                       decision: Decision) -> None:
+        """`result["evidence"]` (evidence.py): the occluded variants as one batch, through the batching path, on
+        the target (backend, model, version) that answered; a backend that fails meanwhile is a 503."""
+        async def run(batch: dict) -> list[Prediction]:
+            return (await self.predict(target, None, {spec.input_key: batch}))[1]
+        try:
+            result["evidence"] = await self.explainer.explain(run, ad, spec, row, answer, decision)
+        except BackendError as error:
+            raise ApiError(503, error.kind, error.message) from None
 
     def _mirrors(self, spec: ModelSpec) -> bool:
         shadow = self.policy.shadow

@@ -43,6 +43,7 @@ class RawAd:
     text: str | bytes
     ad_id: str | None = None
     policy: str | None = None  # the audit policy the request named (None: the gateway's default)
+    explain: bool = False  # whether the answer carries `evidence` (service/evidence.py)
 
 
 @dataclass

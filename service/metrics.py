@@ -16,6 +16,12 @@ process group each worker would report only its own share.
     adaudit_shadow_queue_depth{primary, primary_version}        gauge, mirrored ads waiting in the one shadow queue
     adaudit_shadow_dropped_total{primary, primary_version}      counter, mirrored ads dropped (queue full)
     adaudit_reviewed_total{model, version, task, outcome}       counter, reviewer feedback: correct|incorrect
+    adaudit_suggestions_total{model, version, suggestion}       counter, every answered ad: pass|review|block
+    adaudit_reviewed_suggestions_total{model, version, suggestion, outcome}   counter, reviewer feedback with
+                                                                a verdict (or violation) on an ad answered pass,
+                                                                review or block: agreed|overruled (the reviewer's
+                                                                verdict is the suggestion's: pass approves, block
+                                                                rejects, review the model's lean)
     adaudit_errors_total{kind}                                  counter, every error answered (and shadow failures)
     adaudit_in_flight_requests                                  gauge
     adaudit_backend_ready{model}                                gauge, last readiness seen by /readyz (1 or 0)
@@ -25,6 +31,13 @@ mirrored ad: the primary's, or the canary's for the canary arm (a canary version
 is told apart by its version). Verdict agreement of canary version 2 with the teacher:
 `sum(rate(adaudit_shadow_agreements_total{primary_version="2",task="verdict"}[5m]))
  / sum(rate(adaudit_shadow_comparisons_total{primary_version="2"}[5m]))`.
+
+The review loop (issue 28): the automation rate, the share of answered ads decided without a reviewer,
+`sum by (model, version) (rate(adaudit_suggestions_total{suggestion=~"pass|block"}[1h]))
+ / sum by (model, version) (rate(adaudit_suggestions_total[1h]))` (the review rate: suggestion="review");
+the reviewed precision of automatic blocks (passes alike), from the audited sample reviewers looked at:
+`sum by (model, version) (rate(adaudit_reviewed_suggestions_total{suggestion="block",outcome="agreed"}[1d]))
+ / sum by (model, version) (rate(adaudit_reviewed_suggestions_total{suggestion="block"}[1d]))`.
 
 Reviewed accuracy per model for the canary comparison:
 `sum by (model, version) (rate(adaudit_reviewed_total{task="verdict",outcome="correct"}[1h]))
@@ -64,6 +77,24 @@ class GatewayMetrics:
                                       answered, registry=r)
         self.reviewed = Counter("adaudit_reviewed", "Reviewer feedback compared with the logged decision",
                                 ["model", "version", "task", "outcome"], registry=r)
+        self.suggestions = Counter("adaudit_suggestions", "Answered ads by audit suggestion (pass, review, block)",
+                                   ["model", "version", "suggestion"], registry=r)
+        self.reviewed_suggestions = Counter(
+            "adaudit_reviewed_suggestions", "Reviewer verdicts on answered ads: agreed with the suggestion, or not",
+            ["model", "version", "suggestion", "outcome"], registry=r)
         self.errors = Counter("adaudit_errors", "Errors by kind", ["kind"], registry=r)
         self.in_flight = Gauge("adaudit_in_flight_requests", "HTTP requests being served", registry=r)
         self.backend_ready = Gauge("adaudit_backend_ready", "Model readiness seen by /readyz", ["model"], registry=r)
+
+    def count_review(self, decision: dict, labels: dict[str, str]) -> None:
+        """At feedback time: whether the reviewer's verdict is the one the logged suggestion stands for (pass:
+        approve, block: reject, review: the model's lean, its logged verdict), the reviewed precision of
+        automatic decisions. The verdict is the reviewer's `verdict` label, else what their `violation`
+        implies (none: approve); feedback with neither, or on a row logged before suggestions, is not counted."""
+        suggestion = decision.get("suggestion")
+        verdict = labels.get("verdict") or {None: None, "none": "approve"}.get(labels.get("violation"), "reject")
+        if suggestion is None or verdict is None:
+            return
+        expected = {"pass": "approve", "block": "reject"}.get(suggestion, decision.get("verdict"))
+        self.reviewed_suggestions.labels(decision["model"], decision["version"], suggestion,
+                                         "agreed" if verdict == expected else "overruled").inc()

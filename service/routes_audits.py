@@ -37,7 +37,7 @@ ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in 
          "log unavailable (Retry-After)"}.items()}
 MULTIPART_SCHEMA = {"type": "object", "required": ["image", "text"], "properties": {
     "image": {"type": "string", "format": "binary"}, "text": {"type": "string"},
-    "ad_id": {"type": "string", "maxLength": 128}}}
+    "ad_id": {"type": "string", "maxLength": 128}, "explain": {"type": "boolean", "default": False}}}
 
 
 def request_body(*content: tuple[str, dict]) -> dict:
@@ -116,5 +116,6 @@ async def give_feedback(request: Request, request_id: str = RequestId, gateway: 
     for task, ok in correct.items():
         gateway.metrics.reviewed.labels(decision["model"], decision["version"], task,
                                         "correct" if ok else "incorrect").inc()
+    gateway.metrics.count_review(decision, feedback.labels)  # reviewed precision of pass / block (metrics.py)
     return {"request_id": request_id, "model": decision["model"], "version": decision["version"],
             "labels": feedback.labels, "correct": correct}

@@ -52,6 +52,9 @@ class AuditRequest(BaseModel):
     policy: str | None = Field(None, min_length=1, max_length=64, description="The audit policy to decide with "
                                "(GET /v1/policies lists them); none: the gateway's default_policy",
                                examples=["default"])
+    explain: bool = Field(False, description="add `evidence`: the copy's spans and the picture's cells that drove "
+                          "the violation (occlusion through the serving model) and the advertising-law article it "
+                          "refers to (docs/evidence.md); costs one extra backend batch")
 
 
 class BatchRequest(BaseModel):
@@ -86,6 +89,51 @@ class TermHit(BaseModel):
     end: int = Field(description="offset after its last character (text[start:end] is the hit as written)")
 
 
+class EvidenceSpan(BaseModel):
+    start: int = Field(description="offset of the span's first character in the copy as sent")
+    end: int = Field(description="offset after its last character (text[start:end] is `text`)")
+    text: str
+    score: float = Field(description="the drop in the explained class's probability when the span is deleted")
+
+
+class EvidenceCopy(BaseModel):
+    spans: list[EvidenceSpan] = Field(description="the spans that drove the class, strongest first")
+    window: int = Field(description="tokens deleted per variant")
+    explained_chars: int = Field(description="how many of the copy's first characters were explained (a cap)")
+
+
+class EvidenceCell(BaseModel):
+    row: int
+    column: int
+    score: float = Field(description="the drop in the explained class's probability when the cell is greyed")
+    box: list[int] = Field(description="x0, y0, x1, y1 in the picture as sent (pixels)")
+
+
+class EvidencePicture(BaseModel):
+    grid: int = Field(description="the occlusion grid is grid x grid cells")
+    scores: list[list[float]] = Field(description="each cell's drop, row by row")
+    cells: list[EvidenceCell] = Field(description="the cells whose greying drops the probability most")
+
+
+class Article(BaseModel):
+    violation: str
+    law: str
+    article: str
+    summary: str
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)  # `copy`, a name BaseModel itself uses
+    violation: str = Field(description="the class explained: the answered violation, or the likeliest non-none one")
+    probability: float = Field(description="the model's probability of that class for the ad as sent")
+    copy_: EvidenceCopy = Field(alias="copy")
+    picture: EvidencePicture
+    articles: list[Article] = Field(description="the advertising-law articles the classes refer to: a reference")
+    note: str = Field(description="the article table is a reference, not legal advice")
+    variants: int = Field(description="occluded variants scored in the extra backend batch")
+    took_ms: float
+
+
 SUGGESTION = Field(description="pass, review (a reviewer decides) or block, by the policy (docs/decisions.md)")
 
 
@@ -113,6 +161,8 @@ class AuditResult(AuditLabels):
     policy: PolicyRef
     term_hits: list[TermHit] = Field(description="terms of the policy's lists found in the copy, with offsets")
     timings: Timings
+    evidence: Evidence | None = Field(None, exclude_if=lambda value: value is None,
+                                      description="with explain=true only (docs/evidence.md)")
 
 
 class BatchResponse(BaseModel):

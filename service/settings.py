@@ -96,7 +96,17 @@ class GatewaySettings(BaseSettings):
     # (POST /v1/policies/reload; none listed: any caller the API keys admit)
     policy_dir: Path | None = None
     default_policy: str = Field("default", min_length=1, max_length=64)
+    # evidence (explain=true, service/evidence.py, docs/evidence.md): the work is capped by the copy's first
+    # explain_max_chars characters (one variant per window of explain_window tokens) and an explain_grid x
+    # explain_grid occlusion grid over the picture, all in one backend batch
+    explain_max_chars: int = Field(64, ge=1, le=2000)
+    explain_window: int = Field(2, ge=1, le=16)
+    explain_grid: int = Field(4, ge=1, le=16)
     policy_admins: Annotated[list[str], NoDecode] = []
+    # the review loop (docs/console.md): keep the picture and copy of each ad answered `review` in the decision
+    # log (table review_items) so a reviewer sees the ad in the queue and the console; off: the queue lists
+    # the decisions without the ad (a platform that shows reviewers the ad from its own store)
+    review_store_ads: bool = True
 
     @field_validator("api_keys", "cors_origins", "policy_admins", mode="before")
     @classmethod

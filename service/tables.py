@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,6 +48,18 @@ class FeedbackRow(Base):
     correct: Mapped[bool] = mapped_column(Boolean)
     reviewer: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewItemRow(Base):
+    """What a reviewer needs to judge an ad the policy sent to review: its picture and copy (revision 0004).
+    Only ads answered `review` get a row (the decision log keeps no ad content otherwise), and only while the
+    setting `review_store_ads` is on; the review queue reads them, and `GET /v1/reviews/{id}/picture`."""
+    __tablename__ = "review_items"
+    request_id: Mapped[str] = mapped_column(ForeignKey("decisions.request_id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    picture: Mapped[bytes] = mapped_column(LargeBinary)
+    media_type: Mapped[str] = mapped_column(String(32))
+    copy: Mapped[str] = mapped_column(Text)
 
 
 class DisagreementRow(Base):

@@ -538,7 +538,8 @@ def test_dashboard_is_well_formed():
     text = json.dumps(dashboard)
     for wanted in ("histogram_quantile(0.99", "adaudit_shadow_disagreements_total", "adaudit_reviewed_total",
                    "adaudit_shadow_queue_depth", "nv_inference_queue_duration_us",
-                   "nv_inference_compute_infer_duration_us", "nv_inference_exec_count"):
+                   "nv_inference_compute_infer_duration_us", "nv_inference_exec_count",
+                   "adaudit_suggestions_total", "adaudit_reviewed_suggestions_total"):
         assert wanted in text, wanted
 
 
