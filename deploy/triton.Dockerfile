@@ -40,6 +40,7 @@ COPY training training
 COPY compression compression
 COPY export export
 COPY service service
+COPY decisions decisions
 # adaudit declares Python 3.11 for its own environment; the model code runs on 3.10, hence
 # --ignore-requires-python, and --no-deps: only the model's dependencies above, not the gateway's
 RUN pip install --no-deps --ignore-requires-python .

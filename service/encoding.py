@@ -50,6 +50,17 @@ class Prediction:
     def as_dict(self) -> dict:
         return {"labels": self.labels, "scores": self.scores}
 
+    def answered(self, verdict: str, violation: str) -> "Prediction":
+        """This prediction with the verdict and violation a decision answered (decisions/decide.py), each
+        scored by the model's probability of it: what the gateway would have answered with these scores."""
+        decided = {"verdict": verdict, "violation": violation}
+        labels, scores = {**self.labels}, {**self.scores}
+        for task, label in decided.items():
+            if task in labels:
+                labels[task] = label
+                scores[task] = self.probabilities.get(task, {}).get(label, scores[task])
+        return Prediction(labels, scores, self.probabilities)
+
 
 class Encoder:
     def __init__(self):

@@ -285,7 +285,8 @@ class Gateway:
                 if raw[index].explain:
                     explains.append((result, target, spec, ads[index], select(inputs, position), answer, decision))
                 if self._mirrors(spec):
-                    jobs.append(self._job(result["request_id"], spec, answer, select(inputs, position), ads[index]))
+                    jobs.append(self._job(result["request_id"], spec, answer, select(inputs, position), ads[index],
+                                          decision, policies[index]))
                     result["shadowed"] = True
                 result["timings"] = {"preprocess_ms": round((decode_s + preprocess_s) * 1000, 3),
                                      "inference_ms": round(inference_s * 1000, 3)}
@@ -324,11 +325,20 @@ class Gateway:
             return False
         return not (shadow.model == spec.name and shadow.version in (None, spec.version))
 
-    def _job(self, request_id: str, spec: ModelSpec, answer: Prediction, inputs: dict, ad: Ad) -> ShadowJob:
+    def _job(self, request_id: str, spec: ModelSpec, answer: Prediction, inputs: dict, ad: Ad, decision: Decision,
+             audit_policy) -> ShadowJob:
+        """The mirrored ad; the shadow's answer will be decided under the same policy and term hits, so the
+        comparison is of what each model would have answered, not of raw argmax labels."""
         shadow = self.cached_spec(self.policy.shadow.model, self.policy.shadow.version, SHADOW)
         same_inputs = shadow is not None and shadow.input_key == spec.input_key
-        return ShadowJob(request_id, spec.name, spec.version, answer, inputs, spec.input_key,
-                         None if same_inputs else ad.source)
+        hits = decision.term_hits
+
+        def answer_as(prediction: Prediction) -> Prediction:
+            decided = decide(prediction.probabilities, hits, audit_policy.policy)
+            return prediction.answered(decided.verdict, decided.violation)
+
+        return ShadowJob(request_id, spec.name, spec.version, answer.answered(decision.verdict, decision.violation),
+                         inputs, spec.input_key, None if same_inputs else ad.source, answer_as)
 
     async def _run_shadow(self, jobs: list[ShadowJob]) -> tuple[ModelSpec, list[Prediction]]:
         """The shadow model's answers for several mirrored ads, in one backend call: the answering model's

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,12 @@ class ShadowJob:
     request_id: str
     model: str  # the model and version that answered
     version: str
-    prediction: Prediction
+    prediction: Prediction  # as answered: the decision's verdict and violation
     inputs: dict[str, np.ndarray]  # the answering model's inputs for this ad, reused when shapes match
     input_key: tuple
     source: RawAd | None  # the ad's bytes, kept only when the shadow model may need other inputs
+    # the shadow's prediction as the gateway would have answered it: the same policy and term hits decide
+    answer_as: Callable[[Prediction], Prediction] = lambda prediction: prediction
 
 
 class ShadowMirror:
@@ -125,6 +128,7 @@ class ShadowMirror:
         spec, shadows = await self.run(jobs)
         disagreements = []
         for job, shadow in zip(jobs, shadows):
+            shadow = job.answer_as(shadow)  # answers compared with answers, under the ad's policy
             primary, labels = job.prediction.labels, shadow.labels
             pair = (job.model, job.version, spec.name)  # the answering model and version, and the shadow
             self.metrics.shadow_comparisons.labels(*pair).inc()

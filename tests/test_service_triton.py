@@ -27,10 +27,12 @@ from adaudit.compression.vocabulary import corpus_characters, prune_vocabulary
 from adaudit.export.repository import ServingSettings, export_model
 from adaudit.export.server import TritonError, TritonServer, pytriton_folder, session_alive
 from adaudit.training.presets import preset_config
+from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.service.app import create_app
 from adaudit.service.settings import GatewaySettings
+from adaudit.service.shadow import COMPARED_TASKS
 from conftest import wait_for
 from benchmarks.serving import free_ports
 from loopback import random_png_base64
@@ -53,7 +55,11 @@ def model_dir(tmp_path_factory, student):
     shutil.copytree(student[0], folder / "compressed")  # what `compress` made of the tiny teacher
     for seed, name in enumerate(("student", "teacher")):
         torch.manual_seed(seed)
-        AuditModel(preset_config("tiny", len(build_vocabulary()))).save_pretrained(folder / name)
+        model = AuditModel(preset_config("tiny", len(build_vocabulary())))
+        if name == "teacher":  # a teacher that finds gambling everywhere: its answers differ from the student's
+            with torch.no_grad():
+                model.heads["violation"].bias[TASKS["violation"].index("gambling")] += 8.0
+        model.save_pretrained(folder / name)
     # a student whose vocabulary was pruned (compression's first stage): it brings its own tokenizer.json
     pruned, _ = prune_vocabulary(AuditModel.from_pretrained(folder / "student"), COPIES, corpus_characters("none"))
     pruned.save_pretrained(folder / "pruned")
@@ -151,14 +157,17 @@ def mirror_three_ads(client, primary: str, shadow: str, version: str = "1") -> N
 
 
 def test_shadow_traffic_through_triton(model_dir, tmp_path, triton):
-    """Every mirrored ad whose labels differ between student and teacher is stored for review, with
-    both answers as each model gave them (the embedded backend says what they are)."""
+    """Every mirrored ad whose answers differ between student and teacher (verdict or violation, each decided
+    under the same policy) is stored for review, with both answers as each model would have given them (the
+    embedded backend says what they are)."""
     with gateway(model_dir, tmp_path, "embedded", shadow_model=None) as local:
         student_labels = [labels(local.post("/v1/audits", json=ad).json()) for ad in ADS[:3]]
     with gateway(model_dir, tmp_path, "embedded", primary_model="teacher", shadow_model=None) as local:
         teacher_labels = [labels(local.post("/v1/audits", json=ad).json()) for ad in ADS[:3]]
-    differing = {ad["ad_id"] for ad, mine, theirs in zip(ADS, student_labels, teacher_labels) if mine != theirs}
-    assert differing, "the two random tiny models should disagree on some ad"
+    # the shadow compares answers (each decided under the same policy) on the verdict and the violation
+    differing = {ad["ad_id"] for ad, mine, theirs in zip(ADS, student_labels, teacher_labels)
+                 if any(mine[task] != theirs[task] for task in COMPARED_TASKS)}
+    assert differing, "the student and the gambling-biased teacher should answer some ad differently"
     with gateway(model_dir, tmp_path, "triton", triton, shadow_fraction=1.0) as client:
         mirror_three_ads(client, "student", "teacher")
         wait_for(lambda: len(client.get("/v1/shadow/disagreements").json()) == len(differing) or None, 10,
