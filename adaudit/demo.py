@@ -35,6 +35,16 @@ def build_models(workdir: Path, log) -> tuple[Path, Path, Path]:
     return data, teacher, student
 
 
+def quality(student: Path) -> str:
+    """How far to trust the demo's answers: its student and teacher on their test split (report.json), so a
+    newcomer reads a sample answer knowing the model behind it is a few minutes' training, not the benchmark's."""
+    report = json.loads((student / "report.json").read_text())
+    figures = {name: f"verdict accuracy {100 * report[name]['accuracy']:.1f}%, violation macro-F1 "
+                     f"{100 * report[name]['violation_macro_f1']:.1f}%" for name in ("student", "teacher")}
+    return (f"The demo student on its test split: {figures['student']} (its tiny teacher: {figures['teacher']}; "
+            "the benchmark's models: README).")
+
+
 def curl_example(data: Path, port: int) -> str:
     ad = json.loads((data / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
     return (f"curl -s -F image=@{shlex.quote(str(data / ad['image']))} -F text={shlex.quote(ad['text'])} "
@@ -60,7 +70,8 @@ def run_demo(workdir: Path, port: int, log=print) -> None:
                                    model_repository=repository,
                                    shadow_fraction=0.25,
                                    database_url=f"sqlite:///{(workdir / 'decisions.db').resolve()}")
-        log(f"gateway on http://127.0.0.1:{port} (docs at /docs, metrics at /metrics). Audit a sample ad:\n\n"
+        log(f"gateway on http://127.0.0.1:{port} (docs at /docs, reviewer console at /console, metrics at "
+            f"/metrics). {quality(student)} Audit a sample ad:\n\n"
             f"  {curl_example(data, port)}\n\nCtrl-C stops everything.")
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     log("stopped")

@@ -99,3 +99,14 @@ def test_export_beside_a_version_of_another_shape_is_one_error_line(student, tmp
     result = run("export", "--student", other, "--out", tmp_path / "repo", "--version", "2", "--engine", "torch")
     assert_one_error_line(result, "copy length")
     assert not (tmp_path / "repo" / "student" / "2").exists()
+
+
+def test_the_demo_states_its_students_and_teachers_quality_beside_the_sample(tmp_path):
+    from adaudit.demo import quality
+
+    report = {"student": {"accuracy": 0.9125, "violation_macro_f1": 0.5}, "teacher": {"accuracy": 0.95,
+                                                                                   "violation_macro_f1": 0.875}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    line = quality(tmp_path)
+    assert "student on its test split: verdict accuracy 91.2%, violation macro-F1 50.0%" in line
+    assert "teacher: verdict accuracy 95.0%, violation macro-F1 87.5%" in line
