@@ -54,6 +54,18 @@ class PostgresCluster:
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)}: {result.stdout[-1500:]}{result.stderr[-1500:]}")
 
+    @classmethod
+    def started(cls, **start) -> "PostgresCluster":
+        """A created and started cluster; PostgresUnavailable (nothing left behind) when it cannot run here."""
+        cluster = cls()
+        try:
+            cluster.create()
+            cluster.start(**start)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+            cluster.remove()
+            raise PostgresUnavailable(f"a PostgreSQL cluster cannot start here: {error}") from error
+        return cluster
+
     def create(self) -> "PostgresCluster":
         if os.geteuid() == 0:
             os.chown(self.folder, self.account.pw_uid, self.account.pw_gid)

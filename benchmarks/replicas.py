@@ -74,10 +74,8 @@ def run_replicas(args, key: str) -> dict:
     (workdir / "bodies.jsonl").write_bytes(b"\n".join(load_ads(args.data, args.ads)) + b"\n")
     repo = workdir / "repository"
     export_model(args.student, repo, "student", 1, ServingSettings(threads=1))
-    tritons, cluster, gateways = triton_pair(repo, workdir), PostgresCluster(), []
+    tritons, cluster, gateways = triton_pair(repo, workdir), PostgresCluster.started(), []
     try:
-        cluster.create()
-        cluster.start()
         engine = create_engine(cluster.url)
         upgrade_schema(engine)
         engine.dispose()

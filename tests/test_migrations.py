@@ -46,15 +46,9 @@ ROW = {"created_at": now(), "ad_id": "ad-1", "model": "student", "version": "1",
 def cluster():
     """One throwaway PostgreSQL cluster for the module; each test gets its own database in it."""
     try:
-        server = PostgresCluster()
+        server = PostgresCluster.started()
     except PostgresUnavailable as error:
         pytest.skip(str(error))
-    try:
-        server.create()
-        server.start()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        server.remove()
-        pytest.skip(f"a PostgreSQL cluster cannot start here: {error}")
     yield server
     server.remove()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -127,16 +126,10 @@ def test_a_locked_sqlite_log_fails_the_request_and_recovers(model_dir, tmp_path)
 @pytest.fixture
 def postgres():
     try:
-        cluster = PostgresCluster()
+        cluster = PostgresCluster.started()
     except PostgresUnavailable as error:
+        print(f"\nskipping: {error}")
         pytest.skip(str(error))
-    try:
-        cluster.create()
-        cluster.start()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        cluster.remove()
-        print(f"\nskipping: a PostgreSQL cluster cannot start here: {error}")
-        pytest.skip(f"a PostgreSQL cluster cannot start here: {error}")
     yield cluster
     cluster.remove()
 
