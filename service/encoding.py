@@ -58,7 +58,8 @@ class Prediction:
         for task, label in decided.items():
             if task in labels:
                 labels[task] = label
-                scores[task] = self.probabilities.get(task, {}).get(label, scores[task])
+            if task in self.probabilities:  # a class the model does not have (a term list's): probability 0
+                scores[task] = self.probabilities[task].get(label, 0.0)
         return Prediction(labels, scores, self.probabilities)
 
 

@@ -360,14 +360,11 @@ class Gateway:
     def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction, decision: Decision) -> dict:
         """The answer: the decision's verdict and violation (each with the model's probability of it), the
         model's other labels, the suggestion, its reasons and term hits, and the policy that decided."""
-        labels, scores = answer.labels, dict(answer.scores)
-        decided = {"verdict": decision.verdict, "violation": decision.violation}
-        for task, label in decided.items():
-            if task in answer.probabilities:
-                scores[task] = answer.probabilities[task].get(label, 0.0)
+        answered = answer.answered(decision.verdict, decision.violation)
+        labels, scores = answered.labels, dict(answered.scores)
         return {"request_id": uuid.uuid4().hex, "ad_id": ad.ad_id,
-                "verdict": decided["verdict"], "verdict_score": scores["verdict"],
-                "violation": decided["violation"], "violation_score": scores["violation"],
+                "verdict": decision.verdict, "verdict_score": scores["verdict"],
+                "violation": decision.violation, "violation_score": scores["violation"],
                 "attributes": {t: l for t, l in labels.items() if t not in HEADLINE_TASKS},
                 "scores": scores, "model": spec.name, "version": spec.version, "arm": arm, "shadowed": False,
                 **decision.as_dict()}
