@@ -102,7 +102,8 @@ class Strict(BaseModel):
 
 
 class DistillationSettings(Strict):
-    samples: PositiveInt = Field(2000, le=2000, description="distillation samples drawn from the training split")
+    samples: PositiveInt = Field(2000, description="distillation samples drawn from the training split; no upper cap "
+                                                   "(the split is read from its pack; the ads drawn are held in memory)")
     batch_size: PositiveInt = 32
     learning_rate: float = Field(5e-4, gt=0)
     temperature: float = Field(2.0, gt=0)
