@@ -17,7 +17,9 @@ originals + views. Two kinds of view, both built only from the distillation ads 
 `view_plan` fixes, per view row, which ad gives the copy and which the picture; `apply_plan`
 builds the rows for any tokenisation of the same ads, so the teacher (its own vocabulary) and a
 student with a pruned vocabulary see exactly the same views. `make_views` does both for a recipe
-and caches the teacher's outputs on the views (`Views`).
+and caches the teacher's outputs on the views (`Views`), on disk too when given the teacher's outputs folder
+(teacher_outputs.py: keyed by the teacher, the data and the views' seed and settings; the plan itself is
+cheap and made again every run).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from adaudit.models.modeling import AuditModel
 
 from .distillation import TeacherCache, cache_teacher
 from .recipe import Recipe
+from .teacher_outputs import TeacherOutputs
 
 
 @dataclass
@@ -103,14 +106,25 @@ class Views:
         return apply_plan(train, self.plan), cache.concat(self.cache)
 
 
-def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log) -> Views | None:
-    """Augmented views of the distillation ads (not of the held-out ones), labelled by the teacher once."""
+def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log,
+               outputs: TeacherOutputs | None = None) -> Views | None:
+    """Augmented views of the distillation ads (not of the held-out ones), labelled by the teacher once; with
+    `outputs`, its labels are read from disk when an earlier run of the same teacher, data and views made them."""
     settings = recipe.distillation
     if not settings.views:
         return None
     kept = train.subset(torch.arange(len(train) - settings.held_out_count(len(train))))
     plan = view_plan(kept, settings.views, settings.recombined_fraction, recipe.seed)
     rows = torch.arange(len(kept), len(kept) + len(plan.text_source))
-    cache = cache_teacher(teacher, apply_plan(kept, plan).subset(rows), labelled=plan.labelled)
+
+    def label() -> TeacherCache:
+        return cache_teacher(teacher, apply_plan(kept, plan).subset(rows), labelled=plan.labelled)
+
+    if outputs is None:
+        cache = label()
+    else:
+        key = {"seed": recipe.seed, "ads": len(train), "kept": len(kept), "views": settings.views,
+               "recombined_fraction": settings.recombined_fraction}
+        cache = TeacherCache.from_tensors(outputs.get("views", key, lambda: (label().tensors(), {}))[0])
     log(f"  {len(rows)} augmented views of {len(kept)} distillation ads ({int((~plan.labelled).sum())} recombined)")
     return Views(plan, cache)

@@ -1,7 +1,8 @@
 """Knowledge distillation from cached teacher outputs.
 
-The teacher runs once over the distillation samples (`cache_teacher`); every step of every
-stage then reads its logits from memory. Loss per batch, with weights from the recipe:
+The teacher runs once over the distillation samples (`cache_teacher`: one forward per batch gives both its
+logits and its pooled state); every step of every stage then reads them from memory (or from the memory-mapped
+files of teacher_outputs.py). Loss per batch, with weights from the recipe:
 
     kl_weight * sum_tasks T^2 * KL(softmax(teacher / T) || softmax(student / T))
   + label_weight * (sum_tasks cross_entropy(student, label) + image-grounding loss (training.py))
@@ -19,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from adaudit.data.encoding import EncodedSplit
-from adaudit.training.evaluation import predict_logits
 from adaudit.models.modeling import AuditModel
-from adaudit.training.loop import Schedule, fit, image_grounding_loss
+from adaudit.training.loop import Schedule, TrainingState, fit, image_grounding_loss
 
 from .recipe import DistillationSettings
 
@@ -44,13 +44,33 @@ class TeacherCache:
                             torch.cat([self.pooled, other.pooled]),
                             torch.cat([self.rows_labelled(), other.rows_labelled()]))
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The cache as named tensors (teacher_outputs.py writes them as one safetensors file)."""
+        named = {f"logits.{task}": logits for task, logits in self.logits.items()}
+        named["pooled"] = self.pooled
+        if self.labelled is not None:
+            named["labelled"] = self.labelled
+        return named
+
+    @classmethod
+    def from_tensors(cls, named: dict[str, torch.Tensor]) -> "TeacherCache":
+        logits = {name.split(".", 1)[1]: tensor for name, tensor in named.items() if name.startswith("logits.")}
+        return cls(logits, named["pooled"], named.get("labelled"))
+
 
 @torch.inference_mode()
 def cache_teacher(teacher: AuditModel, split: EncodedSplit, batch_size: int = 64,
                   labelled: torch.Tensor | None = None) -> TeacherCache:
+    """The teacher's logits and pooled state on every row of `split`, from one forward per batch, on the CPU."""
     teacher.eval()
-    pooled = [teacher(**split.inputs(index)).pooled for index in split.batches(batch_size)]
-    return TeacherCache(predict_logits(teacher, split, batch_size), torch.cat(pooled), labelled)
+    logits: dict[str, list[torch.Tensor]] = {task: [] for task in split.tasks}
+    pooled = []
+    for index in split.batches(batch_size):
+        output = teacher(**split.inputs(index))
+        for task in split.tasks:
+            logits[task].append(output.logits[task].float().cpu())
+        pooled.append(output.pooled.float().cpu())
+    return TeacherCache({task: torch.cat(parts) for task, parts in logits.items()}, torch.cat(pooled), labelled)
 
 
 def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCache, index: torch.Tensor,
@@ -80,15 +100,17 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
 
 def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
            epochs: int, description: str, seed: int = 0, on_epoch_end=None,
-           device: torch.device | None = None) -> list[float]:
+           device: torch.device | None = None, state: TrainingState | None = None,
+           optimizer_state: dict | None = None) -> list[float]:
     """Train `model` toward the teacher for `epochs` epochs on `device` (default: the CPU); returns the mean
-    loss per epoch."""
+    loss per epoch. `state` and `optimizer_state` (a checkpoint's, stages.py) continue an interrupted run."""
     if epochs <= 0:
         return []
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
     return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
-               schedule, description, on_epoch_end=on_epoch_end, device=device)
+               schedule, description, state=state, optimizer_state=optimizer_state, on_epoch_end=on_epoch_end,
+               device=device)
 
 
 class BestEpoch:

@@ -5,21 +5,28 @@ teacher outputs on at most 2,000 training ads. After each stage the model is pro
 evaluated on the test split, so `report.json` shows what every stage cost and bought. The final
 student's temperatures are fitted on the validation split (training/calibration.py); report.json's
 "calibration" holds them and the calibration error before and after, beside `reliability.png`.
+
+The teacher's outputs (on the distillation ads, their views and the test split) are read from TEACHER.outputs/
+when an earlier `compress` of the same teacher and data wrote them (teacher_outputs.py); report.json's
+"teacher_outputs" says which were reused and the seconds they took. The teacher is not kept while distilling:
+it becomes the student (the first stage cuts it), and it is loaded again from its folder at the end, for the
+latency measured in alternating rounds with the student (a figure taken up front would not be paired).
+A checkpoint after every stage and every distillation epoch (checkpoints.py, in OUT.partial/) lets the same
+command continue a run that was stopped; it is removed once the student is written.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from adaudit.core.files import atomic_folder
 from adaudit.data.dataset import data_checksum
-from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
+from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.device import Placement, resolve_device
@@ -30,10 +37,12 @@ from adaudit.training.evaluation import predict_logits
 from adaudit.training.measure import machine, paired_latency
 
 from .augmentation import Views, make_views
+from .checkpoints import Checkpoints, Saved
 from .distillation import TeacherCache, cache_teacher
 from .recipe import Recipe, RecipeError, default_recipe, load_recipe
 from .search import LatencyModel, plot_search, policy_recipe, search_policy
 from .stages import Context, build_stages, run_stages, stage_entry
+from .teacher_outputs import TeacherOutputs, model_checksum, outputs_folder
 
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.json"
@@ -41,9 +50,8 @@ RECIPE_FILE = "recipe.json"
 
 @dataclass
 class Reference:
-    """The teacher and what compression measures of it once: its outputs on the distillation ads,
-    its predictions on the test split (every entry's agreement) and its own report entry."""
-    model: AuditModel
+    """What compression measures of the teacher once: its outputs on the distillation ads, its predictions on
+    the test split (every entry's agreement) and its own report entry; the data set's checksum."""
     full_train: EncodedSplit  # the whole training split (the search draws its ads from it)
     order: torch.Tensor  # the seeded shuffle of `full_train`: distillation ads first
     train: EncodedSplit  # the distillation ads
@@ -52,6 +60,7 @@ class Reference:
     predictions: dict[str, torch.Tensor]
     entry: dict
     choices: EncodedSplit | None = None  # the data set's validation split, when it has one
+    data_checksum: dict | None = None
 
 
 def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
@@ -64,23 +73,44 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     started = time.perf_counter()
     placement = Placement.on(resolve_device(device))  # refused (no CUDA) before any work
     recipe, teacher = load_teacher_and_recipe(teacher_dir, recipe_path, target_speedup, log)
+    sources = {"teacher": model_checksum(teacher_dir), "data": data_checksum(data_dir)}
+    outputs = TeacherOutputs(outputs_folder(teacher_dir), sources["teacher"], sources["data"], log)
+    checkpoints = Checkpoints(out, {**sources, "recipe": recipe.model_dump(mode="json"),
+                                    "target_speedup": target_speedup}, log)
+    saved = checkpoints.load()
     placement.place(teacher)
-    reference = measure_teacher(teacher, teacher_dir, data_dir, recipe, log)
-    searched = None
+    reference = measure_teacher(teacher, teacher_dir, data_dir, recipe, log, outputs)
+    searched = saved.progress.get("searched") if saved else None
     if recipe.search:
-        searched = search_policy(teacher, reference.full_train, reference.order, recipe,
-                                 reference.entry["latency_ms_p50"] / target_speedup, log)
+        if searched is None:
+            searched = search_policy(teacher, reference.full_train, reference.order, recipe,
+                                     reference.entry["latency_ms_p50"] / target_speedup, log)
         recipe = policy_recipe(recipe, searched["policy"])
         recipe.check_against(teacher.config)
 
-    views = make_views(teacher, reference.train, recipe, log)
+    views = make_views(teacher, reference.train, recipe, log, outputs)
+    log(f"teacher outputs: {', '.join(f'{part} {how}' for part, how in outputs.parts.items())} "
+        f"({outputs.seconds:.1f} s; {outputs.folder})")
     context = Context(recipe, data_dir, reference.train, reference.cache, reference.test, reference.predictions,
                       views, log, reference.choices)
-    context.device = placement.device
-    student, entries = run_stages(build_stages(recipe), copy.deepcopy(teacher), context)  # starts as the teacher
+    context.device, context.checkpoints = placement.device, checkpoints
+    context.noted = {"searched": searched} if searched else {}
+    torch.manual_seed(recipe.seed)  # the same draws whether the teacher's outputs were computed or read
+    if saved is None:
+        if searched:
+            context.checkpoint(None)  # the searched policy: a resumed run does not search again
+        student = teacher  # the teacher itself becomes the student: no second copy while distilling
+    else:
+        student = resumed_student(saved, context, placement, build_stages(recipe)) or teacher
+    del teacher
+    student, entries = run_stages(build_stages(recipe), student, context)
     calibration, calibration_entry = calibrate_student(student, context)
-    report = assemble_report(reference, student, entries, context, views, searched, started)
+    teacher = placement.place(AuditModel.from_pretrained(teacher_dir))  # again, for the paired latency
+    report = assemble_report(reference, teacher, student, entries, context, views, searched, started)
+    del teacher
     report.update(calibration_entry)
+    report["teacher_outputs"] = outputs.record()
+    report["resumed"] = None if saved is None else saved.progress["stage"]
     report["distributed"] = World(placement.device).record()  # one process (compress under torchrun: not yet)
     student.cpu()
     with atomic_folder(out) as staging:
@@ -91,7 +121,29 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
             plot_search(searched, staging)
         if calibration is not None:
             plot_reliability(calibration, staging, "student: temperature scaling")
+    checkpoints.discard()  # the student is written: nothing left to resume
     return report
+
+
+def resumed_student(saved: Saved, context: Context, placement: Placement, stages: list) -> AuditModel | None:
+    """The checkpoint's model (None: still the teacher), and the context where the checkpoint was taken: the
+    distillation ads' token ids as it holds them (renumbered once the vocabulary is pruned), the test and
+    validation splits tokenised for its model, the stages done skipped."""
+    context.resume(saved)
+    number = saved.progress["stage"]
+    where = f"in the {stages[number].name} stage" if number < len(stages) else "all stages done"
+    inside = f", epoch {saved.training_state.epoch} of its distillation {saved.progress['steps']}" \
+        if saved.training_state is not None else ""
+    context.log(f"resuming from the checkpoint in {context.checkpoints.checkpoint}: {where}{inside}")
+    model = saved.model
+    if model is None:
+        return None
+    ads = replace(context.ads, input_ids=saved.tensors["ads.input_ids"])
+    context.use_splits(ads, tokenised_for(model, context.test, context.data_dir, "test"))
+    if context.choices is not None:
+        context.choices = tokenised_for(model, context.choices, context.data_dir, "validation")
+    placement.place(model)
+    return model
 
 
 def calibrate_student(student: AuditModel, context: Context) -> tuple[Calibration | None, dict]:
@@ -127,8 +179,10 @@ def load_teacher_and_recipe(teacher_dir: Path, recipe_path: Path | str | None, t
     return recipe.resolve(teacher.config), teacher  # targets relative to the teacher made absolute, checked
 
 
-def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, recipe: Recipe, log) -> Reference:
-    """The distillation ads (a seeded draw of the training split) and the test split, and the teacher on them."""
+def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, recipe: Recipe, log,
+                    outputs: TeacherOutputs) -> Reference:
+    """The distillation ads (a seeded draw of the training split) and the test split, and the teacher on them:
+    read from `outputs` when an earlier run computed them, else computed (one forward per ad) and written."""
     torch.manual_seed(recipe.seed)
     processor = AuditProcessor.from_folder(teacher.config, teacher_dir)
     full_train = encode_split(data_dir, "train", processor, teacher.config.tasks)
@@ -137,23 +191,31 @@ def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, reci
     test = encode_split(data_dir, "test", processor, teacher.config.tasks)
     log(f"distilling on {len(train)} training ads, evaluating on {len(test)} test ads")
 
-    cache = cache_teacher(teacher, train)
-    predictions = {t: v.argmax(-1) for t, v in predict_logits(teacher, test).items()}
+    draw = {"seed": recipe.seed, "ads": len(train)}
+    cache = TeacherCache.from_tensors(outputs.get("ads", draw, lambda: (cache_teacher(teacher, train).tensors(), {}))[0])
     choices = encode_validation(data_dir, processor, teacher.config.tasks)
-    entry = stage_entry("teacher", teacher, test, predictions, choices=choices)
+
+    def on_test() -> tuple[dict, dict]:
+        predicted = {task: logits.argmax(-1) for task, logits in predict_logits(teacher, test).items()}
+        entry = stage_entry("teacher", teacher, test, predicted, choices=choices)
+        return {f"predictions.{task}": classes for task, classes in predicted.items()}, {"entry": entry}
+
+    tensors, extra = outputs.get("test", {}, on_test)
+    predictions = {name.split(".", 1)[1]: classes for name, classes in tensors.items()}
+    entry = extra["entry"]
     log(f"teacher: {entry['params'] / 1e6:.2f}M params, {entry['latency_ms_p50']:.2f} ms, "
         f"verdict accuracy {entry['accuracy']:.4f}")
-    return Reference(teacher, full_train, order, train, test, cache, predictions, entry, choices)
+    return Reference(full_train, order, train, test, cache, predictions, entry, choices, outputs.sources["data"])
 
 
-def assemble_report(reference: Reference, student_model: AuditModel, entries: list[dict], context: Context,
-                    views: Views | None, searched: dict | None, started: float) -> dict:
+def assemble_report(reference: Reference, teacher_model: AuditModel, student_model: AuditModel, entries: list[dict],
+                    context: Context, views: Views | None, searched: dict | None, started: float) -> dict:
     """report.json: the teacher, every stage, the student (both timed again in alternating rounds), what the
     student gained and lost against the teacher, and the search section when a policy was searched."""
     teacher = reference.entry
     student = dict(entries[-1] if entries else teacher)
     context.log("measuring teacher and student latency in alternating rounds")
-    paired = paired_latency({"teacher": reference.model, "student": student_model},
+    paired = paired_latency({"teacher": teacher_model, "student": student_model},
                             {"teacher": reference.test, "student": context.test})
     teacher.update(paired["teacher"])
     student.update(paired["student"])
@@ -173,7 +235,7 @@ def assemble_report(reference: Reference, student_model: AuditModel, entries: li
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
         "seed": context.recipe.seed,
-        "data_checksum": data_checksum(context.data_dir),
+        "data_checksum": reference.data_checksum,
     }
     if searched:
         searched["student_latency_ms_predicted"] = LatencyModel(**searched["latency_model"]).predict(

@@ -14,6 +14,12 @@ the distillation ads (with their augmented views), the calibration samples, and 
 and teacher's predictions every entry is measured against. Every stage's last line says how long it
 took, how long compression has run and about how long is left (from the distillation epochs done
 and planned), so a log without progress bars still shows where a long run is.
+
+Resuming (checkpoints.py): after every stage and every distillation epoch the Context writes a checkpoint:
+the model, the stage in progress and its own `stage_state` (what it decided before its current distillation:
+the units it keeps, the step it is at), the optimizer and the random states. A resumed run skips the stages
+done; the stage in progress reads its `stage_state`, skips the cuts it already made, and its first distillation
+(`Context.interrupted`) continues from the epoch the checkpoint holds.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from adaudit.training.loop import duration
 from adaudit.training.measure import profile
 
 from .augmentation import Views
+from .checkpoints import Checkpoints, Saved, restore_random_states
 from .distillation import BestEpoch, TeacherCache, distil, mean_distillation_loss
 from .importance import UnitMasks, block_influence, taylor_hidden_scores, taylor_unit_scores, top_indices
 from .recipe import BlocksStage, HiddenStage, Recipe, VocabularySettings, WidthsStage, per_block
@@ -77,6 +84,13 @@ class Context:
         self.started = time.perf_counter()
         self.epochs_done, self.epochs_planned = 0, 0  # distillation epochs, for the estimate of the time left
         self.device = torch.device("cpu")  # where distillation trains (`compress --device`, training/device.py)
+        # resuming (checkpoints.py): where the checkpoints go (None: none are written), the stage in progress, its
+        # own state, the entries of the stages done, a checkpoint taken inside a distillation to continue, and
+        # what else the checkpoint must carry (the searched policy)
+        self.checkpoints: Checkpoints | None = None
+        self.stage_index, self.stage_state, self.entries = 0, {}, []
+        self.interrupted: Saved | None = None
+        self.noted: dict = {}
         self.use_splits(ads, test)
 
     def use_splits(self, ads: EncodedSplit, test: EncodedSplit) -> None:
@@ -112,10 +126,7 @@ class Context:
         return f"stages so far {duration(elapsed)}{estimate}"
 
     def distil(self, model: AuditModel, epochs: int, description: str) -> AuditModel:
-        self.steps += 1
-        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
-                        seed=self.recipe.seed + self.steps, device=self.device)
-        self.epochs_done += max(epochs, 0)
+        losses = self.distil_checkpointed(model, epochs, description)
         if losses:
             self.log(f"  {description}: distillation loss {loss_change(losses)}")
         return model
@@ -124,15 +135,68 @@ class Context:
         """`distil`, then back to the epoch with the lowest held-out loss (when ads are held out)."""
         if self.validation is None:
             return self.distil(model, epochs, description)
-        self.steps += 1
         best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
-        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
-                        seed=self.recipe.seed + self.steps, on_epoch_end=best, device=self.device)
-        self.epochs_done += max(epochs, 0)
+        losses = self.distil_checkpointed(model, epochs, description, best)
         if losses:
             self.log(f"  {description}: distillation loss {loss_change(losses)}; held-out loss "
                      f"{' '.join(f'{x:.3f}' for x in best.losses)}: keeping epoch {best.best_epoch}")
         return best.restore(model)
+
+    def distil_checkpointed(self, model: AuditModel, epochs: int, description: str,
+                            best: BestEpoch | None = None) -> list[float]:
+        """One distillation, a checkpoint after each epoch; the interrupted one of a resumed run continues."""
+        self.steps += 1
+        state, optimizer_state = self.continue_interrupted(best)
+
+        def epoch_ended(model: AuditModel, optimizer, training_state, loss: float) -> None:
+            if best is not None:
+                best(model, optimizer, training_state, loss)
+            self.checkpoint(model, optimizer, training_state, best)
+
+        losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
+                        seed=self.recipe.seed + self.steps, on_epoch_end=epoch_ended, device=self.device,
+                        state=state, optimizer_state=optimizer_state)
+        self.epochs_done += max(epochs, 0)
+        return losses
+
+    def continue_interrupted(self, best: BestEpoch | None):
+        """(epochs done, optimizer state) of the distillation a resumed run continues, its random states and best
+        epoch put back; (None, None) for every other distillation."""
+        saved, self.interrupted = self.interrupted, None
+        if saved is None:
+            return None, None
+        if saved.progress["steps"] != self.steps:
+            raise RuntimeError(f"the checkpoint is at distillation {saved.progress['steps']}, the stage at "
+                               f"{self.steps}: the stage did not skip what it had done")
+        restore_random_states(saved.tensors)
+        if best is not None and "best_losses" in saved.progress:
+            best.losses = list(saved.progress["best_losses"])
+            best.best_state = {name[len("best."):]: tensor for name, tensor in saved.tensors.items()
+                               if name.startswith("best.")} or None
+        return saved.training_state, saved.optimizer_state
+
+    def checkpoint(self, model: AuditModel | None, optimizer=None, training_state=None,
+                   best: BestEpoch | None = None) -> None:
+        """Where the run is (checkpoints.py); nothing when no checkpoints are kept."""
+        if self.checkpoints is None:
+            return
+        progress = {"stage": self.stage_index, "stage_state": self.stage_state, "entries": self.entries,
+                    "steps": self.steps, "epochs_done": self.epochs_done, **self.noted}
+        tensors = {"ads.input_ids": self.ads.input_ids}
+        if best is not None:
+            progress["best_losses"] = best.losses
+            tensors.update({f"best.{name}": tensor for name, tensor in (best.best_state or {}).items()})
+        self.checkpoints.save(progress, model, tensors, optimizer, training_state)
+
+    def resume(self, saved: Saved) -> None:
+        """Continue where `saved` was taken: the stages done are skipped, the stage in progress reads its state."""
+        progress = saved.progress
+        self.stage_index, self.stage_state = progress["stage"], progress["stage_state"]
+        self.entries, self.epochs_done, self.steps = progress["entries"], progress["epochs_done"], progress["steps"]
+        if saved.training_state is not None:  # inside a distillation: it runs again from its checkpointed epoch
+            self.interrupted, self.steps = saved, self.steps - 1
+        else:
+            restore_random_states(saved.tensors)
 
 
 def loss_change(losses: list[float]) -> str:
@@ -211,7 +275,10 @@ class RemoveBlocks(DistillingStage):
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         stage = self.settings
-        teacher_numbers = {t: list(range(len(model.blocks(t)))) for t in stage.keep}  # position -> teacher block
+        teacher_numbers = context.stage_state.setdefault(  # tower -> position -> teacher block
+            "teacher_numbers", {t: list(range(len(model.blocks(t)))) for t in stage.keep})
+        if context.interrupted is not None:  # resumed inside a step: its cut is in the model already
+            context.distil(model, stage.epochs_per_step, "blocks")
 
         def removable(tower: str) -> list[int]:
             keep = stage.keep[tower]
@@ -249,17 +316,22 @@ class ShrinkWidths(DistillingStage):
         return self.settings.soft_steps * self.settings.epochs_per_step + self.settings.epochs_after_cut
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
-        stage = self.settings
-        kept_heads, kept_neurons, kept_cross = self.kept_units(model, context)
-        masks = UnitMasks(model)
-        for step in range(stage.soft_steps):
-            scale = stage.mask_decay ** (step + 1)
-            for mask, kept in pruned_masks(masks, kept_heads, kept_neurons, kept_cross):
-                mask.fill_(scale)
-                mask[kept] = 1.0
-            context.distil(model, stage.epochs_per_step, f"widths, soft masks x{scale:.3f}")
-        masks.remove()
-        model = shrink_widths(model, kept_heads, kept_neurons, kept_cross)
+        stage, state = self.settings, context.stage_state  # state: what a resumed run must not decide again
+        if "kept" not in state:
+            state["kept"] = units_as_lists(*self.kept_units(model, context))
+        kept_heads, kept_neurons, kept_cross = units_from_lists(state["kept"])
+        if not state.get("cut"):
+            masks = UnitMasks(model)
+            for step in range(state.get("soft_step", 0), stage.soft_steps):
+                state["soft_step"] = step
+                scale = stage.mask_decay ** (step + 1)
+                for mask, kept in pruned_masks(masks, kept_heads, kept_neurons, kept_cross):
+                    mask.fill_(scale)
+                    mask[kept] = 1.0
+                context.distil(model, stage.epochs_per_step, f"widths, soft masks x{scale:.3f}")
+            masks.remove()
+            model = shrink_widths(model, kept_heads, kept_neurons, kept_cross)
+            state["cut"] = True
         return context.distil(model, stage.epochs_after_cut, "widths after the cut")
 
     def kept_units(self, model: AuditModel, context: Context):
@@ -279,6 +351,22 @@ class ShrinkWidths(DistillingStage):
             chosen = iter(kept(image_attending, stage.cross_attention_heads, "cross-attention heads"))
             kept_cross = [next(chosen) if m is not None else None for m in scores.cross_heads]
         return kept_heads, kept_neurons, kept_cross
+
+
+def units_as_lists(kept_heads, kept_neurons, kept_cross) -> dict:
+    """The units a widths stage keeps as plain lists (a checkpoint's JSON)."""
+    as_lists = lambda per_tower: {t: [kept.tolist() for kept in blocks] for t, blocks in per_tower.items()}  # noqa: E731
+    return {"heads": as_lists(kept_heads), "neurons": as_lists(kept_neurons),
+            "cross": None if kept_cross is None else [None if kept is None else kept.tolist() for kept in kept_cross]}
+
+
+def units_from_lists(units: dict):
+    """(heads, FFN neurons, image-attention heads) as index tensors, from `units_as_lists`."""
+    as_tensors = lambda per_tower: {t: [torch.tensor(kept, dtype=torch.long) for kept in blocks]  # noqa: E731
+                                    for t, blocks in per_tower.items()}
+    cross = units["cross"]
+    return (as_tensors(units["heads"]), as_tensors(units["neurons"]),
+            None if cross is None else [None if kept is None else torch.tensor(kept, dtype=torch.long) for kept in cross])
 
 
 def pruned_masks(masks: UnitMasks, kept_heads, kept_neurons, kept_cross):
@@ -301,9 +389,11 @@ class ShrinkHidden(DistillingStage):
         return self.settings.steps * self.settings.epochs_per_step
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
-        stage = self.settings
-        start = {t: model.config.tower(t).hidden_size for t in stage.size}
-        for step in range(1, stage.steps + 1):
+        stage, state = self.settings, context.stage_state
+        start = state.setdefault("start", {t: model.config.tower(t).hidden_size for t in stage.size})
+        if context.interrupted is not None:  # resumed inside step `state["step"]`: its cut is in the model already
+            context.distil(model, stage.epochs_per_step, "hidden")
+        for step in range(state.get("step", 0) + 1, stage.steps + 1):
             sizes = {t: round(start[t] - (start[t] - size) * step / stage.steps) for t, size in stage.size.items()}
             sizes = {t: s for t, s in sizes.items() if s < model.config.tower(t).hidden_size}
             if not sizes:
@@ -312,6 +402,7 @@ class ShrinkHidden(DistillingStage):
                                           context.recipe.distillation, list(sizes))
             model = shrink_hidden(model, {t: top_indices(scores[t], s) for t, s in sizes.items()})
             context.log(f"  hidden sizes now {', '.join(f'{t} {s}' for t, s in sizes.items())}")
+            state["step"] = step
             context.distil(model, stage.epochs_per_step, "hidden")
         return model
 
@@ -340,12 +431,15 @@ def build_stages(recipe: Recipe) -> list[CompressionStage]:
 
 
 def run_stages(stages: list[CompressionStage], model: AuditModel, context: Context) -> tuple[AuditModel, list[dict]]:
-    """Each stage in turn on the model the last one returned; the student and every stage's entry."""
+    """Each stage in turn on the model the last one returned (from `context.stage_index` on: a resumed run skips
+    the stages done), a checkpoint after each; the student and every stage's entry."""
     depth = {tower: len(model.blocks(tower)) for tower in ("vision", "qformer", "text")}
-    context.epochs_planned = context.epochs_done + sum(stage.epochs(depth) for stage in stages
+    context.epochs_planned = context.epochs_done + sum(stage.epochs(depth) for stage in stages[context.stage_index:]
                                                         if hasattr(stage, "epochs"))
-    entries = []
-    for stage in stages:
-        model, entry = stage.run(model, context)
-        entries.append(entry)
-    return model, entries
+    for number in range(context.stage_index, len(stages)):
+        context.stage_index = number
+        model, entry = stages[number].run(model, context)
+        context.entries.append(entry)
+        context.stage_index, context.stage_state = number + 1, {}
+        context.checkpoint(model)
+    return model, list(context.entries)

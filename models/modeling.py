@@ -82,6 +82,12 @@ IMAGE_TASKS = ("industry", "background_colour", "clutter", "logo")
 AGREEMENT_TASKS = ("verdict", "violation")
 
 
+def agreement_tasks(config: AuditModelConfig) -> tuple[str, ...]:
+    """The heads that read the industry disagreement: the taxonomy's verdict and reason tasks (AGREEMENT_TASKS
+    under today's names)."""
+    return (config.verdict_task, config.reason_task)
+
+
 def industry_disagreement(picture_logits: torch.Tensor, copy_logits: torch.Tensor) -> torch.Tensor:
     """-log P(picture and copy name the same industry), (batch, 1): about 0 when the two heads agree, up to
     13.8 when they do not. Read from the heads' distributions without a gradient into them, so the heads
@@ -191,6 +197,22 @@ def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias[:, None, None, :].expand(-1, 1, length, -1)
 
 
+def _make_unsaved_buffers(model: nn.Module) -> None:
+    """The buffers a tower keeps out of its state dict (BERT's position and token-type ids) stay on the meta
+    device after `from_pretrained` loads the file; each tower's own `_init_weights` makes them on the CPU, as
+    transformers' own loading does. Anything still without data after that fails here, not in a forward."""
+    for tower in (model.vision, model.qformer, model.text):
+        for module in tower.modules():
+            unsaved = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]
+            for name in unsaved:
+                setattr(module, name, torch.empty_like(getattr(module, name), device="cpu"))
+            if unsaved:
+                tower._init_weights(module)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise RuntimeError(f"loading left {left[:3]} without data")
+
+
 class AuditModel(nn.Module):
     def __init__(self, config: AuditModelConfig):
         super().__init__()
@@ -207,10 +229,11 @@ class AuditModel(nn.Module):
         })
         self.image_heads = nn.ModuleDict({
             task: _new_linear(config.text.hidden_size, len(config.tasks[task])) for task in IMAGE_TASKS
+            if task in config.tasks  # a taxonomy of other tasks has no picture-only heads
         })
         if config.industry_agreement:
             self.agreement_heads = nn.ModuleDict({
-                task: _new_linear(1, len(config.tasks[task])) for task in AGREEMENT_TASKS if task in config.tasks
+                task: _new_linear(1, len(config.tasks[task])) for task in agreement_tasks(config)
             })
         self.tokenizer = None  # a tokenizer.json tokenizer (pretrained towers); None: the generated vocab.txt
 
@@ -277,7 +300,8 @@ class AuditModel(nn.Module):
             config = AuditModelConfig.load(folder)
         except ConfigError as error:
             raise ModelFolderError(str(error)) from None
-        model = cls(config)
+        with torch.device("meta"):  # no memory and no random initialisation for weights the file replaces
+            model = cls(config)
         try:
             state = load_file(str(folder / WEIGHTS_FILE))
         except (SafetensorError, OSError) as error:
@@ -290,6 +314,7 @@ class AuditModel(nn.Module):
             problem = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                        else f"shape mismatch in {wrong[:3]}")
             raise ModelFolderError(f"{folder / WEIGHTS_FILE} does not match its config.json: {problem}")
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)  # the file's tensors become the weights: one copy in memory
+        _make_unsaved_buffers(model)
         model.tokenizer = saved_tokenizer(folder)
         return model.eval()

@@ -168,7 +168,8 @@ def test_an_interrupted_run_leaves_no_student(teacher, dataset, tmp_path, monkey
     out = tmp_path / "student"
     with pytest.raises(KeyboardInterrupt):
         compress(teacher, dataset, out, TINY_RECIPE, log=quiet)
-    assert list(tmp_path.iterdir()) == []
+    assert not out.exists()  # nothing that looks like a student: only its working folder, to resume from
+    assert [path.name for path in tmp_path.iterdir()] == ["student.partial"]
 
 
 def test_the_generated_vocabulary_is_pruned_to_the_copy_and_common_characters():
@@ -221,8 +222,8 @@ def test_a_teacher_with_industry_agreement_compresses_into_a_student_that_keeps_
 
     plain_teacher = teacher_module.new_teacher
 
-    def agreeing_teacher(preset_name):
-        model = plain_teacher(preset_name)
+    def agreeing_teacher(preset_name, taxonomy):
+        model = plain_teacher(preset_name, taxonomy)
         model.config.industry_agreement = True
         return AuditModel(model.config)
 

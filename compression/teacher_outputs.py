@@ -1,0 +1,157 @@
+"""The teacher's outputs on disk: computed once per teacher, data set and draw, reused by every later `compress`.
+
+Running a large teacher over the distillation ads, their augmented views and the test split is the part of a
+compression that does not depend on the recipe's stages; a second `compress` of the same teacher and data (another
+recipe, a rerun, a resumed run) reads it back instead. The outputs live beside the teacher folder, in
+TEACHER.outputs/ (the teacher folder itself stays a plain model folder), one safetensors file per part and rank:
+
+    ads-<settings>.rank0-of-1.safetensors     logits per task and pooled state on the distillation ads
+    views-<settings>.rank0-of-1.safetensors   the same on their augmented views, and which rows keep labels
+    test-<settings>.rank0-of-1.safetensors    the teacher's predicted classes on the test split; its report
+                                              entry (size, accuracy, ...) in the file's metadata
+
+`<settings>` is a digest of what the rows depend on besides the teacher and the data (seed, number of ads, views),
+so several recipes' draws sit side by side. Every file carries its whole key in its metadata (the teacher's
+checksum, the data set's, the settings): a teacher retrained in place or a data set made again gives another key,
+and the file is computed again and replaced, never read for the wrong teacher. Files are written beside their place
+and renamed into it (core/files.py), so a full disk or a kill leaves no half-written file under a done name. Read
+back with safetensors' `safe_open`, the tensors are memory-mapped, not copied.
+
+Rows are split across ranks (rank r of w holds its contiguous share, `shard_rows`); `compress` runs as one process,
+so today there is one shard, named for world size 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from adaudit.core.files import atomic_write_bytes
+from adaudit.models.modeling import WEIGHTS_FILE
+
+MODEL_FILES = ("config.json", WEIGHTS_FILE, "vocab.txt", "tokenizer.json")  # what a model folder's outputs depend on
+
+
+class CompressionStorageError(RuntimeError):
+    """Compression could not write its teacher outputs or checkpoints (a full disk, no permission): one line."""
+
+
+def model_checksum(folder: Path) -> str:
+    """sha256 of the files that define a model (config, weights, tokenizer): the teacher half of every key."""
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with path.open("rb") as stream:
+                for block in iter(lambda: stream.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def outputs_folder(teacher_dir: Path) -> Path:
+    teacher_dir = Path(teacher_dir).resolve()
+    return teacher_dir.with_name(f"{teacher_dir.name}.outputs")
+
+
+def shard_rows(rows: int, rank: int, world_size: int) -> slice:
+    """The contiguous share of `rows` that rank `rank` of `world_size` computes and writes."""
+    return slice(rows * rank // world_size, rows * (rank + 1) // world_size)
+
+
+def write_safely(path: Path, data: bytes, what: str) -> None:
+    """`data` to `path` atomically; an OSError (a full disk) becomes one readable line, and nothing is left."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise CompressionStorageError(f"cannot write {what} to {path}: {error.strerror or error}; nothing half-written "
+                                      "was kept (free some space and run the same command again)") from None
+
+
+class TeacherOutputs:
+    """The teacher's outputs of one teacher and data set, each part loaded from disk or computed and written."""
+
+    def __init__(self, folder: Path, teacher_checksum: str, data_checksum: dict, log=print, rank: int = 0,
+                 world_size: int = 1):
+        self.folder, self.log, self.rank, self.world_size = Path(folder), log, rank, world_size
+        self.sources = {"teacher": teacher_checksum, "data": data_checksum}
+        self.seconds = 0.0  # spent computing (the teacher's forwards) or reading outputs
+        self.parts: dict[str, str] = {}  # part -> "reused" or "computed"
+
+    def key(self, part: str, settings: dict) -> dict:
+        return {"part": part, **self.sources, "settings": settings}
+
+    def shard(self, part: str, settings: dict, rank: int) -> Path:
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        return self.folder / f"{part}-{digest}.rank{rank}-of-{self.world_size}.safetensors"
+
+    def get(self, part: str, settings: dict, compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+            ) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, extra metadata) of `part`: read when every shard holds this key, else computed by `compute`
+        (the whole part; this rank writes its rows) and written."""
+        started = time.perf_counter()
+        found = self.read(part, settings)
+        if found is not None:
+            self.parts[part] = "reused"
+            self.log(f"  teacher outputs: reusing {part} from {self.folder}")
+        else:
+            tensors, extra = compute()
+            extra = json.loads(json.dumps(extra))  # as a later run reads it back
+            self.write(part, settings, tensors, extra)
+            self.parts[part] = "computed"
+            found = tensors, extra
+        self.seconds += time.perf_counter() - started
+        return found
+
+    def read(self, part: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict] | None:
+        key = json.dumps(self.key(part, settings), sort_keys=True)
+        shards = []
+        for rank in range(self.world_size):
+            path = self.shard(part, settings, rank)
+            if not path.is_file():
+                return None
+            try:
+                with safe_open(str(path), framework="pt") as opened:  # memory-mapped, not copied
+                    metadata = opened.metadata() or {}
+                    tensors = {name: opened.get_tensor(name) for name in opened.keys()}
+            except (SafetensorError, OSError) as error:
+                self.log(f"  teacher outputs: {path.name} is unreadable ({error}): computing them again")
+                return None
+            if metadata.get("key") != key:
+                self.log(f"  teacher outputs: {path.name} was computed from {self.differs(metadata.get('key'))}: "
+                         "computing them again")
+                return None
+            shards.append((tensors, json.loads(metadata.get("extra", "{}"))))
+        if len(shards) == 1:
+            return shards[0]
+        return {name: torch.cat([tensors[name] for tensors, _ in shards]) for name in shards[0][0]}, shards[0][1]
+
+    def differs(self, found: str | None) -> str:
+        """What another key names: another teacher, another data set, or other settings."""
+        try:
+            other = json.loads(found or "")
+        except json.JSONDecodeError:
+            return "an unknown source (no key)"
+        for name, what in (("teacher", "another teacher"), ("data", "another data set")):
+            if other.get(name) != self.sources[name]:
+                return what
+        return "other settings"
+
+    def write(self, part: str, settings: dict, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        rows = shard_rows(len(next(iter(tensors.values()))), self.rank, self.world_size)
+        mine = {name: tensor[rows].contiguous().cpu() for name, tensor in tensors.items()}
+        metadata = {"key": json.dumps(self.key(part, settings), sort_keys=True), "extra": json.dumps(extra)}
+        path = self.shard(part, settings, self.rank)
+        write_safely(path, save(mine, metadata=metadata), "the teacher's outputs")
+
+    def record(self) -> dict:
+        """report.json's "teacher_outputs": where they are, which parts were reused, the seconds they took."""
+        return {"folder": str(self.folder), "parts": dict(self.parts), "seconds": self.seconds,
+                "reused": bool(self.parts) and all(how == "reused" for how in self.parts.values())}
