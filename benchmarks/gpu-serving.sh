@@ -27,7 +27,7 @@ ORT_GPU=${ORT_GPU:-onnxruntime-gpu[cuda,cudnn]==1.23.2}
 TRT_LIBS=${TRT_LIBS:-tensorrt-cu12-libs==10.13.3.9}
 mkdir -p "$SHAPE" "$WORK"
 
-[ -f "$DATA/test.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 600 --seed 0 > /dev/null
+[ -f "$DATA/test.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 600 --seed 0 --generator 1 > /dev/null
 [ -f "$SHAPE/teacher/config.json" ] || $ADAUDIT teacher train --data "$DATA" --out "$SHAPE/teacher" --preset base --epochs 1
 [ -f "$SHAPE/student/report.json" ] || $ADAUDIT compress --teacher "$SHAPE/teacher" --data "$DATA" \
   --out "$SHAPE/student" --recipe benchmarks/shape-recipe.yaml

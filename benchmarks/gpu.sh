@@ -20,7 +20,7 @@ run() { echo "$*" >> "$RUN/commands.log"; "$@"; }
 nvidia-smi > "$RUN/nvidia-smi.txt"
 
 # 1. the base benchmark, on one GPU
-[ -f "$RUN/data/train.jsonl" ] || run $ADAUDIT data make --out "$RUN/data" --n 6000 --seed 0 > "$RUN/data.json"
+[ -f "$RUN/data/train.jsonl" ] || run $ADAUDIT data make --out "$RUN/data" --n 6000 --seed 0 --generator 1 > "$RUN/data.json"
 [ -f "$RUN/teacher/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" \
   --preset base --resume --device cuda
 run $PYTHON -m benchmarks.recipe_choice prepare "$RUN" > /dev/null

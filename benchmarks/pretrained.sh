@@ -14,7 +14,7 @@ BASE=${BASE:-runs/bench/teacher}
 RUN=${RUN:-runs/pretrained}
 mkdir -p "$RUN"
 
-[ -f "$DATA/train.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 6000 --seed 0 > /dev/null
+[ -f "$DATA/train.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 6000 --seed 0 --generator 1 > /dev/null
 [ -f "$RUN/teacher/metrics.json" ] || $ADAUDIT teacher train --data "$DATA" --out "$RUN/teacher" --preset pretrained --resume
 if [ "${COMPRESS:-1}" = 1 ] && [ ! -f "$RUN/student/report.json" ]; then
   $ADAUDIT compress --teacher "$RUN/teacher" --data "$DATA" --out "$RUN/student"

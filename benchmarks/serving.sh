@@ -13,7 +13,7 @@ DATA=${DATA:-runs/shape/data}  # make bench's 6,000 ads (runs/bench/data) serve 
 SHAPE=${SHAPE:-runs/shape}
 mkdir -p "$SHAPE"
 
-[ -f "$DATA/test.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 600 --seed 0 > /dev/null
+[ -f "$DATA/test.jsonl" ] || $ADAUDIT data make --out "$DATA" --n 600 --seed 0 --generator 1 > /dev/null
 [ -f "$SHAPE/teacher/config.json" ] || $ADAUDIT teacher train --data "$DATA" --out "$SHAPE/teacher" --preset base --epochs 1
 [ -f "$SHAPE/student/report.json" ] || $ADAUDIT compress --teacher "$SHAPE/teacher" --data "$DATA" \
   --out "$SHAPE/student" --recipe benchmarks/shape-recipe.yaml

@@ -1,6 +1,11 @@
 """A deterministic generator of MAAD-like synthetic ads (MAAD itself was never released).
 
-Every ad is a 128x128 RGB JPEG plus a line of Chinese ad copy, labelled for the six tasks
+Two versions (`make_dataset(generator=...)`, `adaudit data make --generator`): version 1, described
+here, and version 2 (data/variety.py, data/phrasing.py), which draws the same labels on canvases of
+many sizes and shapes, with broader copy and a `test_shifted` split. Version 1 stays byte for byte
+what it was, so the figures measured on it can be made again. Both draw from data/drawing.py.
+
+In version 1 every ad is a 128x128 RGB JPEG plus a line of Chinese ad copy, labelled for the six tasks
 of `adaudit.models.labels.TASKS`. What each label means and how it is drawn:
 
 * `background_colour`: the solid colour the product is shot on (a slightly jittered shade
@@ -46,74 +51,26 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from adaudit.core.files import atomic_folder
 from adaudit.models.labels import TASKS
 
-IMAGE_SIZE = 128
-BORDER = 4  # pixels along every edge that nothing but the background touches
+from .drawing import (  # noqa: F401 (BACKGROUND_RGB, STICKER_RGB, PRODUCTS, APPROVE_SHARE: also read from here)
+    _CLUTTER_STICKERS, APPROVE_SHARE, BACKGROUND_RGB, BORDER, IMAGE_SIZE, PRODUCTS, STICKER_RGB, AdPlan,
+    _draw_logo, _font, _gambling_cluster, _ink, _paste_inside, _photo_loaders, _pick, _sticker, _violation_quota,
+    draw_labels,
+)
+from .variety import plan_varied_ads, render_varied
+
 JPEG_QUALITY = 92
+GENERATOR_VERSIONS = (1, 2)  # 1: the original 128x128 ads; 2: varied canvases and copy, a shifted split
+LATEST_GENERATOR = GENERATOR_VERSIONS[-1]
 _TITLE_HEIGHT = 16
 MIN_TEXT_CHARS = 12
 MAX_TEXT_CHARS = 40
-APPROVE_SHARE = 0.475
-FONT_PATH = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
-
-BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {
-    "white": (242, 242, 242),
-    "red": (205, 35, 40),
-    "yellow": (245, 200, 35),
-    "blue": (35, 85, 195),
-    "green": (45, 150, 75),
-    "black": (25, 25, 25),
-}
-STICKER_RGB: tuple[tuple[int, int, int], ...] = (
-    (255, 40, 150),  # hot pink
-    (255, 120, 0),  # orange
-    (0, 200, 230),  # cyan
-    (170, 0, 255),  # violet
-)
-_LOGO_RGB = ((25, 35, 110), (0, 120, 120), (130, 40, 150), (250, 250, 250), (150, 90, 20))
-_CHIP_RGB = ((200, 30, 30), (30, 70, 190), (20, 130, 60), (30, 30, 30))
-_STICKER_WORDS = ("爆款", "限时", "特价", "包邮", "秒杀", "清仓", "5折", "热卖", "抢购", "满减", "新品", "促销")
-_BRAND_CHARACTERS = "优品鲜乐美汇星佳禾源恒安"
-_CLUTTER_STICKERS = {"none": (0, 0), "light": (1, 2), "heavy": (4, 7)}
-
-
-def _photo_loaders() -> dict:
-    from skimage import data
-    from sklearn.datasets import load_sample_image
-
-    return {
-        "food_beverage": data.coffee,
-        "pets": data.chelsea,
-        "vehicles": lambda: data.stereo_motorcycle()[0],
-        "toys": data.rocket,
-        "education": data.astronaut,
-        "home": data.clock,
-        "finance": data.coins,
-        "electronics": data.camera,
-        "travel": lambda: load_sample_image("china.jpg"),
-        "flowers": lambda: load_sample_image("flower.jpg"),
-    }
-
-
-PRODUCTS: dict[str, tuple[str, ...]] = {
-    "food_beverage": ("咖啡", "拿铁", "挂耳咖啡", "冷萃咖啡", "咖啡豆", "美式咖啡"),
-    "pets": ("猫粮", "猫砂", "宠物玩具", "猫抓板", "猫罐头", "逗猫棒"),
-    "vehicles": ("摩托车", "电动摩托", "机车头盔", "摩托车配件", "越野机车"),
-    "toys": ("火箭模型", "航天拼装玩具", "火箭积木", "太空玩具", "发射台模型"),
-    "education": ("航天科普课", "少儿编程课", "宇航员体验营", "科学实验课", "天文兴趣班"),
-    "home": ("挂钟", "静音时钟", "北欧挂钟", "复古座钟", "电子闹钟"),
-    "finance": ("纪念币", "收藏金币", "古钱币", "硬币收藏册", "银币套装"),
-    "electronics": ("相机", "单反镜头", "微单相机", "胶片相机", "相机三脚架"),
-    "travel": ("古镇跟团游", "旅游套餐", "古建筑摄影团", "自由行套餐", "寺庙祈福游"),
-    "flowers": ("鲜花束", "玫瑰花礼盒", "鲜切花", "花艺礼盒", "同城鲜花速递"),
-}
 
 
 @dataclass(frozen=True)
@@ -217,44 +174,29 @@ def categories_in(text: str) -> set[str]:
     return {category for category, markers in MARKERS.items() if any(m in text for m in markers)}
 
 
-@dataclass(frozen=True)
-class AdPlan:
-    """Everything decided about one ad before it is drawn."""
-
-    id: str
-    split: str
-    text: str
-    labels: dict[str, str]
-    product: str  # the product the copy sells; also the title drawn in the picture
-    photo_industry: str  # differs from labels["industry"] only for image_text_mismatch
-    gambling_image: bool
-    n_stickers: int
-    render_seed: tuple[int, int, int]
-
-
-def _pick(rng: np.random.Generator, options: Sequence):
-    return options[int(rng.integers(len(options)))]
-
-
-def _violation_quota(n: int) -> list[tuple[str, bool]]:
-    """(violation, gambling drawn in the image) for n ads: 47.5% approved, the rest round-robin."""
-    n_approved = round(n * APPROVE_SHARE)
-    rejected = TASKS["violation"][1:]
-    quota = [("none", False)] * n_approved
-    for k in range(n - n_approved):
-        violation = rejected[k % len(rejected)]
-        quota.append((violation, violation == "gambling" and (k // len(rejected)) % 2 == 1))
-    return quota
-
-
-def plan_ads(n: int, seed: int = 0, test_fraction: float = 0.2, validation_fraction: float = 0.0) -> list[AdPlan]:
+def plan_ads(n: int, seed: int = 0, test_fraction: float = 0.2, validation_fraction: float = 0.0,
+             generator: int = 1, shifted_fraction: float = 0.0) -> list[AdPlan]:
     """The labels, copy and drawing seed of ads ad-000000 .. ad-{n-1}; test gets round(n * test_fraction),
     validation round(n * validation_fraction) of the others.
 
     The validation ads are drawn from the training distribution (the training templates and
     phrases): they are what choices (recipes, thresholds, epochs) are made on, so they must not
     carry the test split's held-out phrasing. Drawn after the test split, from their own stream, so
-    a seed's test split and every ad's content are the same whatever the validation fraction."""
+    a seed's test split and every ad's content are the same whatever the validation fraction.
+
+    `generator` 2 (data/variety.py) adds varied canvases and copy, and round(n * shifted_fraction)
+    more ads in a `test_shifted` split; 1 is the original generator, byte for byte."""
+    if generator not in GENERATOR_VERSIONS:
+        raise ValueError(f"generator version {generator} does not exist; versions: "
+                         f"{', '.join(map(str, GENERATOR_VERSIONS))}")
+    splits = _assign_splits(n, seed, test_fraction, validation_fraction)
+    if generator == 1:
+        return [_plan_ad(seed, i, *assigned) for i, assigned in enumerate(splits)]
+    return plan_varied_ads(splits, seed, round(n * shifted_fraction))
+
+
+def _assign_splits(n: int, seed: int, test_fraction: float, validation_fraction: float) -> list[tuple[str, str, bool]]:
+    """(split, violation, gambling drawn in the picture) of each of n ads."""
     n_test, n_validation = round(n * test_fraction), round(n * validation_fraction)
     if not 0 < n_test < n - n_validation or n_validation < 0:
         raise ValueError(f"n={n}, test_fraction={test_fraction} and validation_fraction={validation_fraction} "
@@ -265,29 +207,16 @@ def plan_ads(n: int, seed: int = 0, test_fraction: float = 0.2, validation_fract
     test_indices = set(rng.permutation(n)[:n_test].tolist())
     others = [i for i in np.random.default_rng([seed, 2]).permutation(n).tolist() if i not in test_indices]
     validation_indices = set(others[:n_validation])
-    return [_plan_ad(seed, i, "test" if i in test_indices else "validation" if i in validation_indices else "train",
-                     *quota[i]) for i in range(n)]
+    return [("test" if i in test_indices else "validation" if i in validation_indices else "train", *quota[i])
+            for i in range(n)]
 
 
 def _plan_ad(seed: int, index: int, split: str, violation: str, gambling_image: bool) -> AdPlan:
     rng = np.random.default_rng([seed, index, 0])
     phrasing = "test" if split == "test" else "train"  # validation ads are worded as training ads are
-    industry = _pick(rng, TASKS["industry"])
-    product = _pick(rng, PRODUCTS[industry])
-    photo_industry = industry
-    if violation == "image_text_mismatch":
-        photo_industry = _pick(rng, [other for other in TASKS["industry"] if other != industry])
-    clutter = _pick(rng, TASKS["clutter"])
+    labels, product, photo_industry, clutter = draw_labels(rng, violation)
     low, high = _CLUTTER_STICKERS[clutter]
     text_violation = violation if violation in TEXT_VIOLATIONS and not gambling_image else None
-    labels = {
-        "verdict": "approve" if violation == "none" else "reject",
-        "violation": violation,
-        "industry": industry,
-        "background_colour": _pick(rng, TASKS["background_colour"]),
-        "clutter": clutter,
-        "logo": _pick(rng, TASKS["logo"]),
-    }
     return AdPlan(
         id=f"ad-{index:06d}",
         split=split,
@@ -338,25 +267,10 @@ def _photo(industry: str) -> Image.Image:
     return image
 
 
-@lru_cache(maxsize=None)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    if not FONT_PATH.is_file():
-        raise FileNotFoundError(f"CJK font {FONT_PATH} is missing; install the fonts-wqy-microhei package")
-    return ImageFont.truetype(str(FONT_PATH), size)
-
-
-def _ink(fill: Sequence[int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on `fill`."""
-    luminance = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
-    return (20, 20, 20) if luminance > 140 else (255, 255, 255)
-
-
-def _contrasting(rng: np.random.Generator, palette, background, minimum: float = 110.0):
-    return _pick(rng, [colour for colour in palette if math.dist(colour, background) >= minimum])
-
-
 def render_ad(plan: AdPlan) -> Image.Image:
     """Draw the ad: background, title bar, product photo, stickers, gambling imagery, logo."""
+    if plan.layout is not None:
+        return render_varied(plan)
     rng = np.random.default_rng(plan.render_seed)
     shade = np.add(BACKGROUND_RGB[plan.labels["background_colour"]], rng.integers(-10, 11, size=3))
     background = tuple(int(c) for c in np.clip(shade, 0, 255))
@@ -406,137 +320,6 @@ def _paste_photo(image: Image.Image, rng: np.random.Generator, industry: str, ti
     image.paste(photo, (left, top))
 
 
-def _paste_inside(image: Image.Image, rng: np.random.Generator, tile: Image.Image, shadow: bool = False) -> None:
-    """Alpha-paste an RGBA tile at a random place inside the bare border."""
-    room = IMAGE_SIZE - 2 * BORDER
-    left = BORDER + int(rng.integers(room - tile.width + 1))
-    top = BORDER + int(rng.integers(room - tile.height + 1))
-    if shadow:
-        dark = Image.new("RGBA", tile.size, (0, 0, 0, 255))
-        mask = tile.getchannel("A").point(lambda a: a * 2 // 5)
-        offset = min(2, IMAGE_SIZE - BORDER - left - tile.width, IMAGE_SIZE - BORDER - top - tile.height)
-        image.paste(dark, (left + offset, top + offset), mask)
-    image.paste(tile, (left, top), tile)
-
-
-def _rotated(tile: Image.Image, rng: np.random.Generator, degrees: float) -> Image.Image:
-    return tile.rotate(float(rng.uniform(-degrees, degrees)), resample=Image.Resampling.BICUBIC, expand=True)
-
-
-def _sticker(rng: np.random.Generator, background) -> Image.Image:
-    """A clutter badge: a rounded label, a starburst or a round badge with a short promotional word."""
-    word = _pick(rng, _STICKER_WORDS)
-    colour = _contrasting(rng, STICKER_RGB, background)
-    font = _font(int(rng.integers(10, 13)))
-    text_w = math.ceil(font.getlength(word))
-    shape = int(rng.integers(3))
-    if shape == 0:
-        size = (text_w + 8, font.size + 8)
-    else:
-        side = text_w + (16 if shape == 1 else 10)
-        size = (side, side)
-    tile = Image.new("RGBA", size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(tile)
-    box = (0, 0, size[0] - 1, size[1] - 1)
-    if shape == 0:
-        draw.rounded_rectangle(box, radius=3, fill=colour, outline=(255, 255, 255), width=1)
-    elif shape == 1:
-        draw.polygon(_starburst(size[0] / 2, spikes=int(rng.integers(9, 13))), fill=colour)
-    else:
-        draw.ellipse(box, fill=colour, outline=(255, 255, 255), width=1)
-    draw.text((size[0] / 2, size[1] / 2), word, font=font, fill=_ink(colour), anchor="mm")
-    return _rotated(tile, rng, 25)
-
-
-def _starburst(radius: float, spikes: int) -> list[tuple[float, float]]:
-    points = []
-    for k in range(2 * spikes):
-        r = radius if k % 2 == 0 else radius * 0.72
-        angle = math.pi * k / spikes
-        points.append((radius + r * math.cos(angle), radius + r * math.sin(angle)))
-    return points
-
-
-def _gambling_cluster(rng: np.random.Generator) -> Image.Image:
-    """Two or three big dice, poker chips or playing cards, overlapping like a casino still life."""
-    makers = {"dice": (_die, _die), "chips": (_chip, _chip, _chip), "cards": (_card, _card),
-              "mixed": (_card, _die, _chip)}
-    items = [_rotated(make(rng), rng, 30) for make in makers[_pick(rng, tuple(makers))]]
-    canvas = Image.new("RGBA", (IMAGE_SIZE - 2 * BORDER, IMAGE_SIZE - 2 * BORDER), (0, 0, 0, 0))
-    x = 0
-    for item in items:
-        canvas.alpha_composite(item, (x, int(rng.integers(0, 10))))
-        x += int(item.width * rng.uniform(0.55, 0.75))
-    return canvas.crop(canvas.getbbox())
-
-
-_PIPS = {1: [(1, 1)], 2: [(0, 0), (2, 2)], 3: [(0, 0), (1, 1), (2, 2)], 4: [(0, 0), (0, 2), (2, 0), (2, 2)],
-         5: [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2)], 6: [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2)]}
-
-
-def _die(rng: np.random.Generator) -> Image.Image:
-    """A white die; as on Chinese dice, the pips of 1 and 4 are red."""
-    size = int(rng.integers(26, 33))
-    tile = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(tile)
-    draw.rounded_rectangle((0, 0, size - 1, size - 1), radius=size // 5, fill=(250, 250, 250),
-                           outline=(70, 70, 70), width=2)
-    value = int(rng.integers(1, 7))
-    colour = (210, 20, 30) if value in (1, 4) else (20, 20, 20)
-    radius = size * (0.15 if value == 1 else 0.09)
-    for row, col in _PIPS[value]:
-        cx, cy = size * (0.25 + 0.25 * col), size * (0.25 + 0.25 * row)
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
-    return tile
-
-
-def _chip(rng: np.random.Generator) -> Image.Image:
-    """A poker chip: a coloured disc with white edge marks and an inner ring."""
-    size = int(rng.integers(28, 35))
-    colour = _pick(rng, _CHIP_RGB)
-    tile = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(tile)
-    box = (0, 0, size - 1, size - 1)
-    draw.ellipse(box, fill=colour, outline=(30, 30, 30))
-    for k in range(8):
-        draw.pieslice(box, k * 45 - 8, k * 45 + 8, fill=(250, 250, 250))
-    inset = size * 0.2
-    draw.ellipse((inset, inset, size - 1 - inset, size - 1 - inset), fill=colour, outline=(250, 250, 250), width=2)
-    return tile
-
-
-def _card(rng: np.random.Generator) -> Image.Image:
-    """A playing card: rank in the corner, a big suit in the middle."""
-    width = int(rng.integers(24, 29))
-    height = round(width * 1.4)
-    suit = _pick(rng, "♠♥♦♣")
-    colour = (200, 20, 30) if suit in "♥♦" else (20, 20, 20)
-    tile = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(tile)
-    draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=3, fill=(250, 250, 250), outline=(90, 90, 90))
-    draw.text((3, 1), _pick(rng, "AKQJ"), font=_font(10), fill=colour)
-    draw.text((width / 2, height / 2 + 2), suit, font=_font(round(height * 0.5)), fill=colour, anchor="mm")
-    return tile
-
-
-def _draw_logo(image: Image.Image, rng: np.random.Generator, background) -> None:
-    """A brand mark in a random corner: a circle or rounded square holding one character."""
-    size = int(rng.integers(18, 25))
-    corner = int(rng.integers(4))
-    left = BORDER + 1 if corner % 2 == 0 else IMAGE_SIZE - BORDER - 1 - size
-    top = BORDER + 1 if corner < 2 else IMAGE_SIZE - BORDER - 1 - size
-    colour = _contrasting(rng, _LOGO_RGB, background, minimum=120.0)
-    box = (left, top, left + size - 1, top + size - 1)
-    draw = ImageDraw.Draw(image)
-    if rng.random() < 0.5:
-        draw.ellipse(box, fill=colour, outline=_ink(colour), width=1)
-    else:
-        draw.rounded_rectangle(box, radius=size // 4, fill=colour, outline=_ink(colour), width=1)
-    character = _pick(rng, _BRAND_CHARACTERS)
-    draw.text((left + size / 2, top + size / 2), character, font=_font(round(size * 0.62)),
-              fill=_ink(colour), anchor="mm")
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -545,31 +328,43 @@ def _record(plan: AdPlan) -> dict:
 
 
 def make_dataset(out_dir: Path, n: int = 6000, seed: int = 0, test_fraction: float = 0.2,
-                 validation_fraction: float = 0.1) -> dict:
+                 validation_fraction: float = 0.1, generator: int = 1, shifted_fraction: float = 0.2) -> dict:
     """Write n ads to out_dir (train.jsonl, validation.jsonl, test.jsonl, images/) atomically; return counts.
 
-    validation.jsonl is written only when `validation_fraction` leaves it at least one ad.
+    validation.jsonl is written only when `validation_fraction` leaves it at least one ad. `generator` 2
+    also writes test_shifted.jsonl: round(n * shifted_fraction) more ads, laid out and worded as no
+    training ad is (data/variety.py). The version is recorded in the summary and in generator.json.
+    The default stays 1 so that callers written for it (fixtures, the demo) keep their ads; the
+    command line's default is the newest version.
 
     Refuses an out_dir that exists and is not empty. The same seed gives byte-identical files.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or remove it")
-    plans = plan_ads(n, seed, test_fraction, validation_fraction)
+    plans = plan_ads(n, seed, test_fraction, validation_fraction, generator, shifted_fraction)
     lines: dict[str, list[str]] = {"train": [], "test": []}
-    if any(plan.split == "validation" for plan in plans):
-        lines["validation"] = []
+    for split in ("validation", "test_shifted"):
+        if any(plan.split == split for plan in plans):
+            lines[split] = []
     with atomic_folder(out_dir) as staging:
         (staging / "images").mkdir()
         for plan in plans:
-            render_ad(plan).save(staging / "images" / f"{plan.id}.jpg", quality=JPEG_QUALITY, subsampling=0)
+            quality, subsampling = plan.jpeg
+            render_ad(plan).save(staging / "images" / f"{plan.id}.jpg", quality=quality, subsampling=subsampling)
             lines[plan.split].append(json.dumps(_record(plan), ensure_ascii=False) + "\n")
         for split, rows in lines.items():
             (staging / f"{split}.jsonl").write_text("".join(rows), encoding="utf-8")
+        provenance = {"generator": generator, "n": n, "seed": seed, "test_fraction": test_fraction,
+                      "validation_fraction": validation_fraction}
+        if generator > 1:
+            provenance["shifted_fraction"] = shifted_fraction
+        (staging / "generator.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     counts = {split: Counter(p.labels["violation"] for p in plans if p.split == split) for split in lines}
     return {
         "out_dir": str(out_dir),
         "seed": seed,
+        "generator": generator,
         "ads": {split: len(rows) for split, rows in lines.items()},
         "violation": {split: {name: count[name] for name in TASKS["violation"]}
                       for split, count in counts.items()},

@@ -58,9 +58,35 @@ def decode_picture(image: Image.Image, size: int | None) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+IMAGE_FITS = ("squash", "letterbox")
+# the config.pbtxt parameter carrying an exported model's image fit: the gateway fits pictures before Triton
+# sees them, so it must fit them as the model was trained (export/repository.py, service/backends.py)
+IMAGE_FIT_PARAMETER = "image_fit"
+# letterbox padding: the normalisation mean, so padded pixels enter the model as zeros
+LETTERBOX_RGB = tuple(round(255 * channel) for channel in IMAGE_MEAN.flatten().tolist())
+
+
+def fit_picture(image: Image.Image, size: int, fit: str = "squash") -> np.ndarray:
+    """uint8 (size, size, 3) of an RGB picture. "squash" resizes it to a square whatever its aspect (a 3:1
+    banner's photo and glyphs come out three times narrower); "letterbox" resizes its long side to `size`,
+    keeping the aspect, and centres it on LETTERBOX_RGB, so shapes stay as drawn and nothing is cut off
+    (a crop could cut a violation off), at the cost of resolution on long banners. A square is the same
+    under both."""
+    if fit == "squash" or image.width == image.height:
+        return np.asarray(image.resize((size, size), Image.BILINEAR))
+    if fit != "letterbox":
+        raise ValueError(f"unknown image fit {fit!r}; fits: {', '.join(IMAGE_FITS)}")
+    ratio = size / max(image.size)
+    width, height = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
+    canvas = Image.new("RGB", (size, size), LETTERBOX_RGB)
+    canvas.paste(image.resize((width, height), Image.BILINEAR), ((size - width) // 2, (size - height) // 2))
+    return np.asarray(canvas)
+
+
 class AuditProcessor:
     def __init__(self, config: AuditModelConfig, tokenizer=None):
         self.image_size = config.image_size
+        self.image_fit = config.image_fit
         self.max_text_length = config.max_text_length
         self.tokenizer = tokenizer or make_tokenizer()
         self._encoder = padded_encoder(self.tokenizer, self.max_text_length)
@@ -70,9 +96,9 @@ class AuditProcessor:
         return cls(config, load_tokenizer(model_folder))
 
     def image_array(self, images: list[Image.Image]) -> np.ndarray:
-        """uint8 (batch, 3, size, size), in numpy only: what the gateway sends (no torch call per ad)."""
-        size = (self.image_size, self.image_size)
-        arrays = [np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(size, Image.BILINEAR))
+        """uint8 (batch, 3, size, size), in numpy only: what the gateway sends (no torch call per ad); each
+        picture fitted to the square as the model's config says (`fit_picture`)."""
+        arrays = [fit_picture(image if image.mode == "RGB" else image.convert("RGB"), self.image_size, self.image_fit)
                   for image in images]
         return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
 
