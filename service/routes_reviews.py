@@ -11,6 +11,7 @@ both kept for review ads only while `review_store_ads` is on. Every route here i
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
@@ -32,7 +33,10 @@ class QueueItem(BaseModel):
     model: str
     version: str
     arm: str
-    suggestion: str = Field(description="always review: the queue holds the ads a reviewer decides")
+    suggestion: str = Field(description="review (a reviewer decides), or the automatic pass or block an audit "
+                            "sample checks (`queued`: sample)")
+    queued: Literal["review", "sample"] = Field(description="review: the policy asked for a reviewer; sample: an "
+                                                "automatic decision drawn for audit (review_sample_rate)")
     verdict: str = Field(description="the model's lean, shown to the reviewer (docs/decisions.md)")
     violation: str
     scores: dict[str, float]

@@ -107,6 +107,9 @@ class GatewaySettings(BaseSettings):
     # log (table review_items) so a reviewer sees the ad in the queue and the console; off: the queue lists
     # the decisions without the ad (a platform that shows reviewers the ad from its own store)
     review_store_ads: bool = True
+    # the share of automatic passes and blocks also put in the review queue as an audit sample (docs/console.md),
+    # so the reviewed precision of automatic decisions is measured on ads nobody chose; 0 turns it off
+    review_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
 
     @field_validator("api_keys", "cors_origins", "policy_admins", mode="before")
     @classmethod

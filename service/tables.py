@@ -35,6 +35,9 @@ class DecisionRow(Base):
     policy_name: Mapped[str | None] = mapped_column(String(64))
     policy_version: Mapped[str | None] = mapped_column(String(32))
     reasons: Mapped[list | None] = mapped_column(JSON)
+    # an automatic pass or block drawn for a reviewer's audit (revision 0005; NULL before it): the review queue
+    # lists it beside the ads answered `review`, so reviewed precision is measured on an unbiased sample
+    review_sample: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class FeedbackRow(Base):
@@ -52,8 +55,9 @@ class FeedbackRow(Base):
 
 class ReviewItemRow(Base):
     """What a reviewer needs to judge an ad the policy sent to review: its picture and copy (revision 0004).
-    Only ads answered `review` get a row (the decision log keeps no ad content otherwise), and only while the
-    setting `review_store_ads` is on; the review queue reads them, and `GET /v1/reviews/{id}/picture`."""
+    Only ads in the review queue get a row: answered `review`, or drawn for audit (`review_sample`); the decision
+    log keeps no ad content otherwise, and none while the setting `review_store_ads` is off. The review queue
+    reads them, and `GET /v1/reviews/{id}/picture`; `adaudit db prune-review-items` deletes old ones."""
     __tablename__ = "review_items"
     request_id: Mapped[str] = mapped_column(ForeignKey("decisions.request_id"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -214,11 +214,13 @@ def test_the_triton_autoscaler_reads_the_primary_models_queue_time_only(tmp_path
 
 def test_every_container_is_locked_down():
     docs = render(values_of("canary"))
-    workloads = [d for d in docs if d["kind"] in ("Deployment", "Job")]
-    # the gateway, Triton, the shadow's own Triton (the canary overlay mirrors to the teacher), the migrations
-    assert sorted(d["kind"] for d in workloads) == ["Deployment", "Deployment", "Deployment", "Job"]
-    for deployment in workloads:
-        pod = deployment["spec"]["template"]["spec"]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "Job", "CronJob")]
+    # the gateway, Triton, the shadow's own Triton (the canary overlay mirrors to the teacher), the migrations,
+    # the pruning of the reviewers' copies of old ads
+    assert sorted(d["kind"] for d in workloads) == ["CronJob", "Deployment", "Deployment", "Deployment", "Job"]
+    for workload in workloads:
+        template = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+        pod = template["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
         for container in pod["containers"]:
             context = container["securityContext"]
@@ -305,6 +307,27 @@ def test_a_hook_job_upgrades_the_schema_before_the_gateway_pods_start():
     assert find(docs, "Secret", "adaudit-secrets")["stringData"]["database-url"] == POSTGRES
 
     assert not [d for d in render({"database": {"migrations": {"enabled": False}}}) if d["kind"] == "Job"]
+
+
+def test_a_cronjob_prunes_the_reviewers_copies_of_old_ads():
+    """`adaudit db prune-review-items` daily with the gateway's image and the gateway's database URL; the values
+    choose the age and whether open items go too; no CronJob for a SQLite log (the file is in the gateway pod)."""
+    docs = render({})
+    job = find(docs, "CronJob", "adaudit-review-items-pruning")
+    assert job["spec"]["concurrencyPolicy"] == "Forbid" and job["spec"]["schedule"] == "17 3 * * *"
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    gateway = find(docs, "Deployment", "adaudit-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == gateway["image"]
+    assert container["args"] == ["db", "prune-review-items", "--older-than-days", "30"]
+    url = {v["name"]: v for v in container["env"]}["ADAUDIT_DATABASE_URL"]
+    assert url == {v["name"]: v for v in gateway["env"]}["ADAUDIT_DATABASE_URL"]
+    chosen = render({"database": {"reviewItemsPruning": {"olderThanDays": 7, "openItems": True}}})
+    assert find(chosen, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] == \
+        ["db", "prune-review-items", "--older-than-days", "7", "--open-items"]
+    assert not [d for d in render({"database": {"reviewItemsPruning": {"enabled": False}}}) if d["kind"] == "CronJob"]
+    alone = {"database": {"existingSecret": "", "url": SQLITE},
+             "gateway": {"autoscaling": {"enabled": False}, "replicas": 1}}
+    assert not [d for d in render(alone) if d["kind"] == "CronJob"]
 
 
 def test_sqlite_is_refused_with_more_than_one_possible_gateway_pod():

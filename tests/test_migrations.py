@@ -101,13 +101,14 @@ def schema_differences(url: str) -> list:
 
 
 DECISION_COLUMNS_OF_0003 = ("suggestion", "policy_name", "policy_version", "reasons")  # never made by create_all
+DECISION_COLUMNS_LATER = DECISION_COLUMNS_OF_0003 + ("review_sample",)  # 0003 and 0005: after create_all's time
 
 
 def made_by_create_all(url: str, caller: str) -> None:
     """A log as the gateway made it before migrations existed: create_all, no version table, and rows.
     caller: "column" (today's create_all: the column and its index), "altered" (an older log the ad-hoc
     ALTER TABLE gave the column, no index) or "none" (before callers were recorded)."""
-    added_later = set(DECISION_COLUMNS_OF_0003) | ({"caller"} if caller != "column" else set())
+    added_later = set(DECISION_COLUMNS_LATER) | ({"caller"} if caller != "column" else set())
     with engine_of(url) as engine:  # decisions as create_all made it then, then the other two tables
         old = Table("decisions", MetaData(), *(Column(c.name, c.type, primary_key=c.primary_key,
                                                       nullable=c.nullable, index=c.index)
@@ -136,7 +137,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_upgrade_from_empty_gives_the_tables_definition_and_downgrades_back(url):
     with engine_of(url) as engine:
         before, after = upgrade_schema(engine)
-        assert (before.state, after) == ("empty", head_revision()) and head_revision() == "0004"
+        assert (before.state, after) == ("empty", head_revision()) and head_revision() == "0005"
         assert schema_differences(url) == []  # the migrations make exactly the tables decision_log.py declares
         assert upgrade_schema(engine)[0].state == "current"  # again: nothing to do
         log = DecisionLog(url, migrate=False)
@@ -146,6 +147,8 @@ def test_upgrade_from_empty_gives_the_tables_definition_and_downgrades_back(url)
             ("review", {"name": "strict", "version": "2"})
         log.close()
 
+        assert downgrade_schema(engine, "0004")[1] == "0004"  # the audit sample's column dropped, the row kept
+        assert "review_sample" not in {c["name"] for c in inspect(engine).get_columns("decisions")}
         assert downgrade_schema(engine, "0003")[1] == "0003"  # the review items' table dropped
         assert "review_items" not in inspect(engine).get_table_names()
         assert downgrade_schema(engine, "0002")[1] == "0002"  # the decision's columns dropped, the row kept
@@ -158,7 +161,7 @@ def test_upgrade_from_empty_gives_the_tables_definition_and_downgrades_back(url)
         assert downgrade_schema(engine, "base")[1] is None
         assert set(inspect(engine).get_table_names()) <= {VERSION_TABLE}
         upgrade_schema(engine)
-    assert revision_of(url) == "0004" and schema_differences(url) == []
+    assert revision_of(url) == "0005" and schema_differences(url) == []
 
 
 @pytest.mark.parametrize("caller", ["column", "altered", "none"])
@@ -166,7 +169,7 @@ def test_a_log_made_by_create_all_is_stamped_and_upgraded_keeping_its_rows(url, 
     made_by_create_all(url, caller)
     with engine_of(url) as engine:
         before, after = upgrade_schema(engine)
-    assert (before.state, before.revision, after) == ("unversioned", None, "0004")
+    assert (before.state, before.revision, after) == ("unversioned", None, "0005")
     assert schema_differences(url) == []  # the ALTER TABLE variant got its index
     expected = "partner" if caller != "none" else None
     assert request_ids(url) == {f"old-{n}": expected for n in range(3)}
@@ -241,7 +244,7 @@ def test_an_upgrade_waits_for_one_in_progress_in_another_process(postgresql):
             _, errors = second.communicate(timeout=60)
         finally:
             second.kill()
-    assert second.returncode == 0 and "schema at revision 0004 (unchanged)" in errors, errors
+    assert second.returncode == 0 and "schema at revision 0005 (unchanged)" in errors, errors
 
 
 # --- the command line ---------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def test_db_upgrade_command_and_its_default_url(tmp_path):
     env = {"ADAUDIT_DATABASE_URL": f"sqlite:///{database}", "PATH": "/usr/bin:/bin"}
     first = subprocess.run([sys.executable, "-m", "adaudit.cli", "db", "upgrade"], capture_output=True, text=True,
                            timeout=120, env=env)
-    assert first.returncode == 0 and "schema at revision 0004 (was empty)" in first.stderr, first.stderr
+    assert first.returncode == 0 and "schema at revision 0005 (was empty)" in first.stderr, first.stderr
     again = cli("db", "upgrade", "--database-url", f"sqlite:///{database}")
     assert again.returncode == 0 and "(unchanged)" in again.stderr, again.stderr
     current = cli("db", "current", "--database-url", f"sqlite:///{database}")
@@ -276,7 +279,7 @@ def test_on_sqlite_the_gateway_upgrades_its_own_file_keeping_the_rows(model_dir,
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/audits/old-1").json()["caller"] == "partner"
         assert audit_json(client).status_code == 200
-    assert revision_of(values.database_url) == "0004" and len(request_ids(values.database_url)) == 4
+    assert revision_of(values.database_url) == "0005" and len(request_ids(values.database_url)) == 4
 
 
 def test_a_gateway_on_a_shared_database_runs_no_ddl_and_is_unready_until_upgraded(model_dir, tmp_path,  # noqa: F811

@@ -89,7 +89,8 @@ function render() {
   if (!item) return;
   $("ad").dataset.requestId = item.request_id;
   renderCopy(item);
-  $("suggestion").textContent = item.suggestion;
+  // an automatic pass or block drawn for audit: the ad is already live or blocked, the reviewer checks it
+  $("suggestion").textContent = item.queued === "sample" ? `${item.suggestion} (audit sample)` : item.suggestion;
   $("lean").textContent = item.verdict === "reject" ? `reject (${item.violation})` : "approve";
   $("model").textContent = `${item.model} v${item.version}`;
   $("policy").textContent = item.policy ? `${item.policy.name} v${item.policy.version}` : "-";
