@@ -57,15 +57,19 @@ def validation_of(report: dict) -> dict:
 
 def choose(run: Path) -> dict:
     scored = []
+    costs = {}
     for order, name in enumerate(CANDIDATES):
         report_path = run / f"candidate-{name}" / "report.json"
         if not report_path.exists():
             raise SystemExit(f"error: {report_path} is missing: compress candidate {name} first")
-        figures = validation_of(json.loads(report_path.read_text()))
+        report = json.loads(report_path.read_text())
+        figures = validation_of(report)
         scored.append((figures["accuracy"], figures["violation_macro_f1"], -order, name, figures))
+        # what each candidate cost, and whether it ran the teacher or read the outputs an earlier one wrote
+        costs[name] = {"wall_seconds": report.get("wall_seconds"), "teacher_outputs": report.get("teacher_outputs")}
     best = max(scored)[3]
     choice = {"rule": RULE, "chosen": best,
-              "candidates": {name: {"replaces": CANDIDATES[name], "validation": figures}
+              "candidates": {name: {"replaces": CANDIDATES[name], "validation": figures, **costs[name]}
                              for *_, name, figures in scored}}
     atomic_write_text(run / "choice.json", json.dumps(choice, indent=1) + "\n")
     link = run / "student"
