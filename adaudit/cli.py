@@ -31,15 +31,17 @@ def readable_errors(command):
     def wrapper(*args, **kwargs):
         from adaudit.data.dataset import DatasetError
         from adaudit.models.configuration import ConfigError
+        from adaudit.models.labels import TaxonomyError
         from adaudit.models.modeling import ModelFolderError
         from adaudit.compression.recipe import RecipeError
+        from adaudit.compression.teacher_outputs import CompressionStorageError
         from adaudit.training.device import DeviceError
         from adaudit.training.distributed import DistributedError
 
         try:
             return command(*args, **kwargs)
         except (DatasetError, ConfigError, ModelFolderError, RecipeError, FileExistsError, DeviceError,
-                DistributedError) as error:
+                DistributedError, TaxonomyError, CompressionStorageError) as error:
             log(f"error: {error}")
             raise typer.Exit(1) from None
     return wrapper
@@ -53,11 +55,21 @@ def data_make(out: Annotated[Path, typer.Option(help="folder to create")],
               test_fraction: Annotated[float, typer.Option(min=0.05, max=0.5)] = 0.2,
               validation_fraction: Annotated[float, typer.Option(
                   min=0.0, max=0.5, help="ads for choices (recipes, thresholds), worded like training ads; "
-                                         "0 writes no validation.jsonl")] = 0.1):
-    """Render a MAAD-like data set: images, Chinese copy and labels (train, validation and test JSON lines)."""
-    from adaudit.data.generator import make_dataset
+                                         "0 writes no validation.jsonl")] = 0.1,
+              generator: Annotated[int, typer.Option(
+                  help="generator version: 2 varies canvases, layouts, JPEG quality and copy and adds "
+                       "test_shifted.jsonl; 1 gives the original ads byte for byte")] = 2,
+              shifted_fraction: Annotated[float, typer.Option(
+                  min=0.0, max=1.0, help="generator 2: test_shifted ads, beyond the n, as a share of n")] = 0.2):
+    """Render a MAAD-like data set: images, Chinese copy and labels (train, validation, test and, from
+    generator 2, test_shifted JSON lines)."""
+    from adaudit.data.generator import GENERATOR_VERSIONS, make_dataset
 
-    summary = make_dataset(out, n=n, seed=seed, test_fraction=test_fraction, validation_fraction=validation_fraction)
+    if generator not in GENERATOR_VERSIONS:
+        log(f"error: --generator {generator} does not exist; versions: {', '.join(map(str, GENERATOR_VERSIONS))}")
+        raise typer.Exit(1)
+    summary = make_dataset(out, n=n, seed=seed, test_fraction=test_fraction, validation_fraction=validation_fraction,
+                           generator=generator, shifted_fraction=shifted_fraction)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
@@ -73,13 +85,39 @@ def data_import(table: Annotated[Path, typer.Option(help="a .csv (UTF-8) or .par
                 test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5)] = 0.2,
                 validation_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, help="0 writes no validation.jsonl")] = 0.1,
                 seed: Annotated[int, typer.Option(help="the shuffle of groups into splits")] = 0,
-                skip_bad_images: Annotated[bool, typer.Option(help="drop rows whose picture is missing or does not decode (listed in the report) instead of refusing the table")] = False):
+                skip_bad_images: Annotated[bool, typer.Option(help="drop rows whose picture is missing or does not decode (listed in the report) instead of refusing the table")] = False,
+                labels: Annotated[Optional[Path], typer.Option(help="a labels.yaml declaring the tasks and classes (docs/data.md); default: today's taxonomy")] = None):
     """Import a table of your own ads: check and copy the pictures, split by group, print a validation report."""
     from adaudit.data.importer import Columns, format_report, import_table, parse_label_columns
+    from adaudit.models.labels import DEFAULT_TAXONOMY, read_taxonomy
 
-    columns = Columns(image_column, text_column, parse_label_columns(label_columns), id_column, group_column)
-    report = import_table(table, out, columns, test_fraction, validation_fraction, seed, skip_bad_images)
+    taxonomy = read_taxonomy(labels) if labels is not None else DEFAULT_TAXONOMY
+    columns = Columns(image_column, text_column, parse_label_columns(label_columns, taxonomy), id_column, group_column)
+    report = import_table(table, out, columns, test_fraction, validation_fraction, seed, skip_bad_images, taxonomy)
     print(format_report(report))
+
+
+@data_app.command("pack")
+@readable_errors
+def data_pack(data: Annotated[Path, typer.Option(help="data set folder")],
+              model: Annotated[Optional[Path], typer.Option(help="a model folder: pack as it reads the data (its "
+                                                                 "image size, tokenizer and tasks)")] = None,
+              preset: Annotated[str, typer.Option(help="without --model: a teacher preset whose preprocessing to "
+                                                       "pack for (teacher train's default: base)")] = "base"):
+    """Decode every split once into memory-mapped shards in DATA/.packs/ (what training and compression read;
+    they pack on first use too), keyed by the preprocessing; prints each split's pack as JSON."""
+    from adaudit.data.packing import pack_data_set
+    from adaudit.models.modeling import AuditModel
+    from adaudit.models.preprocessing import AuditProcessor
+    from adaudit.training.presets import preset as preset_row
+
+    if model is not None:
+        reader = AuditModel.from_pretrained(model)
+        processor = AuditProcessor.from_folder(reader.config, model)
+    else:
+        reader = preset_row(preset).new_model()
+        processor = AuditProcessor(reader.config, reader.tokenizer)
+    print(json.dumps(pack_data_set(data, processor, reader.config.tasks, log), indent=2))
 
 
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda (under torchrun: "
@@ -376,6 +414,25 @@ def db_upgrade(database_url: DatabaseUrl = None):
         before, after = upgrade_schema(engine)
     log(f"{shown}: schema at revision {after}" + (" (unchanged)" if before.revision == after else
                                                   f" (was {before.revision or before.state})"))
+
+
+@db_app.command("prune-review-items")
+def db_prune_review_items(
+        older_than_days: Annotated[float, typer.Option(min=0, help="delete the items of ads logged more than this "
+                                                      "many days ago")],
+        open_items: Annotated[bool, typer.Option("--open-items", help="delete items nobody has reviewed yet too "
+                                                 "(default: only those a reviewer closed)")] = False,
+        database_url: DatabaseUrl = None):
+    """Delete the pictures and copy kept for reviewers (table review_items) of old ads; decisions and feedback
+    stay. What the Helm chart's CronJob runs, so the review queue's storage stops growing with traffic."""
+    from datetime import timedelta
+
+    from adaudit.service.decision_log import now, prune_review_items
+
+    with _database(database_url) as (engine, shown):
+        deleted = prune_review_items(engine, now() - timedelta(days=older_than_days), open_items)
+    log(f"{shown}: deleted {deleted} review items older than {older_than_days:g} days"
+        + ("" if open_items else " (reviewed ones only)"))
 
 
 @db_app.command("current")

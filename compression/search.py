@@ -354,8 +354,9 @@ def complexity(candidate: AuditModel, teacher_norm: float) -> float:
 
 @torch.inference_mode()
 def verdict_accuracy(model: AuditModel, split: EncodedSplit) -> float:
-    predicted = predict_logits(model, split)["verdict"].argmax(-1)
-    return float((predicted == split.labels[:, split.tasks.index("verdict")]).float().mean())
+    task = model.config.verdict_task  # the taxonomy's verdict task (models/labels.py)
+    predicted = predict_logits(model, split)[task].argmax(-1)
+    return float((predicted == split.labels[:, split.tasks.index(task)]).float().mean())
 
 
 def tune_projector(candidate: AuditModel, supernet: AuditModel, split: EncodedSplit, cache: TeacherCache,

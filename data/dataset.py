@@ -6,7 +6,8 @@ the images they name. Each line is one ad:
     {"id": "ad-000123", "image": "images/ad-000123.jpg", "text": "...",
      "labels": {"verdict": "reject", "violation": "gambling", "industry": "toys", ...}}
 
-`image` is relative to the folder. Label names are those of `adaudit.models.labels.TASKS`.
+`image` is relative to the folder. Tasks and class names are those of the folder's own taxonomy,
+`DIR/labels.yaml` (models/labels.py; today's `TASKS` when the folder has none).
 Every problem is reported as a `DatasetError` with one readable line naming the file and
 line, so a user can fix their data without reading a traceback.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from adaudit.models.labels import TASK_NAMES, label_index
+from adaudit.models.labels import Taxonomy, TaxonomyError, load_taxonomy
 
 _FIELDS = {"id": str, "image": str, "text": str, "labels": dict}
 
@@ -37,8 +38,18 @@ class AdRecord:
     labels: dict[str, str]
 
 
-def read_split(data_dir: Path, split: str, require_all_tasks: bool = True) -> list[AdRecord]:
-    """The records of `data_dir/<split>.jsonl`, validated; DatasetError on the first problem.
+def data_taxonomy(data_dir: Path) -> Taxonomy:
+    """The data set's taxonomy (DIR/labels.yaml, else the default); DatasetError naming the file and key."""
+    try:
+        return load_taxonomy(data_dir)
+    except TaxonomyError as error:
+        raise DatasetError(str(error)) from None
+
+
+def read_split(data_dir: Path, split: str, require_all_tasks: bool = True,
+               taxonomy: Taxonomy | None = None) -> list[AdRecord]:
+    """The records of `data_dir/<split>.jsonl`, validated against `taxonomy` (default: the data set's own,
+    `data_taxonomy`); DatasetError on the first problem.
 
     With `require_all_tasks` (training data) every task must be labelled; otherwise records
     may label a subset of the tasks. Images are checked to exist, not decoded.
@@ -46,6 +57,7 @@ def read_split(data_dir: Path, split: str, require_all_tasks: bool = True) -> li
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"dataset folder {data_dir} not found")
+    taxonomy = taxonomy or data_taxonomy(data_dir)
     path = data_dir / f"{split}.jsonl"
     if not path.is_file():
         raise DatasetError(f"{path} not found: a dataset folder holds one <split>.jsonl per split")
@@ -59,7 +71,7 @@ def read_split(data_dir: Path, split: str, require_all_tasks: bool = True) -> li
         if not line.strip():
             continue
         try:
-            record = _parse_record(line, data_dir, require_all_tasks)
+            record = _parse_record(line, data_dir, require_all_tasks, taxonomy)
             if record.id in first_line_of:
                 raise DatasetError(f"duplicate id {record.id!r} (first on line {first_line_of[record.id]})")
         except DatasetError as error:
@@ -71,7 +83,7 @@ def read_split(data_dir: Path, split: str, require_all_tasks: bool = True) -> li
     return records
 
 
-def _parse_record(line: str, data_dir: Path, require_all_tasks: bool) -> AdRecord:
+def _parse_record(line: str, data_dir: Path, require_all_tasks: bool, taxonomy: Taxonomy) -> AdRecord:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as error:
@@ -88,24 +100,17 @@ def _parse_record(line: str, data_dir: Path, require_all_tasks: bool) -> AdRecor
     image_path = data_dir / data["image"]
     if not image_path.is_file():
         raise DatasetError(f"image {image_path} not found")
-    return AdRecord(data["id"], image_path, data["text"], _check_labels(data["labels"], require_all_tasks))
+    return AdRecord(data["id"], image_path, data["text"], _check_labels(data["labels"], require_all_tasks, taxonomy))
 
 
-def _check_labels(labels: dict, require_all_tasks: bool) -> dict[str, str]:
+def _check_labels(labels: dict, require_all_tasks: bool, taxonomy: Taxonomy) -> dict[str, str]:
     for task, name in labels.items():
         if not isinstance(name, str):
             raise DatasetError(f"label for task {task!r} must be a string, got {json.dumps(name)}")
-        try:
-            label_index(task, name)
-        except ValueError as error:
-            raise DatasetError(str(error)) from None
-    missing = [task for task in TASK_NAMES if task not in labels]
-    if require_all_tasks and missing:
-        raise DatasetError(f"missing labels for task(s) {', '.join(missing)}")
-    if "verdict" in labels and "violation" in labels:
-        if (labels["verdict"] == "reject") != (labels["violation"] != "none"):
-            raise DatasetError(f"verdict {labels['verdict']!r} contradicts violation {labels['violation']!r}: "
-                               "an ad is rejected exactly when it has a violation")
+    try:
+        taxonomy.check_labels(labels, require_all_tasks)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
     return dict(labels)
 
 

@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 from PIL import Image
 
 from adaudit.core.files import atomic_folder
-from adaudit.models.labels import TASKS
+from adaudit.models.labels import DEFAULT_TAXONOMY, LABELS_FILE, Taxonomy, write_taxonomy
 from adaudit.models.preprocessing import decode_picture
 
 from .dataset import SPLITS, DatasetError
@@ -93,11 +93,12 @@ class TableAd:
         return f"row {self.row} (id {self.id!r})"
 
 
-def parse_label_columns(spec: str, tasks: Mapping[str, Sequence[str]] = TASKS) -> dict[str, str]:
+def parse_label_columns(spec: str, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict[str, str]:
     """`verdict=col1,violation=col2,...` as {task: column}; a bare `industry` means a column of that name.
 
     Every task of the taxonomy must be given: training reads every task of every ad
     (`read_split(require_all_tasks=True)`), so a folder with a task left out could not be trained on."""
+    tasks = taxonomy.tasks
     mapping: dict[str, str] = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -191,23 +192,23 @@ def check_columns(path: Path, header: Sequence[str], columns: Columns) -> None:
 
 
 def check_labels(labels: Mapping[str, str], columns: Mapping[str, str] | None = None,
-                 tasks: Mapping[str, Sequence[str]] = TASKS) -> None:
-    """The one check of an ad's labels against a taxonomy (today's TASKS; a data set's own later): each
-    label one of its task's classes, and the verdict agreeing with the violation as the reader demands."""
+                 taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> None:
+    """An ad's labels against the taxonomy (`--labels`, else the default): each label one of its task's
+    classes (naming its column), and the verdict agreeing with the reason as data/dataset.py demands."""
     columns = columns or {}
     for task, value in labels.items():
-        if value not in tasks[task]:
+        if value not in taxonomy.tasks[task]:
             where = f" (column {columns[task]!r})" if task in columns else ""
             raise TableError(f"{task} label {value!r}{where} is not in the taxonomy; "
-                             f"expected one of {', '.join(tasks[task])}")
-    if "verdict" in labels and "violation" in labels:
-        if (labels["verdict"] == "reject") != (labels["violation"] != "none"):
-            raise TableError(f"verdict {labels['verdict']!r} contradicts violation {labels['violation']!r}: "
-                             "an ad is rejected exactly when it has a violation")
+                             f"expected one of {', '.join(taxonomy.tasks[task])}")
+    try:
+        taxonomy.check_labels(labels, require_all_tasks=False)
+    except ValueError as error:
+        raise TableError(str(error)) from None
 
 
 def table_ads(rows: list[dict], columns: Columns, table_dir: Path,
-              tasks: Mapping[str, Sequence[str]] = TASKS) -> list[TableAd]:
+              taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> list[TableAd]:
     """The rows as ads, each validated (id, picture path, copy, labels, group); TableError on the first bad row."""
     ads: list[TableAd] = []
     first_row_of: dict[str, int] = {}
@@ -215,7 +216,7 @@ def table_ads(rows: list[dict], columns: Columns, table_dir: Path,
         ad_id = _cell(row, columns.id) if columns.id else f"row-{number:06d}"
         where = f"row {number}" + (f" (id {ad_id!r})" if columns.id and ad_id else "")
         try:
-            ad = _table_ad(number, ad_id, row, columns, table_dir, tasks)
+            ad = _table_ad(number, ad_id, row, columns, table_dir, taxonomy)
         except TableError as error:
             raise TableError(f"{where}: {error}") from None
         if ad.id in first_row_of:
@@ -227,7 +228,7 @@ def table_ads(rows: list[dict], columns: Columns, table_dir: Path,
 
 
 def _table_ad(number: int, ad_id: str | None, row: dict, columns: Columns, table_dir: Path,
-              tasks: Mapping[str, Sequence[str]]) -> TableAd:
+              taxonomy: Taxonomy) -> TableAd:
     def required(column: str, what: str) -> str:
         value = _cell(row, column)
         if value is None:
@@ -242,7 +243,7 @@ def _table_ad(number: int, ad_id: str | None, row: dict, columns: Columns, table
     if not _has_words(text):
         raise TableError(f"the copy (column {columns.text!r}) is empty or only spaces and control characters")
     labels = {task: required(column, f"{task} label") for task, column in columns.labels.items()}
-    check_labels(labels, columns.labels, tasks)
+    check_labels(labels, columns.labels, taxonomy)
     group = required(columns.group, "group") if columns.group else ad_id
     return TableAd(number, ad_id, image, table_dir / image, text, labels, group)
 
@@ -337,9 +338,10 @@ def assign_splits(ads: list[TableAd], test_fraction: float, validation_fraction:
 
 
 def build_report(table: Path, out: Path, n_rows: int, ads: list[TableAd], bad: list[dict], duplicates: list[dict],
-                 columns: Columns, seed: int, tasks: Mapping[str, Sequence[str]] = TASKS) -> dict:
+                 columns: Columns, seed: int, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict:
     """What a user checks before training: ads and groups per split, class counts per task and split, copy
     lengths, every dropped row and why, and warnings (a class no training ad has)."""
+    tasks = taxonomy.tasks
     splits = [split for split in SPLITS if any(ad.split == split for ad in ads)]
     counts = {task: {split: {name: 0 for name in names} for split in splits} for task, names in tasks.items()}
     for ad in ads:
@@ -378,8 +380,9 @@ def _file_names(ads: list[TableAd]) -> dict[str, str]:
     return names
 
 
-def write_folder(out: Path, ads: list[TableAd], report: dict) -> None:
-    """The data set folder, written beside `out` and renamed into place: all of it or nothing."""
+def write_folder(out: Path, ads: list[TableAd], report: dict, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> None:
+    """The data set folder, written beside `out` and renamed into place: all of it or nothing; a taxonomy
+    other than the default goes with it as labels.yaml, so every later step reads the same one."""
     names = _file_names(ads)
     with atomic_folder(out) as staging:
         (staging / "images").mkdir()
@@ -391,11 +394,13 @@ def write_folder(out: Path, ads: list[TableAd], report: dict) -> None:
         for split, rows in lines.items():
             (staging / f"{split}.jsonl").write_text("".join(rows), encoding="utf-8")
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if taxonomy != DEFAULT_TAXONOMY:
+            (staging / LABELS_FILE).write_text(write_taxonomy(taxonomy), encoding="utf-8")
 
 
 def import_table(table: Path, out: Path, columns: Columns, test_fraction: float = 0.2,
                  validation_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
-                 tasks: Mapping[str, Sequence[str]] = TASKS) -> dict:
+                 taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict:
     """Import `table` into the data set folder `out` (refused if it exists and is not empty); the report.
 
     Every check runs before the first file is written; any problem is a TableError and `out` is left
@@ -405,14 +410,14 @@ def import_table(table: Path, out: Path, columns: Columns, test_fraction: float 
         raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or remove it")
     header, rows = read_table(table)
     check_columns(table, header, columns)
-    ads = table_ads(rows, columns, table.parent, tasks)
+    ads = table_ads(rows, columns, table.parent, taxonomy)
     ads, bad = check_pictures(ads, skip_bad_images)
     ads, duplicates = drop_duplicates(ads)
     if not ads:
         raise TableError(f"table {table}: no row has a picture that decodes ({len(bad)} bad)")
     assign_splits(ads, test_fraction, validation_fraction, seed)
-    report = build_report(table, out, len(rows), ads, bad, duplicates, columns, seed, tasks)
-    write_folder(out, ads, report)
+    report = build_report(table, out, len(rows), ads, bad, duplicates, columns, seed, taxonomy)
+    write_folder(out, ads, report, taxonomy)
     return report
 
 

@@ -16,13 +16,17 @@ in the copy, and a mismatch ad's picture shows an industry its labels do not nam
 used. A copy with a text violation only goes over a picture of its own industry (two violations
 at once have no single label). Unlike the distillation views (compression/augmentation.py),
 whose labels come from the teacher, these rows train the teacher itself on labels.
+
+The taxonomy names the classes (models/labels.py): its reason task's `mismatch_class` labels a
+mismatch, its clean class a clean copy. A taxonomy without a mismatch class, or without an
+`industry` task to tell one picture's product from another's, has no such rows to make: none are.
 """
 
 from __future__ import annotations
 
 import torch
 
-from adaudit.models.labels import TASKS
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 
 from .encoding import EncodedSplit
 from .generator import TEXT_VIOLATIONS
@@ -31,23 +35,32 @@ COPY_ONLY_VIOLATIONS = tuple(v for v in TEXT_VIOLATIONS if v != "gambling")  # n
 PICTURE_TASKS = ("background_colour", "clutter", "logo")  # what the picture, not the copy, decides
 
 
-def recombined_pairs(split: EncodedSplit, count: int, mismatch_share: float = 0.5, seed: int = 0) -> EncodedSplit:
+def makes_pairs(taxonomy: Taxonomy) -> bool:
+    """Whether recombined pairs can be labelled under `taxonomy`: it names a mismatch class and an industry."""
+    return taxonomy.mismatch_class is not None and "industry" in taxonomy.tasks
+
+
+def recombined_pairs(split: EncodedSplit, count: int, mismatch_share: float = 0.5, seed: int = 0,
+                     taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> EncodedSplit:
     """`count` rows of one ad's copy over another ad's picture, labelled; about `mismatch_share` of them
     image-text mismatches (clean copy over another industry's picture), the rest copy over a picture of
-    its own industry (labels of the copy, attributes of the picture)."""
+    its own industry (labels of the copy, attributes of the picture). None under a taxonomy that cannot
+    label them (`makes_pairs`)."""
     if not 0.0 <= mismatch_share <= 1.0:
         raise ValueError(f"mismatch_share must be within 0..1, got {mismatch_share}")
-    if count <= 0:
+    if count <= 0 or not makes_pairs(taxonomy):
         return split.subset(torch.zeros(0, dtype=torch.long))
     column = {task: i for i, task in enumerate(split.tasks)}
-    missing = [task for task in ("verdict", "violation", "industry") if task not in column]
+    verdict_task, reason_task = taxonomy.verdict_task, taxonomy.reason_task
+    missing = [task for task in (verdict_task, reason_task, "industry") if task not in column]
     if missing:
         raise ValueError(f"recombined pairs need the tasks {', '.join(missing)}")
-    violations = TASKS["violation"]
-    violation = split.labels[:, column["violation"]]
+    reasons = taxonomy.tasks[reason_task]
+    violation = split.labels[:, column[reason_task]]
     industry = split.labels[:, column["industry"]]
-    clean = violation == violations.index("none")
-    usable = clean | torch.isin(violation, torch.tensor([violations.index(v) for v in COPY_ONLY_VIOLATIONS]))
+    clean = violation == reasons.index(taxonomy.clean_class)
+    copy_only = [reasons.index(v) for v in COPY_ONLY_VIOLATIONS if v in reasons]
+    usable = clean | torch.isin(violation, torch.tensor(copy_only, dtype=violation.dtype))
     pictures = {int(k): torch.nonzero(usable & (industry == k)).flatten() for k in industry[usable].unique()}
     if not pictures:
         return split.subset(torch.zeros(0, dtype=torch.long))
@@ -78,8 +91,8 @@ def recombined_pairs(split: EncodedSplit, count: int, mismatch_share: float = 0.
     for task in PICTURE_TASKS:
         if task in column:
             labels[:, column[task]] = split.labels[image_source, column[task]]
-    labels[mismatched, column["violation"]] = violations.index("image_text_mismatch")
-    labels[mismatched, column["verdict"]] = TASKS["verdict"].index("reject")
+    labels[mismatched, column[reason_task]] = reasons.index(taxonomy.mismatch_class)
+    labels[mismatched, column[verdict_task]] = taxonomy.tasks[verdict_task].index(taxonomy.reject_class)
     return EncodedSplit([f"{split.ids[t]}~{split.ids[i]}" for t, i in zip(text_source.tolist(), image_source.tolist())],
                         split.image_bytes[image_source], split.input_ids[text_source],
                         split.attention_mask[text_source], labels, split.tasks)

@@ -16,6 +16,10 @@ The rule (docs/decisions.md), applied the same way everywhere:
      approve with violation none;
    - pass: approve, violation none.
 
+Under another taxonomy (models/labels.py) the roles keep their meaning: `verdict` is the taxonomy's
+verdict task (its first rejecting class on reject, its first other class on approve), `violation` its
+reason task, and `none` its clean class.
+
 Why this rule: the old answer read two heads independently (verdict: reject, violation: none); a
 client that acts on `verdict` must get a reason it can show, and a reviewer must see the model's lean
 when an ad is sent to them.
@@ -24,6 +28,8 @@ when an ad is sent to them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 
 from .policy import Policy
 from .terms import TermHit
@@ -59,9 +65,10 @@ class Decision:
                 "term_hits": [hit.as_dict() for hit in self.term_hits]}
 
 
-def model_reasons(probabilities: dict[str, dict[str, float]], policy: Policy) -> list[Reason]:
+def model_reasons(probabilities: dict[str, dict[str, float]], policy: Policy,
+                  taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> list[Reason]:
     reasons = []
-    violation = probabilities.get("violation", {})
+    violation = probabilities.get(taxonomy.reason_task, {})
     for name, thresholds in policy.violations.items():
         score = float(violation.get(name, 0.0))
         if score >= thresholds.block_at:
@@ -88,33 +95,37 @@ def term_reasons(hits: list[TermHit], policy: Policy) -> list[Reason]:
     return reasons
 
 
-def most_likely_violation(probabilities: dict[str, dict[str, float]]) -> str:
-    violation = probabilities.get("violation") or {"none": 1.0}
-    return max(violation, key=lambda name: (violation[name], name == "none"))  # a tie goes to none
+def most_likely_violation(probabilities: dict[str, dict[str, float]], taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> str:
+    clean = taxonomy.clean_class
+    violation = probabilities.get(taxonomy.reason_task) or {clean: 1.0}
+    return max(violation, key=lambda name: (violation[name], name == clean))  # a tie goes to the clean class
 
 
-def verdict_and_violation(suggestion: str, reasons: list[Reason], probabilities: dict, policy: Policy
-                          ) -> tuple[str, str]:
+def verdict_and_violation(suggestion: str, reasons: list[Reason], probabilities: dict, policy: Policy,
+                          taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> tuple[str, str]:
     """Step 3 of the rule in the module's docstring."""
+    approved = taxonomy.approve_class, taxonomy.clean_class
     if suggestion == "pass":
-        return "approve", "none"
+        return approved
     scored = [r for r in reasons if r.suggestion == suggestion and r.score is not None and r.violation]
     top = max(scored, key=lambda r: r.score).violation if scored else None
     if suggestion == "block":
-        return "reject", top or (policy.terms.violation if policy.terms is not None else "exaggeration")
-    lean = most_likely_violation(probabilities)
-    if lean == "none":
-        return "approve", "none"
-    return "reject", top or lean
+        return taxonomy.reject_class, top or (policy.terms.violation if policy.terms is not None else "exaggeration")
+    lean = most_likely_violation(probabilities, taxonomy)
+    if lean == taxonomy.clean_class:
+        return approved
+    return taxonomy.reject_class, top or lean
 
 
-def decide(probabilities: dict[str, dict[str, float]], hits: list[TermHit], policy: Policy) -> Decision:
-    """`probabilities`: task -> class -> the model's probability (class names of models/labels.py TASKS);
-    `hits`: the copy's term hits under this policy's lists (TermMatcher.find)."""
-    reasons = model_reasons(probabilities, policy) + term_reasons(hits, policy)
+def decide(probabilities: dict[str, dict[str, float]], hits: list[TermHit], policy: Policy,
+           taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> Decision:
+    """`probabilities`: task -> class -> the model's probability (the class names of `taxonomy`, the model's);
+    `hits`: the copy's term hits under this policy's lists (TermMatcher.find). The policy must fit the
+    taxonomy (decisions/policy.check_policy)."""
+    reasons = model_reasons(probabilities, policy, taxonomy) + term_reasons(hits, policy)
     levels = {reason.suggestion for reason in reasons}
     suggestion = "block" if "block" in levels else "review" if reasons else "pass"
     reasons.sort(key=lambda r: (LEVELS.index(r.suggestion), r.score if r.score is not None else 2.0), reverse=True)
-    verdict, violation = verdict_and_violation(suggestion, reasons, probabilities, policy)
+    verdict, violation = verdict_and_violation(suggestion, reasons, probabilities, policy, taxonomy)
     return Decision(suggestion, verdict, violation, reasons, {"name": policy.name, "version": policy.version},
                     list(hits))

@@ -9,6 +9,11 @@ Tencent's BizType does. The format is in docs/decisions.md.
 Every problem is a `PolicyError` naming the file and the key (`violations.gambling.review_at: ...`),
 so a broken policy is refused with a message the operator can act on, and never replaces one that
 works (`load_policies` builds the whole set or raises).
+
+The classes a policy names are those of a taxonomy (models/labels.py): `violations` the reason task's
+classes other than the clean one, `attributes` the other tasks' classes. Which taxonomy is the model's
+business, so the YAML is parsed on its own and checked against one (`check_policy`): today's by default,
+a served model's own where the gateway decides (service/audit_policies.py).
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adaudit.models.labels import TASKS
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 
 from .terms import LISTS, TermListError, TermMatcher, check_terms, read_term_file
 
 SHIPPED = Path(__file__).resolve().parent / "policies"  # default.yaml, strict.yaml and their term lists
-VIOLATIONS = tuple(name for name in TASKS["violation"] if name != "none")
+VIOLATIONS = DEFAULT_TAXONOMY.violations  # today's violation classes
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
@@ -65,13 +70,6 @@ class TermLists(BaseModel):
     review: list[str] | str | None = None
     allow: list[str] | str | None = None
 
-    @field_validator("violation")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in VIOLATIONS:
-            raise ValueError(f"unknown violation class {value!r}; expected one of {', '.join(VIOLATIONS)}")
-        return value
-
 
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
@@ -82,25 +80,25 @@ class Policy(BaseModel):
     attributes: dict[str, dict[str, AttributeRule]] = {}
     terms: TermLists | None = None
 
-    @field_validator("violations")
-    @classmethod
-    def _classes(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(VIOLATIONS))
-        if unknown:
-            raise ValueError(f"unknown violation class {unknown[0]!r}; expected one of {', '.join(VIOLATIONS)}")
-        return value
 
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, value: dict) -> dict:
-        for task, labels in value.items():
-            if task not in TASKS or task in ("verdict", "violation"):
-                attributes = [t for t in TASKS if t not in ("verdict", "violation")]
-                raise ValueError(f"unknown attribute {task!r}; expected one of {', '.join(attributes)}")
-            for label in labels:
-                if label not in TASKS[task]:
-                    raise ValueError(f"{task}: unknown label {label!r}; expected one of {', '.join(TASKS[task])}")
-        return value
+def check_policy(policy: Policy, taxonomy: Taxonomy) -> None:
+    """ValueError `key: problem` unless every class the policy names is one of `taxonomy`'s: its violations
+    the reason task's (not the clean class), its attributes the other tasks' labels, its term class a
+    violation."""
+    violations = taxonomy.violations
+    unknown = sorted(set(policy.violations) - set(violations))
+    if unknown:
+        raise ValueError(f"violations: unknown violation class {unknown[0]!r}; expected one of {', '.join(violations)}")
+    for task, labels in policy.attributes.items():
+        if task not in taxonomy.attributes:
+            raise ValueError(f"attributes: unknown attribute {task!r}; expected one of {', '.join(taxonomy.attributes)}")
+        for label in labels:
+            if label not in taxonomy.tasks[task]:
+                raise ValueError(f"attributes: {task}: unknown label {label!r}; expected one of "
+                                 f"{', '.join(taxonomy.tasks[task])}")
+    if policy.terms is not None and policy.terms.violation not in violations:
+        raise ValueError(f"terms.violation: unknown violation class {policy.terms.violation!r}; expected one of "
+                         f"{', '.join(violations)}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +112,13 @@ class LoadedPolicy:
     @property
     def name(self) -> str:
         return self.policy.name
+
+    def check(self, taxonomy: Taxonomy) -> None:
+        """PolicyError naming the file and the key unless the policy fits `taxonomy` (`check_policy`)."""
+        try:
+            check_policy(self.policy, taxonomy)
+        except ValueError as error:
+            raise PolicyError(f"{Path(self.source).name}: {error}") from None
 
     def summary(self) -> dict:
         return {"name": self.policy.name, "version": self.policy.version, "description": self.policy.description,
@@ -130,13 +135,19 @@ def error_text(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_policy(data, where: str) -> Policy:
+def parse_policy(data, where: str, taxonomy: Taxonomy | None = DEFAULT_TAXONOMY) -> Policy:
+    """A checked Policy; with `taxonomy` (None: the shape alone) its classes are checked against it."""
     if not isinstance(data, dict):
         raise PolicyError(f"{where}: a policy is a YAML mapping (name, version, violations, ...)")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
+        if taxonomy is not None:
+            check_policy(policy, taxonomy)
+        return policy
     except ValidationError as error:
         raise PolicyError(f"{where}: {error_text(error)}") from None
+    except ValueError as error:
+        raise PolicyError(f"{where}: {error}") from None
 
 
 def term_lists(policy: Policy, folder: Path, where: str) -> dict[str, list[str]]:
@@ -159,8 +170,9 @@ def term_lists(policy: Policy, folder: Path, where: str) -> dict[str, list[str]]
     return lists
 
 
-def load_policy(path: Path) -> LoadedPolicy:
-    """One policy file, checked, with its term lists compiled; PolicyError naming the file and key."""
+def load_policy(path: Path, taxonomy: Taxonomy | None = DEFAULT_TAXONOMY) -> LoadedPolicy:
+    """One policy file, checked (its classes against `taxonomy`, unless None), with its term lists compiled;
+    PolicyError naming the file and key."""
     path = Path(path)
     where = path.name
     try:
@@ -169,7 +181,7 @@ def load_policy(path: Path) -> LoadedPolicy:
         raise PolicyError(f"{where}: cannot read the file: {error}") from None
     except yaml.YAMLError as error:
         raise PolicyError(f"{where}: not valid YAML: {str(error).splitlines()[0]}") from None
-    policy = parse_policy(data, where)
+    policy = parse_policy(data, where, taxonomy)
     try:
         lists = term_lists(policy, path.parent, where)
     except TermListError as error:
@@ -177,14 +189,15 @@ def load_policy(path: Path) -> LoadedPolicy:
     return LoadedPolicy(policy, TermMatcher(lists), str(path))
 
 
-def load_policies(folder: Path | None = None) -> dict[str, LoadedPolicy]:
-    """Every `*.yaml` in `folder` (default: the shipped policies), by name; the whole set or a PolicyError."""
+def load_policies(folder: Path | None = None, taxonomy: Taxonomy | None = DEFAULT_TAXONOMY) -> dict[str, LoadedPolicy]:
+    """Every `*.yaml` in `folder` (default: the shipped policies), by name, each checked against `taxonomy`
+    (None: their shape alone); the whole set or a PolicyError."""
     folder = Path(folder) if folder is not None else SHIPPED
     if not folder.is_dir():
         raise PolicyError(f"policy folder {folder} not found")
     loaded: dict[str, LoadedPolicy] = {}
     for path in sorted(folder.glob("*.yaml")):
-        policy = load_policy(path)
+        policy = load_policy(path, taxonomy)
         if policy.name in loaded:
             raise PolicyError(f"{path.name}: name: policy {policy.name!r} is also defined in "
                               f"{Path(loaded[policy.name].source).name}")

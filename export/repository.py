@@ -34,8 +34,9 @@ from pathlib import Path
 
 from adaudit.core.files import atomic_folder, atomic_write_text
 from adaudit.models.configuration import AuditModelConfig
+from adaudit.models.labels import TAXONOMY_PARAMETER, taxonomy_json
 from adaudit.models.modeling import AuditModel
-from adaudit.models.preprocessing import SERVED_INPUTS
+from adaudit.models.preprocessing import IMAGE_FIT_PARAMETER, SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, tokenizer_kind
 
 SERVED_INPUT_MARK = "SERVED_INPUTS"  # in every model.py that reads the inputs config_pbtxt declares
@@ -126,6 +127,19 @@ def _inputs_outputs(config) -> tuple[str, str]:
     return inputs, outputs
 
 
+def taxonomy_parameter(config) -> str:
+    """The config.pbtxt line carrying the model's taxonomy (tasks, classes and their roles) as JSON: the
+    outputs say only each task's width, and the gateway answers with the class names (service/backends.py)."""
+    text = taxonomy_json(config.taxonomy).replace("\\", "\\\\").replace('"', '\\"')  # a pbtxt string literal
+    return f'parameters: {{ key: "{TAXONOMY_PARAMETER}" value: {{ string_value: "{text}" }} }}\n'
+
+
+def image_fit_parameter(config) -> str:
+    """The config.pbtxt line carrying how the model fits a picture to its square (models/preprocessing.py): the
+    gateway fits pictures before they reach Triton, as the model saw them in training."""
+    return f'parameters: {{ key: "{IMAGE_FIT_PARAMETER}" value: {{ string_value: "{config.image_fit}" }} }}\n'
+
+
 def _served_interface(name: str, runtime: str, model: AuditModel, settings: ServingSettings, batching: str = "") -> str:
     """What both targets' config.pbtxt share, so the gateway reads either the same way: the name, the
     runtime line, inputs, outputs and dynamic batching (plus `batching`, target-specific lines)."""
@@ -155,7 +169,7 @@ parameters: {{ key: "threads" value: {{ string_value: "{settings.threads}" }} }}
 parameters: {{ key: "cpu_priority" value: {{ string_value: "{settings.cpu_priority}" }} }}
 parameters: {{ key: "engine" value: {{ string_value: "{settings.engine}" }} }}
 parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
-"""
+""" + taxonomy_parameter(model.config) + image_fit_parameter(model.config)
 
 
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:
@@ -231,7 +245,7 @@ model_warmup [
 ]
 version_policy: {{ latest: {{ num_versions: {settings.keep_versions} }} }}
 parameters: {{ key: "{TOKENIZER_PARAMETER}" value: {{ string_value: "{tokenizer}" }} }}
-"""
+""" + taxonomy_parameter(config) + image_fit_parameter(config)
 
 
 def sha256(path: Path) -> str:
@@ -287,7 +301,8 @@ def refuse_incompatible_versions(model_root: Path, version: int, model: AuditMod
         served = AuditModelConfig.load(other / "model")
         for what, theirs, ours in (("image size", served.image_size, config.image_size),
                                    ("copy length", served.max_text_length, config.max_text_length),
-                                   ("tasks", served.tasks, config.tasks)):
+                                   ("tasks", served.tasks, config.tasks),
+                                   ("task roles", served.taxonomy.as_config(), config.taxonomy.as_config())):
             if theirs != ours:
                 raise ValueError(f"version {version} has {what} {ours} but version {other.name} beside it has "
                                  f"{theirs}; one config.pbtxt serves both: export it as another model name, "

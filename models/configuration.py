@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .labels import TASKS
+from .labels import DEFAULT_TAXONOMY, TASKS, Taxonomy, TaxonomyError, parse_taxonomy
 
 CONFIG_FILE = "config.json"
 TOWERS = ("vision", "qformer", "text")
@@ -56,7 +56,18 @@ class AuditModelConfig:
     patch_size: int = 16
     num_query_tokens: int = 8
     max_text_length: int = 48
+    # how a picture becomes image_size x image_size (models/preprocessing.py IMAGE_FITS): "squash" resizes it
+    # whatever its aspect (every config before fits existed), "letterbox" keeps its aspect and pads
+    image_fit: str = "squash"
     tasks: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in TASKS.items()})
+    # the roles of the tasks (models/labels.Taxonomy): which task decides and which of its classes reject, which
+    # task says why and its class for nothing wrong, and the reason class of an image-text mismatch (None: the
+    # taxonomy has none). A config written before taxonomies has none of these fields and gets today's roles.
+    verdict_task: str = DEFAULT_TAXONOMY.verdict_task
+    reject_classes: list[str] = field(default_factory=lambda: list(DEFAULT_TAXONOMY.reject_classes))
+    reason_task: str = DEFAULT_TAXONOMY.reason_task
+    clean_class: str = DEFAULT_TAXONOMY.clean_class
+    mismatch_class: str | None = DEFAULT_TAXONOMY.mismatch_class
     # the verdict and violation heads also read how far the picture's industry (its image head) and the
     # copy's (the industry head) disagree: an image-text mismatch made explicit (models/modeling.py)
     industry_agreement: bool = False
@@ -72,9 +83,29 @@ class AuditModelConfig:
     def tower(self, name: str) -> TowerConfig:
         return getattr(self, name)
 
+    @property
+    def taxonomy(self) -> Taxonomy:
+        """The label space this model predicts, with its roles; ConfigError if the fields do not make one."""
+        fields = {"tasks": self.tasks, "verdict_task": self.verdict_task, "reject_classes": self.reject_classes,
+                  "reason_task": self.reason_task, "clean_class": self.clean_class,
+                  "mismatch_class": self.mismatch_class}
+        try:
+            return parse_taxonomy(fields, "config")
+        except TaxonomyError as error:
+            raise ConfigError(str(error)) from None
+
+    def with_taxonomy(self, taxonomy: Taxonomy) -> "AuditModelConfig":
+        """This config predicting `taxonomy`'s tasks and classes (a new teacher for a data set's own labels):
+        temperatures are dropped (fitted for other heads) and the industry agreement kept only with an
+        industry task."""
+        return replace(self, **taxonomy.as_config(), temperatures={},
+                       industry_agreement=self.industry_agreement and "industry" in taxonomy.tasks).validate()
+
     def validate(self) -> "AuditModelConfig":
         if self.image_size % self.patch_size:
             raise ConfigError(f"image size {self.image_size} is not a multiple of patch size {self.patch_size}")
+        if self.image_fit not in ("squash", "letterbox"):
+            raise ConfigError(f"image_fit must be squash or letterbox, not {self.image_fit!r}")
         for name in TOWERS:
             tower = self.tower(name)
             if tower.hidden_size < 1 or tower.head_dim < 1:
@@ -86,6 +117,7 @@ class AuditModelConfig:
                     raise ConfigError(f"{name} block {index}: heads and FFN width must be at least 1")
         if not any(block.cross_attention_heads for block in self.qformer.blocks):
             raise ConfigError("qformer: at least one block must attend to the image")
+        self.taxonomy  # noqa: B018 (checks the tasks and their roles)
         if self.industry_agreement and "industry" not in self.tasks:
             raise ConfigError("industry_agreement needs the industry task")
         for task, temperature in self.temperatures.items():

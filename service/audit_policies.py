@@ -6,6 +6,11 @@ set in one assignment only once every file, term list and the default check out:
 never replaces the running ones, and audits in flight keep the set they started with. How reloads are
 triggered: `POST /v1/policies/reload` (routes_policies.py), an explicit operator action, rather than
 watching files, so a half-copied folder is never picked up.
+
+The classes a policy names belong to a model's taxonomy (models/labels.py), which the gateway learns
+from the backend, not at start: the folder is loaded on its shape alone, each audit checks its policy
+against the answering model's taxonomy (`fitting`: a policy naming a class the model lacks is a 422
+`policy_mismatch` naming it), and a reload is checked against the primary's taxonomy once it is known.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 from pathlib import Path
 
 from adaudit.decisions.policy import SHIPPED, LoadedPolicy, PolicyError, load_policies
+from adaudit.models.labels import Taxonomy
 
 from .errors import unprocessable
 
@@ -22,11 +28,12 @@ class AuditPolicies:
     def __init__(self, folder: Path | None, default: str):
         self.folder = Path(folder) if folder is not None else SHIPPED
         self.default = default
+        self.taxonomy: Taxonomy | None = None  # the primary model's, once the gateway has read it (reload checks)
         self.loaded: dict[str, LoadedPolicy] = self.load()  # PolicyError at start: the gateway does not start
         self._reloading = asyncio.Lock()
 
     def load(self) -> dict[str, LoadedPolicy]:
-        loaded = load_policies(self.folder)
+        loaded = load_policies(self.folder, self.taxonomy)
         if self.default not in loaded:
             raise PolicyError(f"default_policy {self.default!r} is not among the policies in {self.folder} "
                               f"({', '.join(sorted(loaded))})")
@@ -46,3 +53,24 @@ class AuditPolicies:
             raise unprocessable("unknown_policy", f"no audit policy named {name!r}; the policies are "
                                 f"{', '.join(sorted(loaded))} (GET /v1/policies)")
         return policy
+
+    @staticmethod
+    def fitting(policy: LoadedPolicy, taxonomy: Taxonomy) -> LoadedPolicy:
+        """`policy` if it names only classes of `taxonomy` (the answering model's); else 422 `policy_mismatch`
+        naming the file, the key and the class."""
+        try:
+            policy.check(taxonomy)
+        except PolicyError as error:
+            raise unprocessable("policy_mismatch", f"audit policy {policy.name!r} does not fit the model's "
+                                f"labels: {error}") from None
+        return policy
+
+    def mismatches(self, taxonomy: Taxonomy) -> list[str]:
+        """One line per loaded policy that does not fit `taxonomy` (logged when the primary is first read)."""
+        problems = []
+        for policy in self.loaded.values():
+            try:
+                policy.check(taxonomy)
+            except PolicyError as error:
+                problems.append(str(error))
+        return problems

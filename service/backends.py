@@ -28,13 +28,14 @@ Either recovers within a second or two of Triton coming back.
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from adaudit.models.labels import TASKS
-from adaudit.models.preprocessing import SERVED_INPUTS
+from adaudit.models.labels import DEFAULT_TAXONOMY, TAXONOMY_PARAMETER, Taxonomy, TaxonomyError, parse_taxonomy
+from adaudit.models.preprocessing import IMAGE_FIT_PARAMETER, IMAGE_FITS, SERVED_INPUTS
 from adaudit.models.tokenizer import GENERATED_TOKENIZER, TOKENIZER_PARAMETER, has_tokenizer
 
 from .encoding import ModelSpec
@@ -118,7 +119,8 @@ class EmbeddedBackend:
             raise not_ready(f"model {model} version {version} cannot be loaded: {error}") from None
         config = loaded.config
         spec = ModelSpec(model, version, config.image_size, config.max_text_length,
-                         {task: tuple(names) for task, names in config.tasks.items()}, folder)
+                         {task: tuple(names) for task, names in config.tasks.items()}, folder,
+                         taxonomy=config.taxonomy, image_fit=config.image_fit)
         return _Loaded(loaded, spec)
 
     async def describe(self, model: str, version: str | None = None) -> ModelSpec:
@@ -184,15 +186,18 @@ class TritonBackend:
         except KeyError:
             raise not_ready(f"Triton model {model} does not take image_bytes and input_ids (a repository exported "
                             f"before the uint8 picture input takes pixel_values: export it again)") from None
+        taxonomy = served_taxonomy(model, config)
         tasks = {}
         for task, dims in outputs.items():
-            if task not in TASKS or dims[-1] != len(TASKS[task]):
-                raise not_ready(f"Triton model {model} output {task} {dims} does not match the label space")
-            tasks[task] = TASKS[task]
-        if not {"verdict", "violation"} <= set(tasks):
-            raise not_ready(f"Triton model {model} has no verdict and violation outputs")
+            if task not in taxonomy.tasks or dims[-1] != len(taxonomy.tasks[task]):
+                raise not_ready(f"Triton model {model} output {task} {dims} does not match its taxonomy's tasks "
+                                f"({', '.join(taxonomy.tasks)})")
+            tasks[task] = taxonomy.tasks[task]
+        if not {taxonomy.verdict_task, taxonomy.reason_task} <= set(tasks):
+            raise not_ready(f"Triton model {model} has no {taxonomy.verdict_task} and {taxonomy.reason_task} outputs")
         return ModelSpec(model, version, image_size, max_text_length, tasks, self._tokenizer_folder(model, version, config),
-                         max_batch_size=int(config.get("max_batch_size", 0)))
+                         max_batch_size=int(config.get("max_batch_size", 0)), taxonomy=taxonomy,
+                         image_fit=served_image_fit(model, config))
 
     def _tokenizer_folder(self, model: str, version: str, config: dict) -> Path | None:
         """Where this version's tokenizer is (None: the generated vocabulary), from the model repository."""
@@ -217,6 +222,30 @@ class TritonBackend:
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+def served_taxonomy(model: str, config: dict) -> Taxonomy:
+    """The taxonomy a Triton model's config carries (export/repository.py writes it as a parameter); the
+    default for a repository exported before taxonomies, whose outputs are then checked against it."""
+    text = config.get("parameters", {}).get(TAXONOMY_PARAMETER, {}).get("string_value")
+    if text is None:
+        return DEFAULT_TAXONOMY
+    try:
+        return parse_taxonomy(json.loads(text), f"Triton model {model} parameter {TAXONOMY_PARAMETER}")
+    except json.JSONDecodeError as error:
+        raise not_ready(f"Triton model {model} parameter {TAXONOMY_PARAMETER} is not JSON ({error.msg})") from None
+    except TaxonomyError as error:
+        raise not_ready(str(error)) from None
+
+
+def served_image_fit(model: str, config: dict) -> str:
+    """How a Triton model fits pictures to its square (export/repository.py writes it as a parameter); squash
+    for a repository exported before the choice existed, the only fit there was."""
+    fit = config.get("parameters", {}).get(IMAGE_FIT_PARAMETER, {}).get("string_value", "squash")
+    if fit not in IMAGE_FITS:
+        raise not_ready(f"Triton model {model} parameter {IMAGE_FIT_PARAMETER} is {fit!r}, not one of "
+                        f"{', '.join(IMAGE_FITS)}")
+    return fit
 
 
 def make_backend(settings) -> EmbeddedBackend | TritonBackend:

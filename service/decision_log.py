@@ -10,12 +10,14 @@
     shadow_disagreements(id PK, request_id, created_at, primary_model, primary_version,
               shadow_model, shadow_version, primary_outputs JSON, shadow_outputs JSON)
     review_items(request_id PK FK -> decisions, created_at, picture bytes, media_type, copy)
-              revision 0004: the ad itself, kept only for ads answered `review` (a reviewer must see it)
+              revision 0004: the ad itself, kept only for ads in the review queue (a reviewer must see it)
 
-The review queue is the decisions answered `review` that have no feedback yet, oldest first
-(`review_queue`, paged by the last request_id seen); feedback closes an item. A decision row whose
-dict carries `REVIEW_ITEM` (the gateway adds it to review answers while `review_store_ads` is on)
-has that item written right after it, before the answer goes out (`write_decisions`).
+The review queue is the decisions answered `review`, and the automatic passes and blocks drawn for audit
+(`review_sample`, revision 0005: a share `review_sample_rate` of them, `drawn_for_review`), that have no
+feedback yet, oldest first (`review_queue`, paged by the last request_id seen); feedback closes an item.
+A decision row whose dict carries `REVIEW_ITEM` (the gateway adds it to queued ads while
+`review_store_ads` is on) has that item written right after it, before the answer goes out
+(`write_decisions`); `prune_review_items` deletes old ones (`adaudit db prune-review-items`).
 
 `DecisionLog` is what every database does the same: the schema at start (below), a logged
 decision, the reviewer's feedback, per-model reviewed accuracy (a join of feedback with decisions,
@@ -53,11 +55,12 @@ and writes its decisions through `write_decisions`, which the writer strategy ca
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, and_, cast, create_engine, event, exists, func, insert, or_, select
+from sqlalchemy import Integer, and_, cast, create_engine, delete, event, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
@@ -71,6 +74,15 @@ IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
 
 
 REVIEW_ITEM = "review_item"  # the key of a decision row's review item (picture, media_type, copy), if any
+# outputs[ROLES]: which tasks of the row's labels and scores are its verdict and violation (the model's taxonomy,
+# models/labels.py); a row logged before taxonomies has none and means today's task names
+ROLES = "roles"
+DEFAULT_ROLES = {"verdict": "verdict", "violation": "violation"}
+
+
+def roles(taxonomy) -> dict[str, str]:
+    """outputs[ROLES] for a decision answered under `taxonomy`."""
+    return {"verdict": taxonomy.verdict_task, "violation": taxonomy.reason_task}
 PICTURE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
                  (b"BM", "image/bmp"))  # WEBP: RIFF....WEBP (picture_media_type)
 
@@ -89,6 +101,16 @@ def picture_media_type(picture: bytes) -> str:
     if picture[:4] == b"RIFF" and picture[8:12] == b"WEBP":
         return "image/webp"
     return next((media for magic, media in PICTURE_TYPES if picture.startswith(magic)), "application/octet-stream")
+
+
+def drawn_for_review(request_id: str, rate: float) -> bool:
+    """Whether an automatic pass or block goes to the review queue as an audit sample. Drawn from the request
+    id's hash, not a random generator: every gateway replica draws the same share with no shared state, and a
+    row's membership can be recomputed from the log."""
+    if rate <= 0:
+        return False
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
 
 
 def review_item(picture: bytes, copy: str) -> dict:
@@ -377,11 +399,12 @@ class DecisionLog:
                 return None
             feedback = session.scalars(select(FeedbackRow).where(FeedbackRow.request_id == request_id)).all()
             labels, scores = row.outputs["labels"], row.outputs["scores"]
+            headline = row.outputs.get(ROLES, DEFAULT_ROLES)
             return {"request_id": row.request_id, "ad_id": row.ad_id, "created_at": utc(row.created_at),
                     "model": row.model, "version": row.version, "arm": row.arm, "shadowed": row.shadowed,
-                    "verdict": row.verdict, "verdict_score": scores["verdict"], "violation": row.violation,
+                    "verdict": row.verdict, "verdict_score": scores[headline["verdict"]], "violation": row.violation,
                     "violation_score": row.violation_score, "scores": scores, "latency_ms": row.latency_ms,
-                    "attributes": {t: l for t, l in labels.items() if t not in ("verdict", "violation")},
+                    "attributes": {t: l for t, l in labels.items() if t not in headline.values()},
                     "caller": row.caller, "feedback": {f.task: f.label for f in feedback} or None,
                     **_decision_of(row)}
 
@@ -416,11 +439,12 @@ class DecisionLog:
                      "accuracy": round((c or 0) / n, 6)} for m, v, t, n, c in session.execute(query)]
 
     def review_queue(self, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
-        """Up to `limit` open review items (suggestion `review`, no feedback), oldest first, after the item
+        """Up to `limit` open review items (suggestion `review`, or an automatic decision drawn for audit; no
+        feedback), oldest first, after the item
         `after` (a request_id a previous page ended with), and the cursor of the next page (None: the last).
         Ordered by (created_at, request_id), so a page boundary between equal times loses nothing, and an
         item closed meanwhile still marks its place."""
-        open_review = and_(DecisionRow.suggestion == "review",
+        open_review = and_(or_(DecisionRow.suggestion == "review", DecisionRow.review_sample.is_(True)),
                            ~exists().where(FeedbackRow.request_id == DecisionRow.request_id))
         query = (select(DecisionRow, ReviewItemRow.copy, ReviewItemRow.media_type)
                  .outerjoin(ReviewItemRow, ReviewItemRow.request_id == DecisionRow.request_id)
@@ -459,6 +483,18 @@ class DecisionLog:
                     for r in session.scalars(query)]
 
 
+def prune_review_items(engine, before: datetime, open_items: bool = False) -> int:
+    """Delete the pictures and copy kept for review (review_items) of ads logged before `before`: those a
+    reviewer has closed, and the open ones too with `open_items`. The decisions and feedback stay; the ad's
+    content is the only part that grows with traffic and is no longer needed once reviewed. Returns the rows
+    deleted. (`adaudit db prune-review-items`, the Helm chart's CronJob.)"""
+    old = ReviewItemRow.created_at < before
+    if not open_items:
+        old = and_(old, exists().where(FeedbackRow.request_id == ReviewItemRow.request_id))
+    with engine.begin() as connection:
+        return connection.execute(delete(ReviewItemRow).where(old)).rowcount
+
+
 def _decision_of(row: DecisionRow) -> dict:
     """The audit decision of a logged row (empty fields for a row logged before decisions existed)."""
     policy = {"name": row.policy_name, "version": row.policy_version} if row.policy_name else None
@@ -473,7 +509,8 @@ def _queue_item(row: DecisionRow, copy: str | None, media_type: str | None) -> d
             "model": row.model, "version": row.version, "arm": row.arm, "verdict": row.verdict,
             "violation": row.violation, "scores": row.outputs["scores"], "copy": copy,
             "picture_url": f"/v1/reviews/{row.request_id}/picture" if media_type else None,
-            "evidence": row.outputs.get("evidence"), **_decision_of(row)}
+            "evidence": row.outputs.get("evidence"), "queued": "review" if row.suggestion == "review" else "sample",
+            **_decision_of(row)}
 
 
 def _columns(row: DecisionRow) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.preprocessing import AuditProcessor
 
 from .intake import Ad
@@ -35,10 +36,13 @@ class ModelSpec:
     tasks: dict[str, tuple[str, ...]] = field(hash=False)
     vocabulary_folder: Path | None = None  # a model folder's vocab.txt; None: the generated vocabulary
     max_batch_size: int = 0  # the most ads one backend call may carry (Triton's max_batch_size); 0: no limit
+    # the model's tasks and their roles (models/labels.py): which task is the verdict, which the reason
+    taxonomy: Taxonomy = field(default=DEFAULT_TAXONOMY, hash=False, compare=False)
+    image_fit: str = "squash"  # how a picture is fitted to the square (models/preprocessing.py fit_picture)
 
     @property
     def input_key(self) -> tuple:
-        return (self.image_size, self.max_text_length, str(self.vocabulary_folder or ""))
+        return (self.image_size, self.max_text_length, str(self.vocabulary_folder or ""), self.image_fit)
 
 
 @dataclass
@@ -50,10 +54,11 @@ class Prediction:
     def as_dict(self) -> dict:
         return {"labels": self.labels, "scores": self.scores}
 
-    def answered(self, verdict: str, violation: str) -> "Prediction":
-        """This prediction with the verdict and violation a decision answered (decisions/decide.py), each
-        scored by the model's probability of it: what the gateway would have answered with these scores."""
-        decided = {"verdict": verdict, "violation": violation}
+    def answered(self, verdict: str, violation: str, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> "Prediction":
+        """This prediction with the verdict and violation a decision answered (decisions/decide.py) as the labels
+        of `taxonomy`'s verdict and reason tasks, each scored by the model's probability of it: what the gateway
+        would have answered with these scores."""
+        decided = {taxonomy.verdict_task: verdict, taxonomy.reason_task: violation}
         labels, scores = {**self.labels}, {**self.scores}
         for task, label in decided.items():
             if task in labels:

@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
+
 from .encoding import ModelSpec, Prediction
 
 TOP_SPANS = 3
@@ -61,11 +63,13 @@ def articles_for(classes: list[str]) -> list[dict]:
     return found
 
 
-def explained_class(prediction: Prediction, violation: str) -> str:
-    """The answered violation, or (an approved ad) the most likely class that is not `none`."""
-    if violation != "none":
+def explained_class(prediction: Prediction, violation: str, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> str:
+    """The answered violation, or (an approved ad) the most likely class that is not the clean one (`none`
+    under today's taxonomy, models/labels.py)."""
+    if violation != taxonomy.clean_class:
         return violation
-    others = {name: p for name, p in prediction.probabilities["violation"].items() if name != "none"}
+    others = {name: p for name, p in prediction.probabilities[taxonomy.reason_task].items()
+              if name != taxonomy.clean_class}
     return max(others, key=others.get)
 
 
@@ -175,15 +179,16 @@ class Explainer:
                       decision) -> dict:
         """The `evidence` field of one answer (see the module's docstring)."""
         started = time.perf_counter()
-        target_class = explained_class(prediction, decision.violation)
-        base = prediction.probabilities["violation"][target_class]
+        reason = spec.taxonomy.reason_task
+        target_class = explained_class(prediction, decision.violation, spec.taxonomy)
+        base = prediction.probabilities[reason][target_class]
         batch, positions, windows, offsets = self.variants(ad, spec, row)
         answers = await predict(batch)
-        drops = [base - answer.probabilities["violation"][target_class] for answer in answers]
+        drops = [base - answer.probabilities[reason][target_class] for answer in answers]
         spans = merge_spans(drops[:len(windows)], windows, positions, offsets)
         for span in spans:
             span["text"] = ad.text[span["start"]:span["end"]]
-        reasons = [reason.violation for reason in decision.reasons if reason.violation not in (None, "none")]
+        reasons = [r.violation for r in decision.reasons if r.violation not in (None, spec.taxonomy.clean_class)]
         return {"violation": target_class, "probability": base,
                 "copy": {"spans": spans, "window": self.window, "explained_chars": min(len(ad.text), self.max_chars)},
                 "picture": picture_evidence(drops[len(windows):], spec.image_size, self.grid, original_size(ad)),

@@ -53,7 +53,7 @@ from adaudit.decisions.decide import Decision, decide
 from .audit_policies import AuditPolicies
 from .backends import BackendError
 from .coalescing import Coalescer
-from .decision_log import REVIEW_ITEM, DecisionLog, now, review_item
+from .decision_log import REVIEW_ITEM, ROLES, DecisionLog, roles, drawn_for_review, now, review_item
 from .encoding import Encoder, ModelSpec, Prediction, predictions, select
 from .errors import ApiError
 from .evidence import Explainer
@@ -65,7 +65,6 @@ from .shadow import ShadowJob, ShadowMirror
 log = logging.getLogger("adaudit.service")
 SPEC_TTL_S = 10.0
 INLINE_IMAGE_BYTES = 256 * 1024  # a lone ad's picture up to this size is decoded on the event loop (a short decode)
-HEADLINE_TASKS = ("verdict", "violation")
 SHADOW = "shadow"  # the policy's shadow target's arm
 ARMS = (PRIMARY, CANARY, SHADOW)
 
@@ -85,6 +84,20 @@ def backends_by_target(settings, make_backend) -> dict[str, object]:
                                      else settings.model_copy(update={"triton_url": url}))
         chosen[arm] = made[url]
     return chosen
+
+
+def answer_labels(result: dict, taxonomy) -> dict[str, str]:
+    """An answer's labels by task (what is logged, counted and compared with feedback): its verdict and
+    violation under the names of the taxonomy's verdict and reason tasks, and its attributes."""
+    return {taxonomy.verdict_task: result["verdict"], taxonomy.reason_task: result["violation"], **result["attributes"]}
+
+
+def answer_fields(prediction: Prediction, taxonomy) -> Prediction:
+    """`prediction` keyed by the answer's fields (verdict and violation for the taxonomy's verdict and reason
+    tasks): what the shadow compares and counts, whatever the two models call their tasks."""
+    fields = {taxonomy.verdict_task: "verdict", taxonomy.reason_task: "violation"}
+    rename = lambda values: {fields.get(task, task): value for task, value in values.items()}  # noqa: E731
+    return Prediction(rename(prediction.labels), rename(prediction.scores), rename(prediction.probabilities))
 
 
 async def together(*awaitables):
@@ -152,7 +165,28 @@ class Gateway:
             return cached[1]
         spec = await backend.describe(model, version)
         self._specs[key] = (time.monotonic(), spec)
+        if arm == PRIMARY and model == self.policy.primary.model:
+            self._primary_taxonomy(spec.taxonomy)
         return spec
+
+    def _primary_taxonomy(self, taxonomy) -> None:
+        """Remember the primary model's taxonomy: feedback is checked against it, and policy reloads too; a
+        loaded policy that does not fit it is logged once (its audits are answered 422 policy_mismatch)."""
+        if self.policies.taxonomy == taxonomy:
+            return
+        self.policies.taxonomy = taxonomy
+        for problem in self.policies.mismatches(taxonomy):
+            log.warning("audit policy does not fit the primary model's labels: %s", problem)
+
+    async def taxonomy(self):
+        """The primary model's taxonomy (models/labels.py), what reviewer feedback is checked against: the one
+        last read from the backend, else read now (503 when the backend cannot say)."""
+        if self.policies.taxonomy is None:
+            try:
+                await self.spec(self.policy.primary.model, self.policy.primary.version)
+            except BackendError as error:
+                raise ApiError(503, error.kind, error.message) from None
+        return self.policies.taxonomy
 
     def cached_spec(self, model: str, version: str | None, arm: str = PRIMARY) -> ModelSpec | None:
         cached = self._specs.get((model, version, id(self.backends[arm])))
@@ -276,12 +310,14 @@ class Gateway:
         results: list[dict | None] = [None] * len(ads)
         jobs: list[ShadowJob] = []
         rows, explains = [], []
+        taxonomies = [None] * len(ads)
         for indexes, (target, (spec, answers, inputs, preprocess_s, inference_s)) in zip(groups.values(), answered):
             for position, (index, answer) in enumerate(zip(indexes, answers)):
-                decision = decide(answer.probabilities, policies[index].matcher.find(ads[index].text),
-                                  policies[index].policy)
+                policy = self.policies.fitting(policies[index], spec.taxonomy)  # 422 if it names unknown classes
+                decision = decide(answer.probabilities, policy.matcher.find(ads[index].text), policy.policy,
+                                  spec.taxonomy)
                 result = self._result(ads[index], spec, target.arm, answer, decision)
-                results[index] = result
+                results[index], taxonomies[index] = result, spec.taxonomy
                 if raw[index].explain:
                     explains.append((result, target, spec, ads[index], select(inputs, position), answer, decision))
                 if self._mirrors(spec):
@@ -295,15 +331,18 @@ class Gateway:
         total_ms = round((time.perf_counter() - received) * 1000, 3)
         for index, result in enumerate(results):
             result["timings"]["total_ms"] = total_ms
-            rows.append({**self._row(result), "caller": caller})
-            if result["suggestion"] == "review" and self.settings.review_store_ads:  # the reviewer sees the ad
+            sampled = result["suggestion"] != "review" and drawn_for_review(result["request_id"],
+                                                                             self.settings.review_sample_rate)
+            rows.append({**self._row(result, taxonomies[index]), "caller": caller, "review_sample": sampled})
+            if (sampled or result["suggestion"] == "review") and self.settings.review_store_ads:  # the reviewer sees it
                 rows[-1][REVIEW_ITEM] = review_item(raw[index].image, ads[index].text)
         await self._log(rows)
-        for result in results:
-            for task, label in {"verdict": result["verdict"], "violation": result["violation"],
-                                **result["attributes"]}.items():
+        for result, taxonomy in zip(results, taxonomies):
+            for task, label in answer_labels(result, taxonomy).items():
                 self.metrics.predictions.labels(result["model"], result["version"], task, label).inc()
             self.metrics.suggestions.labels(result["model"], result["version"], result["suggestion"]).inc()
+            if taxonomy.rejects(result["verdict"]):
+                self.metrics.rejections.labels(result["model"], result["version"]).inc()
         for job in jobs:
             self.shadow.offer(job)
         return results
@@ -333,11 +372,13 @@ class Gateway:
         same_inputs = shadow is not None and shadow.input_key == spec.input_key
         hits = decision.term_hits
 
-        def answer_as(prediction: Prediction) -> Prediction:
-            decided = decide(prediction.probabilities, hits, audit_policy.policy)
-            return prediction.answered(decided.verdict, decided.violation)
+        def answer_as(prediction: Prediction, taxonomy) -> Prediction:
+            """The shadow's answer under its own taxonomy, as the answer's fields (verdict, violation, ...)."""
+            decided = decide(prediction.probabilities, hits, audit_policy.policy, taxonomy)
+            return answer_fields(prediction.answered(decided.verdict, decided.violation, taxonomy), taxonomy)
 
-        return ShadowJob(request_id, spec.name, spec.version, answer.answered(decision.verdict, decision.violation),
+        answered = answer_fields(answer.answered(decision.verdict, decision.violation, spec.taxonomy), spec.taxonomy)
+        return ShadowJob(request_id, spec.name, spec.version, answered,
                          inputs, spec.input_key, None if same_inputs else ad.source, answer_as)
 
     async def _run_shadow(self, jobs: list[ShadowJob]) -> tuple[ModelSpec, list[Prediction]]:
@@ -360,23 +401,25 @@ class Gateway:
     def _result(ad: Ad, spec: ModelSpec, arm: str, answer: Prediction, decision: Decision) -> dict:
         """The answer: the decision's verdict and violation (each with the model's probability of it), the
         model's other labels, the suggestion, its reasons and term hits, and the policy that decided."""
-        answered = answer.answered(decision.verdict, decision.violation)
+        taxonomy = spec.taxonomy
+        answered = answer.answered(decision.verdict, decision.violation, taxonomy)
         labels, scores = answered.labels, dict(answered.scores)
         return {"request_id": uuid.uuid4().hex, "ad_id": ad.ad_id,
-                "verdict": decision.verdict, "verdict_score": scores["verdict"],
-                "violation": decision.violation, "violation_score": scores["violation"],
-                "attributes": {t: l for t, l in labels.items() if t not in HEADLINE_TASKS},
+                "verdict": decision.verdict, "verdict_score": scores[taxonomy.verdict_task],
+                "violation": decision.violation, "violation_score": scores[taxonomy.reason_task],
+                "attributes": {t: l for t, l in labels.items() if t in taxonomy.attributes},
                 "scores": scores, "model": spec.name, "version": spec.version, "arm": arm, "shadowed": False,
                 **decision.as_dict()}
 
     @staticmethod
-    def _row(result: dict) -> dict:
-        labels = {"verdict": result["verdict"], "violation": result["violation"], **result["attributes"]}
+    def _row(result: dict, taxonomy) -> dict:
+        labels = answer_labels(result, taxonomy)
         return {"request_id": result["request_id"], "created_at": now(), "ad_id": result["ad_id"],
                 "model": result["model"], "version": result["version"], "arm": result["arm"],
                 "verdict": result["verdict"], "violation": result["violation"],
                 "violation_score": result["violation_score"],
-                "outputs": {"labels": labels, "scores": result["scores"], "term_hits": result["term_hits"]},
+                "outputs": {"labels": labels, "scores": result["scores"], "term_hits": result["term_hits"],
+                            ROLES: roles(taxonomy)},
                 "latency_ms": result["timings"]["total_ms"], "shadowed": result["shadowed"],
                 "suggestion": result["suggestion"], "policy_name": result["policy"]["name"],
                 "policy_version": result["policy"]["version"], "reasons": result["reasons"]}

@@ -9,8 +9,12 @@ process group each worker would report only its own share.
     adaudit_inference_duration_seconds{model, version}          histogram, per request: its backend call(s),
                                                                 including the wait to go in a batch
     adaudit_backend_batch_ads{model, version}                   histogram, ads per backend call (coalescing.py)
-    adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task
-    adaudit_shadow_agreements_total{primary, primary_version, shadow, task}   counter, task in verdict|violation
+    adaudit_predictions_total{model, version, task, label}      counter, every answered ad and task (the model's
+                                                                own task and class names, models/labels.py)
+    adaudit_rejections_total{model, version}                    counter, answered ads whose verdict rejects (a
+                                                                class of the taxonomy's reject_classes)
+    adaudit_shadow_agreements_total{primary, primary_version, shadow, task}   counter, task: the answer's field
+                                                                verdict|violation, whatever the taxonomy calls them
     adaudit_shadow_disagreements_total{primary, primary_version, shadow, task, primary_label, shadow_label}
     adaudit_shadow_comparisons_total{primary, primary_version, shadow}        counter, mirrored ads compared
     adaudit_shadow_queue_depth{primary, primary_version}        gauge, mirrored ads waiting in the one shadow queue
@@ -48,6 +52,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from adaudit.models.labels import DEFAULT_TAXONOMY
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -77,6 +83,8 @@ class GatewayMetrics:
                                       answered, registry=r)
         self.reviewed = Counter("adaudit_reviewed", "Reviewer feedback compared with the logged decision",
                                 ["model", "version", "task", "outcome"], registry=r)
+        self.rejections = Counter("adaudit_rejections", "Answered ads whose verdict rejects, under the model's taxonomy",
+                                  ["model", "version"], registry=r)
         self.suggestions = Counter("adaudit_suggestions", "Answered ads by audit suggestion (pass, review, block)",
                                    ["model", "version", "suggestion"], registry=r)
         self.reviewed_suggestions = Counter(
@@ -86,15 +94,18 @@ class GatewayMetrics:
         self.in_flight = Gauge("adaudit_in_flight_requests", "HTTP requests being served", registry=r)
         self.backend_ready = Gauge("adaudit_backend_ready", "Model readiness seen by /readyz", ["model"], registry=r)
 
-    def count_review(self, decision: dict, labels: dict[str, str]) -> None:
-        """At feedback time: whether the reviewer's verdict is the one the logged suggestion stands for (pass:
-        approve, block: reject, review: the model's lean, its logged verdict), the reviewed precision of
-        automatic decisions. The verdict is the reviewer's `verdict` label, else what their `violation`
-        implies (none: approve); feedback with neither, or on a row logged before suggestions, is not counted."""
+    def count_review(self, decision: dict, labels: dict[str, str], taxonomy=None) -> None:
+        """At feedback time: whether the reviewer rejects where the logged suggestion does (pass: approve, block:
+        reject, review: the model's lean, its logged verdict), the reviewed precision of automatic decisions.
+        The reviewer's verdict is their label of the taxonomy's verdict task, else what their reason label
+        implies (the clean class: approve); feedback with neither, or on a row logged before suggestions, is
+        not counted. `taxonomy`: the model's (models/labels.py; None: today's)."""
+        taxonomy = taxonomy or DEFAULT_TAXONOMY
         suggestion = decision.get("suggestion")
-        verdict = labels.get("verdict") or {None: None, "none": "approve"}.get(labels.get("violation"), "reject")
-        if suggestion is None or verdict is None:
+        verdict, reason = labels.get(taxonomy.verdict_task), labels.get(taxonomy.reason_task)
+        if suggestion is None or (verdict is None and reason is None):
             return
-        expected = {"pass": "approve", "block": "reject"}.get(suggestion, decision.get("verdict"))
+        rejected = taxonomy.rejects(verdict) if verdict is not None else reason != taxonomy.clean_class
+        expected = {"pass": False, "block": True}.get(suggestion, taxonomy.rejects(decision.get("verdict")))
         self.reviewed_suggestions.labels(decision["model"], decision["version"], suggestion,
-                                         "agreed" if verdict == expected else "overruled").inc()
+                                         "agreed" if rejected == expected else "overruled").inc()

@@ -12,8 +12,6 @@ import time
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from adaudit.models.labels import label_index
-
 from . import bodies
 from .answers import AUDIT_RESULT, BATCH_RESPONSE, json_answer
 from .dependencies import get_gateway, in_log
@@ -102,9 +100,10 @@ async def give_feedback(request: Request, request_id: str = RequestId, gateway: 
         raise bodies.unsupported(media, JSON)
     body = await bodies.read_body(request, FEEDBACK_BODY_LIMIT)
     feedback = bodies.validated(FeedbackRequest, bodies.parse_json(body), "the feedback")
+    taxonomy = await gateway.taxonomy()  # the primary model's tasks and classes (models/labels.py)
     for task, label in feedback.labels.items():
         try:
-            label_index(task, label)
+            taxonomy.label_index(task, label)
         except ValueError as error:
             raise unprocessable("unknown_label", str(error)) from None
     try:
@@ -116,6 +115,6 @@ async def give_feedback(request: Request, request_id: str = RequestId, gateway: 
     for task, ok in correct.items():
         gateway.metrics.reviewed.labels(decision["model"], decision["version"], task,
                                         "correct" if ok else "incorrect").inc()
-    gateway.metrics.count_review(decision, feedback.labels)  # reviewed precision of pass / block (metrics.py)
+    gateway.metrics.count_review(decision, feedback.labels, taxonomy)  # reviewed precision of pass / block (metrics.py)
     return {"request_id": request_id, "model": decision["model"], "version": decision["version"],
             "labels": feedback.labels, "correct": correct}

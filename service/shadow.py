@@ -39,7 +39,7 @@ from .encoding import Prediction
 from .intake import RawAd
 
 log = logging.getLogger("adaudit.service")
-COMPARED_TASKS = ("verdict", "violation")
+COMPARED_TASKS = ("verdict", "violation")  # the answer's fields (of the taxonomy's verdict and reason tasks)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ShadowJob:
     input_key: tuple
     source: RawAd | None  # the ad's bytes, kept only when the shadow model may need other inputs
     # the shadow's prediction as the gateway would have answered it: the same policy and term hits decide
-    answer_as: Callable[[Prediction], Prediction] = lambda prediction: prediction
+    answer_as: Callable[..., Prediction] = lambda prediction, taxonomy=None: prediction  # (prediction, taxonomy)
 
 
 class ShadowMirror:
@@ -128,7 +128,7 @@ class ShadowMirror:
         spec, shadows = await self.run(jobs)
         disagreements = []
         for job, shadow in zip(jobs, shadows):
-            shadow = job.answer_as(shadow)  # answers compared with answers, under the ad's policy
+            shadow = job.answer_as(shadow, spec.taxonomy)  # answers compared with answers, under the ad's policy
             primary, labels = job.prediction.labels, shadow.labels
             pair = (job.model, job.version, spec.name)  # the answering model and version, and the shadow
             self.metrics.shadow_comparisons.labels(*pair).inc()

@@ -53,8 +53,8 @@ def single_process_run(dataset: Path, out: Path, monkeypatch, dropout_seed: int 
     reseeded after the weights are drawn, so only the dropout masks differ (the noise floor)."""
     new_teacher = teacher_module.new_teacher
 
-    def reseeded(name):
-        model = new_teacher(name)
+    def reseeded(name, taxonomy):
+        model = new_teacher(name, taxonomy)
         torch.manual_seed(dropout_seed)
         return model
     threads = torch.get_num_threads()

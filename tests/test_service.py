@@ -71,7 +71,7 @@ def model_dir(tmp_path_factory):
 def settings(model_dir, tmp_path, **overrides) -> GatewaySettings:
     values = dict(backend="embedded", model_dir=model_dir, database_url=f"sqlite:///{tmp_path / 'log.db'}",
                   max_batch=4, max_text_chars=50, max_image_bytes=100_000, max_image_pixels=1_000_000,
-                  max_body_bytes=300_000)
+                  max_body_bytes=300_000, review_sample_rate=0.0)  # the review queue: the policy's alone
     return GatewaySettings(**{**values, **overrides})
 
 
@@ -610,7 +610,7 @@ def test_a_row_written_in_place_reads_back_as_one_written_through_sqlalchemy(tmp
     row = {"created_at": datetime(2026, 12, 2, 17, 30, 5, 123456, tzinfo=timezone.utc), "ad_id": "ad-7",
            "model": "student", "version": "3", "arm": "canary", "verdict": "reject", "violation": "gambling",
            "violation_score": 0.8125, "latency_ms": 4.5, "shadowed": True, "caller": "partner",
-           "suggestion": "block", "policy_name": "strict", "policy_version": "2",
+           "suggestion": "block", "policy_name": "strict", "policy_version": "2", "review_sample": True,
            "reasons": [{"rule": "violation.gambling.block_at", "score": 0.8125, "threshold": 0.7}],
            "outputs": {"labels": {"verdict": "reject", "violation": "gambling", "logo": "有"},
                        "scores": {"verdict": 0.75, "violation": 0.8125, "logo": float("nan")}}}

@@ -34,7 +34,7 @@ from adaudit.training.evaluation import predict_logits
 
 BINS = 15
 DIAGRAM_FILE = "reliability.png"
-DIAGRAM_TASKS = ("verdict", "violation")
+DIAGRAM_TASKS = ("verdict", "violation")  # today's verdict and reason tasks; a model's own: its taxonomy's
 # the search range of T: wide enough for any head met so far, bounded so that a validation split the model
 # gets entirely right (whose NLL keeps falling as T -> 0) still gives a finite, recorded temperature
 LOWEST_TEMPERATURE, HIGHEST_TEMPERATURE = 0.05, 20.0
@@ -126,6 +126,7 @@ class Calibration:
     record: dict
     test_logits: dict[str, torch.Tensor]
     test_labels: dict[str, torch.Tensor]
+    diagram_tasks: tuple[str, ...] = DIAGRAM_TASKS  # the model's verdict and reason tasks (models/labels.py)
 
     def apply(self, model: AuditModel) -> AuditModel:
         model.config.temperatures = dict(self.temperatures)
@@ -145,7 +146,8 @@ def fit_calibration(model: AuditModel, validation: EncodedSplit, test: EncodedSp
              for task, temperature in temperatures.items()}
     record = {"fitted_on": "validation", "bins": BINS, "validation_samples": len(validation),
               "test_samples": len(test), "tasks": tasks, "reliability_diagram": DIAGRAM_FILE}
-    return Calibration(temperatures, record, raw["test"], labels["test"])
+    taxonomy = model.config.taxonomy
+    return Calibration(temperatures, record, raw["test"], labels["test"], (taxonomy.verdict_task, taxonomy.reason_task))
 
 
 def skipped(reason: str) -> dict:
@@ -164,13 +166,13 @@ def summary(record: dict) -> str:
 
 
 def plot_reliability(calibration: Calibration, folder: Path, title: str) -> Path:
-    """DIAGRAM_FILE in `folder`: per task of DIAGRAM_TASKS, accuracy against confidence on the test split
+    """DIAGRAM_FILE in `folder`: for the verdict and reason tasks, accuracy against confidence on the test split
     before and after temperature scaling (a calibrated model lies on the diagonal), written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [task for task in DIAGRAM_TASKS if task in calibration.temperatures]
+    tasks = [task for task in calibration.diagram_tasks if task in calibration.temperatures]
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.4), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         logits, labels = calibration.test_logits[task], calibration.test_labels[task]

@@ -31,7 +31,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from adaudit.data.encoding import EncodedSplit
 from adaudit.core.files import atomic_folder
-from adaudit.models.labels import TASKS
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 
 from .device import Placement
@@ -68,18 +68,22 @@ def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor) -> t
     output = model(**split.inputs(index))
     labels = split.labels[index].to(output.pooled.device)  # the model's device (its inputs follow it there)
     loss = sum(F.cross_entropy(output.logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
-    return loss + image_grounding_loss(output.image_logits, split, labels)
+    taxonomy = getattr(model, "module", model).config.taxonomy  # the model itself under DDP
+    return loss + image_grounding_loss(output.image_logits, split, labels, taxonomy)
 
 
 def image_grounding_loss(image_logits: dict[str, torch.Tensor], split: EncodedSplit,
-                         labels: torch.Tensor) -> torch.Tensor:
+                         labels: torch.Tensor, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> torch.Tensor:
     """Cross-entropy of the picture-only heads: they teach the vision tower what the picture shows.
 
-    `industry` counts only where the picture shows the advertised product (not image_text_mismatch).
+    `industry` counts only where the picture shows the advertised product (not the taxonomy's mismatch
+    class, when it has one).
     """
     column = {task: i for i, task in enumerate(split.tasks)}
-    mismatch = TASKS["violation"].index("image_text_mismatch")
-    matches = labels[:, column["violation"]] != mismatch
+    matches = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    if taxonomy.mismatch_class is not None and taxonomy.reason_task in column:
+        mismatch = taxonomy.tasks[taxonomy.reason_task].index(taxonomy.mismatch_class)
+        matches = labels[:, column[taxonomy.reason_task]] != mismatch
     loss = labels.new_zeros((), dtype=torch.float)
     for task, logits in image_logits.items():
         target = labels[:, column[task]]

@@ -20,7 +20,9 @@ from adaudit.core.files import atomic_write_bytes, atomic_write_text
 from adaudit.data.dataset import DatasetError
 from adaudit.data.encoding import encode_split, encode_validation
 from adaudit.decisions.fit import FittedThresholds, fit_thresholds, precision_automation_curve, risk_scores
-from adaudit.decisions.policy import SHIPPED, load_policy, parse_policy
+from adaudit.decisions.policy import SHIPPED, check_policy, load_policy, parse_policy
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
+from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -28,8 +30,10 @@ from .evaluation import predict_logits
 
 
 def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
-    """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`."""
+    """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`: the risk is read
+    from the model's reason task, clean class excluded (its taxonomy, models/labels.py)."""
     model = AuditModel.from_pretrained(model_dir)
+    taxonomy = model.config.taxonomy
     processor = AuditProcessor.from_folder(model.config, model_dir)
     tasks = model.config.tasks
     if split == "validation":
@@ -39,17 +43,26 @@ def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> 
                                "ads (`adaudit data make --validation-fraction`), never on the test split")
     else:
         encoded = encode_split(data_dir, split, processor, tasks)
-    names = list(tasks["violation"])
-    probabilities = torch.softmax(predict_logits(model, encoded)["violation"], dim=-1).numpy()
-    truth = encoded.labels[:, encoded.tasks.index("violation")].numpy()
-    none_index = names.index("none")
+    reason = taxonomy.reason_task
+    names = list(tasks[reason])
+    probabilities = torch.softmax(predict_logits(model, encoded)[reason], dim=-1).numpy()
+    truth = encoded.labels[:, encoded.tasks.index(reason)].numpy()
+    none_index = names.index(taxonomy.clean_class)
     return risk_scores(probabilities, none_index), truth != none_index
 
 
-def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None) -> dict:
-    """The base policy (default: the shipped default.yaml) with the fitted thresholds and inline term lists."""
-    loaded = load_policy(base or SHIPPED / "default.yaml")
+def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None,
+                  taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict:
+    """The base policy (default: the shipped default.yaml) with the fitted thresholds and inline term lists.
+    A base that names classes the model's `taxonomy` lacks (the shipped one, under a data set's own labels)
+    gives only its shape: every violation class of the taxonomy, no attributes and no term lists."""
+    loaded = load_policy(base or SHIPPED / "default.yaml", None)
     policy = loaded.policy.model_dump(exclude_none=True)
+    try:
+        check_policy(loaded.policy, taxonomy)
+    except ValueError:
+        policy.update(violations=dict.fromkeys(taxonomy.violations), attributes={})
+        policy.pop("terms", None)
     thresholds = {"block_at": round(fit.block_at, 6), "review_at": round(min(fit.review_at, fit.block_at), 6)}
     policy.update(name=name, version="1", violations={v: dict(thresholds) for v in policy["violations"]},
                   description=f"fitted by adaudit policy fit: automatic blocks and passes at precision "
@@ -57,7 +70,7 @@ def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None) ->
                               f"{fit.automation_rate:.4f} there")
     if "terms" in policy:
         policy["terms"].update(loaded.matcher.lists)
-    parse_policy(policy, name)  # what is written must load
+    parse_policy(policy, name, taxonomy)  # what is written must load
     return policy
 
 
@@ -88,7 +101,7 @@ def fit_policy(model_dir: Path, data_dir: Path, target: float, out: Path, name: 
     scores, violating = split_scores(model_dir, data_dir)
     fit = fit_thresholds(scores, violating, target)
     curve = precision_automation_curve(scores, violating)
-    policy = fitted_policy(fit, name, base)
+    policy = fitted_policy(fit, name, base, AuditModelConfig.load(model_dir).taxonomy)
     out = Path(out)
     atomic_write_text(out, yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
     plot = out.with_suffix(".curve.png")

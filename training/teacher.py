@@ -6,6 +6,10 @@ end (under torchrun: rank 0 alone, training/distributed.py), with `metrics.json`
 when the data set has one, on its validation split (what choices are made on). On that validation
 split each task's temperature is fitted (training/calibration.py) and stored in the teacher's
 config; metrics.json records the calibration error before and after, beside `reliability.png`.
+
+The teacher predicts the data set's own taxonomy (DIR/labels.yaml, models/labels.py; today's when the
+folder has none): its config carries the tasks and their roles, and compression, export and the
+gateway read them from there.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from adaudit.data.dataset import data_checksum
+from adaudit.data.dataset import data_checksum, data_taxonomy
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
-from adaudit.data.recombination import recombined_pairs
+from adaudit.data.recombination import makes_pairs, recombined_pairs
 from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
                                          summary as calibration_summary)
 from adaudit.training.evaluation import evaluate
 from adaudit.core.files import atomic_write_text
+from adaudit.models.configuration import ConfigError
+from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from .presets import preset
@@ -78,8 +84,24 @@ def write_teacher(model: AuditModel, out: Path, metrics: dict, calibration: Cali
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
-def new_teacher(preset_name: str) -> AuditModel:
-    return preset(preset_name).new_model()
+def new_teacher(preset_name: str, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> AuditModel:
+    """A fresh teacher of the preset, predicting `taxonomy`'s tasks."""
+    return with_taxonomy(preset(preset_name).new_model(), taxonomy)
+
+
+def with_taxonomy(model: AuditModel, taxonomy: Taxonomy) -> AuditModel:
+    """`model` predicting `taxonomy`: the same towers and weights (a pretrained preset's kept), heads for its
+    tasks; the model itself when it already predicts it."""
+    if model.config.taxonomy == taxonomy:
+        return model
+    retargeted = AuditModel(model.config.with_taxonomy(taxonomy))
+    shapes = {name: tensor.shape for name, tensor in retargeted.state_dict().items()}
+    kept = {name: tensor for name, tensor in model.state_dict().items()
+            if name in shapes and shapes[name] == tensor.shape and not name.startswith(("heads.", "image_heads.",
+                                                                                          "agreement_heads."))}
+    retargeted.load_state_dict(kept, strict=False)
+    retargeted.tokenizer = model.tokenizer
+    return retargeted
 
 
 def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
@@ -118,29 +140,37 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
         finish(world)
 
 
-def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log):
+def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log,
+                        taxonomy: Taxonomy = DEFAULT_TAXONOMY):
     """(model, optimizer state, training state, recombined fraction): from the checkpoint when resuming."""
     if resume and checkpoint.exists():
         model, optimizer_state, state, meta = load_checkpoint(checkpoint)
+        if model.config.taxonomy != taxonomy:
+            raise ConfigError(f"the checkpoint {checkpoint} predicts other tasks or classes than the data set's "
+                              "labels.yaml: train afresh (without --resume) or use the data set it started on")
         # the rows the run started with (a checkpoint from before recombined pairs: none), so that the
         # epochs left cover the same rows and the learning-rate schedule the same steps
         recombined = meta.get("recombined", 0.0)
         log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined})")
         return model, optimizer_state, state, recombined
     torch.manual_seed(seed)
-    return new_teacher(preset_name), None, TrainingState(), recombined
+    return new_teacher(preset_name, taxonomy), None, TrainingState(), recombined
 
 
 def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
                 modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float):
     """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
     checkpoint = checkpoint_folder(out)
+    taxonomy = data_taxonomy(data_dir)  # the data set's labels.yaml, refused before any work if it is broken
     recombined = row.recombined if recombined is None else recombined
     if recombined < 0:
         raise ValueError(f"recombined must be 0 or more, got {recombined}")
     recombined = recombined if modality == "both" else 0.0  # a single-modality ablation cannot see a mismatch
+    if recombined and not makes_pairs(taxonomy):
+        log("no recombined pairs: the data set's taxonomy names no mismatch class and industry task to label them")
+        recombined = 0.0
     model, optimizer_state, state, recombined = load_or_new_teacher(checkpoint, resume, row.name, schedule.seed,
-                                                                    recombined, log)
+                                                                    recombined, log, taxonomy)
     frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
     if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
@@ -150,7 +180,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
     train = encode_split(data_dir, "train", processor, config.tasks, limit)
-    pairs = recombined_pairs(train, round(recombined * len(train)), seed=schedule.seed)
+    pairs = recombined_pairs(train, round(recombined * len(train)), seed=schedule.seed, taxonomy=taxonomy)
     train = blank_modality(train.joined(pairs), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
     log(f"teacher '{row.name}': {len(train) - len(pairs)} training ads + {len(pairs)} recombined, "
