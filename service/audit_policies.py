@@ -10,18 +10,23 @@ watching files, so a half-copied folder is never picked up.
 The classes a policy names belong to a model's taxonomy (models/labels.py), which the gateway learns
 from the backend, not at start: the folder is loaded on its shape alone, each audit checks its policy
 against the answering model's taxonomy (`fitting`: a policy naming a class the model lacks is a 422
-`policy_mismatch` naming it), and a reload is checked against the primary's taxonomy once it is known.
+`policy_mismatch` naming it). Start and reload treat the folder alike: every policy is checked for its shape,
+the default (what a request naming none gets) must fit the primary model once its taxonomy is known, and the
+others that do not fit it are logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from adaudit.decisions.policy import SHIPPED, LoadedPolicy, PolicyError, load_policies
 from adaudit.models.labels import Taxonomy
 
 from .errors import unprocessable
+
+log = logging.getLogger("adaudit.service")
 
 
 class AuditPolicies:
@@ -33,16 +38,25 @@ class AuditPolicies:
         self._reloading = asyncio.Lock()
 
     def load(self) -> dict[str, LoadedPolicy]:
-        loaded = load_policies(self.folder, self.taxonomy)
+        """The folder's policies on their shape alone, as at start: one that names a class the primary model lacks
+        is logged (`mismatches`) and refused per request (`fitting`), since another served model may have it;
+        only the default, which every request naming none gets, must fit the primary once its taxonomy is known."""
+        loaded = load_policies(self.folder, None)
         if self.default not in loaded:
             raise PolicyError(f"default_policy {self.default!r} is not among the policies in {self.folder} "
                               f"({', '.join(sorted(loaded))})")
+        if self.taxonomy is not None:
+            loaded[self.default].check(self.taxonomy)
         return loaded
 
     async def reload(self) -> dict[str, LoadedPolicy]:
-        """The folder read again (in a worker thread) and swapped in; PolicyError leaves the running set."""
+        """The folder read again (in a worker thread) and swapped in; PolicyError leaves the running set. The
+        policies that do not fit the primary model are logged, as at start."""
         async with self._reloading:
             self.loaded = await asyncio.to_thread(self.load)
+            if self.taxonomy is not None:
+                for problem in self.mismatches(self.taxonomy):
+                    log.warning("audit policy does not fit the primary model's labels: %s", problem)
             return self.loaded
 
     def get(self, name: str | None) -> LoadedPolicy:

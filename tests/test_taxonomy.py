@@ -133,6 +133,33 @@ def test_a_config_written_before_taxonomies_loads_with_todays(tmp_path):
     assert AuditModelConfig.from_dict(json.loads(json.dumps(retargeted.to_dict()))).taxonomy.verdict_task == "decision"
 
 
+def test_start_and_reload_treat_a_policy_for_other_labels_alike(tmp_path, caplog):
+    """A folder with a policy for today's classes beside the custom default: reload keeps serving (the other policy
+    logged, refused per request as at start); a default that does not fit the primary model is refused whole."""
+    import asyncio
+
+    from adaudit.service.audit_policies import AuditPolicies
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "custom.yaml").write_text(yaml.safe_dump(POLICY, allow_unicode=True), encoding="utf-8")
+    shipped = Path(__file__).parents[1] / "decisions" / "policies"
+    for terms in shipped.glob("*.txt"):  # the shipped policy's term lists, beside it
+        (folder / terms.name).write_text(terms.read_text(encoding="utf-8"), encoding="utf-8")
+    (folder / "today.yaml").write_text((shipped / "default.yaml").read_text(encoding="utf-8")
+                                       .replace("name: default", "name: today"), encoding="utf-8")
+    policies = AuditPolicies(folder, "custom")
+    policies.taxonomy = parse_taxonomy(CUSTOM, "labels.yaml")
+    assert set(asyncio.run(policies.reload())) == {"custom", "today"}
+    assert "today.yaml: violations: unknown violation class" in caplog.text
+    refused = AuditPolicies(folder, "today")  # at start the set loads on its shape alone
+    refused.taxonomy = policies.taxonomy
+    running = refused.loaded
+    with pytest.raises(PolicyError, match=r"today.yaml: violations: unknown violation class"):
+        asyncio.run(refused.reload())  # the default must fit the primary model: nothing is swapped in
+    assert refused.loaded is running
+
+
 # --- decisions under another taxonomy --------------------------------------------------------
 def test_a_policy_is_checked_against_the_models_taxonomy(tmp_path):
     taxonomy = parse_taxonomy(CUSTOM, "labels.yaml")
