@@ -110,6 +110,15 @@ class AdPlan:
     jpeg: tuple[int, int] = (92, 0)  # JPEG quality and chroma subsampling (0: 4:4:4, 2: 4:2:0)
 
 
+def random_crop(source: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random crop of 78-100% of each side of a product photo, mirrored half the time: both generators' photos
+    (the draws in this order, so generator 1's ads stay what they were)."""
+    crop_w, crop_h = (int(side * f) for side, f in zip(source.size, rng.uniform(0.78, 1.0, size=2)))
+    x, y = int(rng.integers(source.width - crop_w + 1)), int(rng.integers(source.height - crop_h + 1))
+    photo = source.crop((x, y, x + crop_w, y + crop_h))
+    return photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else photo
+
+
 def _pick(rng: np.random.Generator, options: Sequence):
     return options[int(rng.integers(len(options)))]
 

@@ -61,7 +61,7 @@ from adaudit.models.labels import TASKS
 from .drawing import (  # noqa: F401 (BACKGROUND_RGB, STICKER_RGB, PRODUCTS, APPROVE_SHARE: also read from here)
     _CLUTTER_STICKERS, APPROVE_SHARE, BACKGROUND_RGB, BORDER, IMAGE_SIZE, PRODUCTS, STICKER_RGB, AdPlan,
     _draw_logo, _font, _gambling_cluster, _ink, _paste_inside, _photo_loaders, _pick, _sticker, _violation_quota,
-    draw_labels,
+    draw_labels, random_crop,
 )
 from .variety import plan_varied_ads, render_varied
 
@@ -302,12 +302,8 @@ def _draw_title(image: Image.Image, title: str, background, on_top: bool) -> Non
 
 def _paste_photo(image: Image.Image, rng: np.random.Generator, industry: str, title_on_top: bool) -> None:
     """A random crop of the photo, maybe mirrored, covering 35-58% of the image, clear of the title bar."""
-    source = _photo(industry)
-    crop_w, crop_h = (int(side * f) for side, f in zip(source.size, rng.uniform(0.78, 1.0, size=2)))
-    x, y = int(rng.integers(source.width - crop_w + 1)), int(rng.integers(source.height - crop_h + 1))
-    photo = source.crop((x, y, x + crop_w, y + crop_h))
-    if rng.random() < 0.5:
-        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    photo = random_crop(_photo(industry), rng)
+    crop_w, crop_h = photo.size
     region_w = IMAGE_SIZE - 2 * BORDER
     region_h = region_w - _TITLE_HEIGHT - 2
     region_top = BORDER + _TITLE_HEIGHT + 2 if title_on_top else BORDER

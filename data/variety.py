@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from .drawing import (_CLUTTER_STICKERS, BACKGROUND_RGB, BORDER, AdPlan, Layout, _draw_logo, _font,
                       _gambling_cluster, _ink, _paste_inside, _photo_loaders, _pick, _sticker, _violation_quota,
-                      draw_labels)
+                      draw_labels, random_crop)
 from .phrasing import PHRASING, TRIGGER_FAMILIES, TRIGGERS, contains_trigger
 
 TEXT_VIOLATIONS = tuple(TRIGGER_FAMILIES)  # the violations the copy may carry (version 1's too)
@@ -180,12 +180,8 @@ def _draw_title(image: Image.Image, title: str, background, box) -> None:
 def _paste_photo(image: Image.Image, rng: np.random.Generator, industry: str, region) -> tuple[int, int, int, int]:
     """A random crop of the photo, maybe mirrored, covering 35-58% of the canvas (as the region allows), at
     a random place in the region; returns where it went."""
-    source = _full_photo(industry)
-    crop_w, crop_h = (int(side * f) for side, f in zip(source.size, rng.uniform(0.78, 1.0, size=2)))
-    x, y = int(rng.integers(source.width - crop_w + 1)), int(rng.integers(source.height - crop_h + 1))
-    photo = source.crop((x, y, x + crop_w, y + crop_h))
-    if rng.random() < 0.5:
-        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    photo = random_crop(_full_photo(industry), rng)
+    crop_w, crop_h = photo.size
     region_w, region_h = region[2] - region[0], region[3] - region[1]
     area = rng.uniform(0.35, 0.58) * image.width * image.height
     scale = min(math.sqrt(area / (crop_w * crop_h)), region_w / crop_w, region_h / crop_h)
