@@ -5,7 +5,10 @@ The review loop (issue 28, docs/console.md): an ad the policy answered `review` 
 `GET /v1/reviews/queue` (oldest first, paged by `after`, the cursor the previous page returned) until a
 reviewer's `POST /v1/audits/{request_id}/feedback` closes it. The queue carries what a reviewer needs
 beside the decision: the copy, and where to fetch the picture (`GET /v1/reviews/{request_id}/picture`),
-both kept for review ads only while `review_store_ads` is on. Every route here is behind the API keys.
+both kept for review ads only while `review_store_ads` is on. `GET /v1/taxonomy` names the labels a reviewer
+gives: the primary model's tasks and classes and their roles, what feedback is checked against, from which
+the console builds its buttons and keys (no class name is written into the console). Every route here is
+behind the API keys.
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ class QueueItem(BaseModel):
     evidence: dict | list | None = Field(None, description="the model's evidence, where the answer carried it")
 
 
+class TaxonomyResponse(BaseModel):
+    """The primary model's taxonomy (models/labels.py `Taxonomy`, with the two verdicts it derives), so a client
+    labels in the served model's names rather than names of its own that feedback would refuse."""
+
+    tasks: dict[str, list[str]] = Field(description="every task the model predicts and its classes, in the "
+                                        "order of the model's logits")
+    verdict_task: str = Field(description="the verdict-like decision")
+    reject_classes: list[str] = Field(description="the verdict task's classes that reject an ad")
+    approve_class: str = Field(description="the verdict answered when nothing rejects")
+    reject_class: str = Field(description="the verdict answered when an ad is rejected (the first rejecting class)")
+    reason_task: str = Field(description="the task that says why: an ad is rejected exactly when its reason is "
+                             "not the clean class")
+    clean_class: str = Field(description="the reason task's class meaning nothing is wrong")
+    mismatch_class: str | None = Field(description="the reason task's class of a copy selling something other "
+                                       "than its picture shows (none: the taxonomy has no such class)")
+
+
 class ReviewQueue(BaseModel):
     items: list[QueueItem]
     next: str | None = Field(description="the cursor of the next page (`after`); none: this is the last")
@@ -63,6 +83,13 @@ async def review_queue(limit: int = Query(20, ge=1, le=200), after: str | None =
         raise unprocessable("unknown_cursor", f"after={after} is no request_id of the decision log: pass the "
                             "`next` a previous page returned") from None
     return {"items": items, "next": cursor}
+
+
+@router.get("/taxonomy", response_model=TaxonomyResponse, responses={503: {"model": ErrorBody}},
+            summary="The primary model's tasks and classes: the labels feedback takes")
+async def primary_taxonomy(gateway: Gateway = Depends(get_gateway)):
+    taxonomy = await gateway.taxonomy()  # the one feedback is checked against; 503 while the backend cannot say
+    return {**taxonomy.as_config(), "approve_class": taxonomy.approve_class, "reject_class": taxonomy.reject_class}
 
 
 @router.get("/reviews/{request_id}/picture", response_class=Response, responses={

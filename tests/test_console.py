@@ -5,9 +5,13 @@ embedded backend and API keys on (issue 28, items 7 and 8):
 - /docs and /redoc reference only the gateway's own assets, those answer 200 with JavaScript / CSS, and the
   pages render (swagger-ui and redoc draw the API's title) with every resource loaded from the gateway;
 - the console asks for the key, shows the queue with the picture, the copy with its term hits marked, the
-  suggestion and scores; a reviewer labels one ad with the keyboard (violation 2, Enter) and another
-  (j, a, Enter): the feedback is stored with the reviewer's name and the queue shrinks; a wrong key is
-  refused. With ADAUDIT_CONSOLE_SCREENSHOT=PATH the test saves its screenshot there (docs/console.png).
+  suggestion and scores, and label buttons that are GET /v1/taxonomy's classes; a reviewer labels one ad with
+  the keyboard (violation 2, Enter) and another (j, a, Enter): the feedback is stored with the reviewer's name
+  and the queue shrinks; a wrong key is refused. With ADAUDIT_CONSOLE_SCREENSHOT=PATH the test saves its
+  screenshot there (docs/console.png);
+- served a model of another taxonomy (tests/test_taxonomy.py's), the route answers that taxonomy and the
+  console labels in its names: keyboard feedback with its classes is stored;
+- no class name of today's taxonomy is written into the console's files: they take every label from the route.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 from selenium import webdriver
@@ -32,12 +37,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_reviews import BLOCK, PASS, REVIEW
 from test_security import ALICE_KEY, KEYS
 from test_service import b64, model_dir, settings  # noqa: F401
+from test_taxonomy import CUSTOM, POLICY, custom_student  # noqa: F401
 
-from adaudit.models.labels import TASKS
+from adaudit.models.labels import DEFAULT_TAXONOMY
 from adaudit.service.app import create_app
 from loopback import ServerThread
 
-CONSOLE_JS = Path(__file__).resolve().parents[1] / "service" / "console" / "console.js"
+CONSOLE = Path(__file__).resolve().parents[1] / "service" / "console"
 LOCAL = re.compile(r"""(?:src|href|spec-url)=["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 
 
@@ -109,9 +115,72 @@ def test_docs_pages_render_offline_in_chromium(model_dir, tmp_path, browser):  #
 
 
 # --- the reviewer console ---------------------------------------------------------------------------------
-def test_console_violations_are_the_models_classes():
-    listed = re.search(r"const VIOLATIONS = \[([^\]]*)\]", CONSOLE_JS.read_text()).group(1)
-    assert re.findall(r'"(\w+)"', listed) == list(TASKS["violation"])
+def test_the_console_names_no_class_of_the_default_taxonomy():
+    """Every label the console shows or sends comes from GET /v1/taxonomy; a class name written into its files
+    would be today's taxonomy's, wrong for a model trained on a data set's own labels.yaml. In the stylesheet only
+    the selectors are read: its property values are CSS keywords (`display: none`), not labels."""
+    names = {name for classes in DEFAULT_TAXONOMY.tasks.values() for name in classes}
+    files = sorted(CONSOLE.iterdir())
+    assert {path.name for path in files} >= {"index.html", "console.js", "console.css"}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".css":
+            text = re.sub(r"\{[^}]*\}", "{}", text)
+        found = sorted(name for name in names if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text))
+        assert not found, f"{path.name} names classes {found}"
+
+
+def test_the_taxonomy_route_answers_503_while_the_primary_model_cannot_be_read(model_dir, tmp_path):  # noqa: F811
+    with TestClient(create_app(settings(model_dir, tmp_path, primary_model="absent"))) as client:
+        answer = client.get("/v1/taxonomy")
+    assert answer.status_code == 503 and answer.json()["kind"] == "model_not_ready"
+    assert "model absent is not in" in answer.json()["error"]
+
+
+def served_taxonomy(server) -> dict:
+    """GET /v1/taxonomy with a reviewer's key; the route refuses a call without one, as the queue does."""
+    refused = httpx.get(f"{server.url}/v1/taxonomy", timeout=30)
+    assert refused.status_code == 401 and refused.json()["kind"] == "unauthorized"
+    answer = httpx.get(f"{server.url}/v1/taxonomy", headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def label_buttons(browser, role: str) -> dict[str, str]:
+    """The console's buttons of one role (verdict or violation), in order: class name -> its key ("" for none)."""
+    buttons = browser.find_elements(By.CSS_SELECTOR, f"#labels [data-{role}]")
+    return {button.get_attribute(f"data-{role}"): " ".join(e.text for e in button.find_elements(By.TAG_NAME, "kbd"))
+            for button in buttons}
+
+
+def check_buttons(browser, taxonomy: dict) -> None:
+    """The buttons and the key hint are the route's classes: the verdict task's with a / r on the approving and
+    rejecting class, the reason task's with digits in the model's order."""
+    verdicts = label_buttons(browser, "verdict")
+    assert list(verdicts) == taxonomy["tasks"][taxonomy["verdict_task"]]
+    assert (verdicts[taxonomy["approve_class"]], verdicts[taxonomy["reject_class"]]) == ("a", "r")
+    violations = label_buttons(browser, "violation")
+    assert list(violations) == taxonomy["tasks"][taxonomy["reason_task"]]
+    assert list(violations.values()) == [str(digit) for digit in range(1, len(violations) + 1)]
+    hint = browser.find_element(By.CSS_SELECTOR, "#item .hint").text
+    assert (f"a {taxonomy['approve_class']}, r {taxonomy['reject_class']}, 1–{len(violations)} "
+            f"{taxonomy['reason_task']}") in hint
+
+
+def log_in(browser, server, reviewer: str) -> None:
+    """Open the console and enter the reviewer's key and name."""
+    browser.get(server.url + "/console")
+    wait(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed(), "the key form")
+    browser.find_element(By.ID, "api-key").send_keys(ALICE_KEY)
+    browser.find_element(By.ID, "reviewer").send_keys(reviewer)
+    browser.find_element(By.ID, "save-key").click()
+
+
+def feedback_of(server, request_id: str) -> dict:
+    decision = httpx.get(f"{server.url}/v1/audits/{request_id}", headers={"Authorization": f"Bearer {ALICE_KEY}"},
+                         timeout=30)
+    assert decision.status_code == 200, decision.text
+    return decision.json()["feedback"]
 
 
 def queue_ids(server, key: str = ALICE_KEY) -> list[str]:
@@ -148,14 +217,17 @@ def test_reviewer_console_flow_with_the_keyboard(model_dir, tmp_path, browser): 
         assert len(review) == 3 and queue_ids(server) == [a["request_id"] for a in review]
         assert httpx.get(f"{server.url}/v1/reviews/queue", timeout=30).status_code == 401  # keys respected
 
+        taxonomy = served_taxonomy(server)
+        assert taxonomy == {**DEFAULT_TAXONOMY.as_config(), "approve_class": "approve", "reject_class": "reject"}
+        assert list(taxonomy["tasks"]) == list(DEFAULT_TAXONOMY.tasks)  # in the model's order
+
         browser.get(server.url + "/console")
         wait(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed(), "the key form")
         browser.find_element(By.ID, "api-key").send_keys("not-the-key", Keys.ENTER)
         wait(browser, lambda d: "refused" in d.find_element(By.ID, "status").text, "the wrong key to be refused")
-        browser.find_element(By.ID, "api-key").send_keys(ALICE_KEY)
-        browser.find_element(By.ID, "reviewer").send_keys("ann")
-        browser.find_element(By.ID, "save-key").click()
+        log_in(browser, server, "ann")
         wait(browser, lambda d: console_shows(d, 3), "the queue of three")
+        check_buttons(browser, taxonomy)
         assert not browser.find_element(By.ID, "login").is_displayed()  # the key form gives way to the queue
         assert browser.execute_script("return sessionStorage.getItem('adaudit.apiKey')") == ALICE_KEY
 
@@ -180,12 +252,8 @@ def test_reviewer_console_flow_with_the_keyboard(model_dir, tmp_path, browser): 
         press(browser, "j", "a", Keys.ENTER)  # the third ad: approve
         wait(browser, lambda d: console_shows(d, 1), "the second review")
 
-        stored = httpx.get(f"{server.url}/v1/audits/{first['request_id']}",
-                           headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30).json()
-        assert stored["feedback"] == {"verdict": "reject", "violation": "exaggeration"}
-        third = httpx.get(f"{server.url}/v1/audits/{review[2]['request_id']}",
-                          headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30).json()
-        assert third["feedback"] == {"verdict": "approve", "violation": "none"}
+        assert feedback_of(server, first["request_id"]) == {"verdict": "reject", "violation": "exaggeration"}
+        assert feedback_of(server, review[2]["request_id"]) == {"verdict": "approve", "violation": "none"}
         assert queue_ids(server) == [review[1]["request_id"]]
         with sqlite3.connect(tmp_path / "log.db") as database:
             reviewers = database.execute("SELECT DISTINCT reviewer FROM feedback").fetchall()
@@ -193,3 +261,40 @@ def test_reviewer_console_flow_with_the_keyboard(model_dir, tmp_path, browser): 
         assert Image.open(shot).size[0] >= 1200
         if os.environ.get("ADAUDIT_CONSOLE_SCREENSHOT"):
             shutil.copyfile(shot, os.environ["ADAUDIT_CONSOLE_SCREENSHOT"])
+
+
+def test_the_console_labels_in_the_served_models_taxonomy(custom_student, tmp_path, browser):  # noqa: F811
+    """A student trained on tests/test_taxonomy.py's relabelled ads (decision: ok / refuse, risk: clean / fraud /
+    adult / mismatch), served with a policy in its names; every ad is put in the queue (review_sample_rate 1)."""
+    _, student = custom_student
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "custom.yaml").write_text(yaml.safe_dump(POLICY), encoding="utf-8")
+    app = create_app(settings(student.parent, tmp_path, api_keys=KEYS, policy_dir=policies, default_policy="custom",
+                              review_sample_rate=1.0))
+    with ServerThread(app) as server:
+        taxonomy = served_taxonomy(server)
+        assert taxonomy == {**CUSTOM, "approve_class": "ok", "reject_class": "refuse"}
+        assert list(taxonomy["tasks"]) == ["decision", "risk", "category"]
+        ads = [b64(advert(colour, f"AD {number}")) for number, colour in enumerate(("#e4572e", "#2e86de"), 1)]
+        answers = [httpx.post(f"{server.url}/v1/audits", headers={"Authorization": f"Bearer {ALICE_KEY}"},
+                              json={"image_base64": ad, "text": "理财稳赚不赔"}, timeout=60) for ad in ads]
+        assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+        assert queue_ids(server) == [answer.json()["request_id"] for answer in answers]
+
+        log_in(browser, server, "bea")
+        wait(browser, lambda d: console_shows(d, 2), "the queue of two")
+        check_buttons(browser, taxonomy)
+        press(browser, "5")  # risk has four classes: no fifth key
+        assert not browser.find_elements(By.CSS_SELECTOR, "#labels .chosen")
+        press(browser, "2")  # fraud: the decision becomes refuse
+        chosen = browser.find_elements(By.CSS_SELECTOR, "#labels .chosen")
+        assert [button.text for button in chosen] == ["r refuse", "2 fraud"]
+        press(browser, Keys.ENTER)
+        wait(browser, lambda d: console_shows(d, 1), "the first review")
+        press(browser, "a", Keys.ENTER)  # ok: the clean class
+        wait(browser, lambda d: console_shows(d, 0), "the second review")
+        first, second = (answer.json()["request_id"] for answer in answers)
+        assert feedback_of(server, first) == {"decision": "refuse", "risk": "fraud"}
+        assert feedback_of(server, second) == {"decision": "ok", "risk": "clean"}
+        assert "Reviewed" in browser.find_element(By.ID, "status").text and queue_ids(server) == []

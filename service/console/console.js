@@ -3,11 +3,11 @@
 // (textContent), never as HTML: the copy is the advertiser's and may hold markup.
 "use strict";
 
-// models/labels.py's violation classes, in order: keys 1-8 (tests/test_console.py checks they match)
-const VIOLATIONS = ["none", "exaggeration", "medical_claim", "financial_promise", "gambling", "vulgar",
-                    "prohibited_goods", "image_text_mismatch"];
+// No class name is written here: the labels are the served model's, read from GET /v1/taxonomy at start (its tasks,
+// classes and their roles, models/labels.py), so a data set's own labels.yaml reaches the reviewer unchanged.
 const KEY = "adaudit.apiKey", REVIEWER = "adaudit.reviewer";
-const state = {items: [], index: 0, verdict: null, violation: null, busy: false, pictures: new Map()};
+const DIGITS = 9;  // keys 1-9: the reason task's first nine classes (more have buttons only)
+const state = {items: [], index: 0, verdict: null, violation: null, busy: false, pictures: new Map(), taxonomy: null};
 const $ = (id) => document.getElementById(id);
 const REFUSED = new Error("the key was refused");  // thrown once the login form says so: nothing more to show
 const failed = (error) => { if (error !== REFUSED) status(error.message, true); };
@@ -45,6 +45,47 @@ function showLogin(message) {
   $("reviewer").value = sessionStorage.getItem(REVIEWER) || "";
   $("api-key").focus();
   if (message) status(message, true);
+}
+
+// the primary model's taxonomy: the labels feedback takes, and so the console's buttons and keys
+async function loadTaxonomy() {
+  const response = await api("/v1/taxonomy");
+  if (!response.ok) throw new Error(await errorText(response));
+  state.taxonomy = await response.json();
+  buildLabels();
+}
+
+// the reason task's classes, in the model's order (digit keys follow it)
+const reasonClasses = () => state.taxonomy.tasks[state.taxonomy.reason_task];
+const keyedClasses = () => Math.min(reasonClasses().length, DIGITS);  // how many have a digit key
+const rejects = (verdict) => state.taxonomy.reject_classes.includes(verdict);
+
+function labelButton(role, name, key, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset[role] = name;
+  if (key) button.innerHTML = `<kbd>${key}</kbd> `;  // constant markup; the class name below is text
+  button.append(name);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function buildLabels() {
+  const {tasks, verdict_task, approve_class, reject_class, reason_task} = state.taxonomy;
+  const letter = (verdict) => verdict === approve_class ? "a" : verdict === reject_class ? "r" : "";
+  $("verdicts").replaceChildren(...tasks[verdict_task].map((verdict) =>
+    labelButton("verdict", verdict, letter(verdict), () => chooseVerdict(verdict))));
+  $("violations").replaceChildren(...reasonClasses().map((violation, index) =>
+    labelButton("violation", violation, index < DIGITS ? String(index + 1) : "", () => chooseViolation(violation))));
+  $("approve-name").textContent = approve_class;
+  $("reject-name").textContent = reject_class;
+  $("last-digit").textContent = String(keyedClasses());
+  $("reason-name").textContent = reason_task;
+}
+
+async function openQueue() {
+  await loadTaxonomy();
+  await loadQueue();
 }
 
 async function loadQueue() {
@@ -91,7 +132,7 @@ function render() {
   renderCopy(item);
   // an automatic pass or block drawn for audit: the ad is already live or blocked, the reviewer checks it
   $("suggestion").textContent = item.queued === "sample" ? `${item.suggestion} (audit sample)` : item.suggestion;
-  $("lean").textContent = item.verdict === "reject" ? `reject (${item.violation})` : "approve";
+  $("lean").textContent = rejects(item.verdict) ? `${item.verdict} (${item.violation})` : item.verdict;
   $("model").textContent = `${item.model} v${item.version}`;
   $("policy").textContent = item.policy ? `${item.policy.name} v${item.policy.version}` : "-";
   $("reasons").replaceChildren(...item.reasons.map((reason) => {
@@ -160,12 +201,27 @@ async function showPicture(item) {
   if (state.items[state.index] === item) $("picture").src = state.pictures.get(item.request_id);
 }
 
-// a violation other than none means reject; approve means none
+// the verdict and violation chosen so far (null: not chosen yet); the buttons show them
 function choose(verdict, violation) {
   state.verdict = verdict;
   state.violation = violation;
   document.querySelectorAll("[data-verdict]").forEach((b) => b.classList.toggle("chosen", b.dataset.verdict === verdict));
   document.querySelectorAll("[data-violation]").forEach((b) => b.classList.toggle("chosen", b.dataset.violation === violation));
+}
+
+// an approving verdict means the clean class; a rejecting one keeps a violation already picked
+function chooseVerdict(verdict) {
+  const {clean_class} = state.taxonomy;
+  const kept = state.violation && state.violation !== clean_class ? state.violation : null;
+  choose(verdict, rejects(verdict) ? kept : clean_class);
+}
+
+// the clean class approves, any other class rejects; a verdict already chosen that agrees is kept
+function chooseViolation(violation) {
+  const {clean_class, approve_class, reject_class} = state.taxonomy;
+  const rejecting = violation !== clean_class;
+  const agrees = state.verdict && rejects(state.verdict) === rejecting;
+  choose(agrees ? state.verdict : rejecting ? reject_class : approve_class, violation);
 }
 
 function select(index) {
@@ -177,9 +233,17 @@ function select(index) {
 async function submit() {
   const item = state.items[state.index];
   if (!item || state.busy) return;
-  if (!state.verdict) return status("Pick a verdict first: a (approve), r (reject) or a violation 1-8.", true);
-  const labels = {verdict: state.verdict, violation: state.violation || (state.verdict === "approve" ? "none" : item.violation)};
-  if (labels.verdict === "reject" && labels.violation === "none") return status("Reject needs a violation (2-8).", true);
+  const {verdict_task, reason_task, approve_class, reject_class, clean_class} = state.taxonomy;
+  if (!state.verdict) {
+    return status(`Pick a verdict first: a (${approve_class}), r (${reject_class}) or a ${reason_task} ` +
+                  `1-${keyedClasses()}.`, true);
+  }
+  // a rejecting verdict with no violation picked takes the model's; the reviewer is told when that is the clean class
+  const violation = state.violation || (rejects(state.verdict) ? item.violation : clean_class);
+  if (rejects(state.verdict) === (violation === clean_class)) {
+    return status(`${state.verdict} needs a ${reason_task} other than ${clean_class}.`, true);
+  }
+  const labels = {[verdict_task]: state.verdict, [reason_task]: violation};
   const body = {labels};
   if (sessionStorage.getItem(REVIEWER)) body.reviewer = sessionStorage.getItem(REVIEWER);
   state.busy = true;
@@ -191,7 +255,7 @@ async function submit() {
     state.items.splice(state.items.indexOf(item), 1);
     URL.revokeObjectURL(state.pictures.get(item.request_id) || "");
     state.pictures.delete(item.request_id);
-    status(response.ok ? `Reviewed ${item.request_id}: ${labels.verdict} / ${labels.violation}`
+    status(response.ok ? `Reviewed ${item.request_id}: ${state.verdict} / ${violation}`
                        : `${item.request_id} was already reviewed by someone else`);
     select(state.index);
     if (!state.items.length) render();
@@ -205,37 +269,26 @@ function onKey(event) {
   const number = Number(event.key);
   if (event.key === "j") select(state.index + 1);
   else if (event.key === "k") select(state.index - 1);
-  else if (event.key === "a") choose("approve", "none");
-  else if (event.key === "r") choose("reject", state.violation && state.violation !== "none" ? state.violation : null);
-  else if (number >= 1 && number <= VIOLATIONS.length) choose(number === 1 ? "approve" : "reject", VIOLATIONS[number - 1]);
+  else if (event.key === "a") chooseVerdict(state.taxonomy.approve_class);
+  else if (event.key === "r") chooseVerdict(state.taxonomy.reject_class);
+  else if (number >= 1 && number <= keyedClasses()) chooseViolation(reasonClasses()[number - 1]);
   else if (event.key === "Enter") submit().catch(failed);
   else return;
   event.preventDefault();
 }
 
 function start() {
-  $("violations").replaceChildren(...VIOLATIONS.map((violation, index) => {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.violation = violation;
-    button.innerHTML = `<kbd>${index + 1}</kbd> `;  // constant markup; the label below is text
-    button.append(violation);
-    button.addEventListener("click", () => choose(index ? "reject" : "approve", violation));
-    return button;
-  }));
-  document.querySelectorAll("[data-verdict]").forEach((b) => b.addEventListener("click",
-    () => choose(b.dataset.verdict, b.dataset.verdict === "approve" ? "none" : null)));
   $("submit").addEventListener("click", () => submit().catch(failed));
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(KEY, $("api-key").value.trim());
     sessionStorage.setItem(REVIEWER, $("reviewer").value.trim());
     $("api-key").value = "";
-    loadQueue().catch(failed);
+    openQueue().catch(failed);
   });
   $("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY); showLogin(); });
   document.addEventListener("keydown", onKey);
-  if (sessionStorage.getItem(KEY)) loadQueue().catch(failed);
+  if (sessionStorage.getItem(KEY)) openQueue().catch(failed);
   else showLogin();
 }
 
