@@ -176,13 +176,20 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
              device: DeviceOption = "auto",
              nproc_per_node: NprocOption = 1):
     """Prune and distil the teacher into a student, stage by stage; writes OUT/report.json."""
-    from adaudit.compression.pipeline import compress as run
-    from adaudit.training.distributed import DistributedError, launched_by_torchrun
+    from adaudit.compression.pipeline import check_world_size, compress as run
+    from adaudit.training.distributed import launch, launched_by_torchrun, main_process_only
 
-    if nproc_per_node > 1 or launched_by_torchrun():
-        raise DistributedError("compress runs as one process for now: several processes (--nproc-per-node, "
-                               "torchrun) are not supported yet; use --device cuda for a GPU (docs/scale.md)")
-    report = run(teacher, data, out, recipe, log=log, target_speedup=target_speedup, device=device)
+    if nproc_per_node > 1 and not launched_by_torchrun():
+        from adaudit.training.device import resolve_device
+
+        resolve_device(device, nproc_per_node - 1)  # no CUDA, too few GPUs: refused before any rank starts
+        check_world_size(teacher, recipe, nproc_per_node)
+        launch(sys.argv[1:], nproc_per_node)  # the ranks log and write; a failed rank: DistributedError
+        return
+    report = run(teacher, data, out, recipe, log=main_process_only(log), target_speedup=target_speedup,
+                 device=device)
+    if report is None:  # a rank other than 0: rank 0 writes and says so
+        return
     log(f"student written to {out}: {report['compression_ratio']:.1f}x fewer parameters, "
         f"{report['speedup']:.1f}x lower batch-1 latency, verdict accuracy "
         f"{report['teacher']['accuracy']:.4f} -> {report['student']['accuracy']:.4f}, "

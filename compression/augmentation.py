@@ -117,14 +117,15 @@ def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log,
     plan = view_plan(kept, settings.views, settings.recombined_fraction, recipe.seed)
     rows = torch.arange(len(kept), len(kept) + len(plan.text_source))
 
-    def label() -> TeacherCache:
-        return cache_teacher(teacher, apply_plan(kept, plan).subset(rows), labelled=plan.labelled)
+    def label(share: slice = slice(None)) -> TeacherCache:  # the views `share` (this rank's, under torchrun)
+        return cache_teacher(teacher, apply_plan(kept, plan).subset(rows[share]), labelled=plan.labelled[share])
 
     if outputs is None:
         cache = label()
     else:
         key = {"seed": recipe.seed, "ads": len(train), "kept": len(kept), "views": settings.views,
                "recombined_fraction": settings.recombined_fraction}
-        cache = TeacherCache.from_tensors(outputs.get("views", key, lambda: (label().tensors(), {}))[0])
+        cache = TeacherCache.from_tensors(
+            outputs.get("views", key, lambda share: (label(share).tensors(), {}), rows=len(rows))[0])
     log(f"  {len(rows)} augmented views of {len(kept)} distillation ads ({int((~plan.labelled).sum())} recombined)")
     return Views(plan, cache)

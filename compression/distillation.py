@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from adaudit.data.encoding import EncodedSplit
 from adaudit.models.modeling import AuditModel
+from adaudit.training.distributed import World
 from adaudit.training.loop import Schedule, TrainingState, fit, image_grounding_loss
 
 from .recipe import DistillationSettings
@@ -101,29 +102,32 @@ def distillation_loss(model: AuditModel, split: EncodedSplit, cache: TeacherCach
 def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
            epochs: int, description: str, seed: int = 0, on_epoch_end=None,
            device: torch.device | None = None, state: TrainingState | None = None,
-           optimizer_state: dict | None = None) -> list[float]:
+           optimizer_state: dict | None = None, world: World | None = None) -> list[float]:
     """Train `model` toward the teacher for `epochs` epochs on `device` (default: the CPU); returns the mean
-    loss per epoch. `state` and `optimizer_state` (a checkpoint's, stages.py) continue an interrupted run."""
+    loss per epoch. `state` and `optimizer_state` (a checkpoint's, stages.py) continue an interrupted run;
+    `world` (under torchrun) makes it DDP, each rank distilling on its share of every global batch."""
     if epochs <= 0:
         return []
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
     return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
                schedule, description, state=state, optimizer_state=optimizer_state, on_epoch_end=on_epoch_end,
-               device=device)
+               device=device, world=world)
 
 
 class BestEpoch:
     """Early stopping without stopping: after each epoch, the held-out distillation loss; the best
     epoch's weights are kept and put back at the end (`restore`)."""
 
-    def __init__(self, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings):
-        self.split, self.cache, self.settings = split, cache, settings
+    def __init__(self, split: EncodedSplit, cache: TeacherCache, settings: DistillationSettings,
+                 world: World | None = None):
+        self.split, self.cache, self.settings, self.world = split, cache, settings, world or World()
         self.losses: list[float] = []
         self.best_state: dict[str, torch.Tensor] | None = None
 
     def __call__(self, model: AuditModel, optimizer, state, training_loss: float) -> None:
-        loss = mean_distillation_loss(model, self.split, self.cache, self.settings)
+        # rank 0's figure on every rank: all of them keep the same epoch
+        loss = self.world.agreed(lambda: mean_distillation_loss(model, self.split, self.cache, self.settings))
         if not self.losses or loss < min(self.losses):
             self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         self.losses.append(loss)

@@ -29,8 +29,8 @@ from adaudit.data.dataset import data_checksum
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
-from adaudit.training.device import Placement, resolve_device
-from adaudit.training.distributed import World
+from adaudit.training.device import Placement
+from adaudit.training.distributed import World, finish, per_rank_batch, start
 from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
                                          summary as calibration_summary)
 from adaudit.training.evaluation import predict_logits
@@ -64,36 +64,42 @@ class Reference:
 
 
 def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
-             target_speedup: float | None = None, device: str | None = "auto") -> dict:
+             target_speedup: float | None = None, device: str | None = "auto") -> dict | None:
     """Teacher folder -> student folder (config, weights, vocabulary, recipe.json, report.json), computed on
-    `device` (training/device.py; one process: report.json's `distributed` says so).
+    `device` (training/device.py). Under torchrun every rank distils (DDP, training/distributed.py) and rank 0
+    alone logs, measures and writes: it returns the report, the other ranks None.
 
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
-    placement = Placement.on(resolve_device(device))  # refused (no CUDA) before any work
+    world = start(device)  # refused (no CUDA) before any work; joins the other ranks under torchrun
+    try:
+        log = log if world.main else (lambda message: None)
+        return compress_on_rank(teacher_dir, data_dir, out, recipe_path, log, target_speedup, world, started)
+    finally:
+        finish(world)
+
+
+def compress_on_rank(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None, log,
+                     target_speedup: float | None, world: World, started: float) -> dict | None:
+    """compress's work on one rank: every rank distils; what is decided (the search, the cuts) rank 0 decides."""
+    placement = Placement.on(world.device)
     recipe, teacher = load_teacher_and_recipe(teacher_dir, recipe_path, target_speedup, log)
+    per_rank_batch(recipe.distillation.batch_size, world.world_size)  # refused before the teacher runs
     sources = {"teacher": model_checksum(teacher_dir), "data": data_checksum(data_dir)}
-    outputs = TeacherOutputs(outputs_folder(teacher_dir), sources["teacher"], sources["data"], log)
+    outputs = TeacherOutputs(outputs_folder(teacher_dir), sources["teacher"], sources["data"], log, world)
     checkpoints = Checkpoints(out, {**sources, "recipe": recipe.model_dump(mode="json"),
                                     "target_speedup": target_speedup}, log)
-    saved = checkpoints.load()
+    saved = load_checkpoint_on_every_rank(checkpoints, world)
     placement.place(teacher)
     reference = measure_teacher(teacher, teacher_dir, data_dir, recipe, log, outputs)
-    searched = saved.progress.get("searched") if saved else None
-    if recipe.search:
-        if searched is None:
-            searched = search_policy(teacher, reference.full_train, reference.order, recipe,
-                                     reference.entry["latency_ms_p50"] / target_speedup, log)
-        recipe = policy_recipe(recipe, searched["policy"])
-        recipe.check_against(teacher.config)
-
+    recipe, searched = searched_recipe(teacher, reference, recipe, saved, target_speedup, world, log)
     views = make_views(teacher, reference.train, recipe, log, outputs)
     log(f"teacher outputs: {', '.join(f'{part} {how}' for part, how in outputs.parts.items())} "
         f"({outputs.seconds:.1f} s; {outputs.folder})")
     context = Context(recipe, data_dir, reference.train, reference.cache, reference.test, reference.predictions,
                       views, log, reference.choices)
-    context.device, context.checkpoints = placement.device, checkpoints
+    context.device, context.checkpoints, context.world = placement.device, checkpoints, world
     context.noted = {"searched": searched} if searched else {}
     torch.manual_seed(recipe.seed)  # the same draws whether the teacher's outputs were computed or read
     if saved is None:
@@ -104,14 +110,61 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
         student = resumed_student(saved, context, placement, build_stages(recipe)) or teacher
     del teacher
     student, entries = run_stages(build_stages(recipe), student, context)
+    world.check_same_model(student, "student")  # DDP and the agreed cuts keep the ranks equal: checked, not hoped
+    if not world.main:
+        return None
+    report, calibration = finish_report(teacher_dir, reference, student, entries, context, views, searched, started)
+    report["teacher_outputs"] = outputs.record()
+    report["resumed"] = None if saved is None else saved.progress["stage"]
+    report["distributed"] = world.record()
+    write_student(out, student, recipe, report, searched, calibration)
+    checkpoints.discard()  # the student is written: nothing left to resume
+    return report
+
+
+def searched_recipe(teacher: AuditModel, reference: Reference, recipe: Recipe, saved: Saved | None,
+                    target_speedup: float | None, world: World, log) -> tuple[Recipe, dict | None]:
+    """The recipe with its searched per-layer policy (`--recipe auto`; the recipe as it is without a search
+    section): read from the checkpoint when resuming, else searched by rank 0 and sent to the other ranks."""
+    if not recipe.search:
+        return recipe, None
+    searched = saved.progress.get("searched") if saved else None
+    if searched is None:
+        budget_ms = reference.entry["latency_ms_p50"] / target_speedup
+        searched = world.agreed(lambda: search_policy(teacher, reference.full_train, reference.order, recipe,
+                                                      budget_ms, log))
+    recipe = policy_recipe(recipe, searched["policy"])
+    recipe.check_against(teacher.config)
+    return recipe, searched
+
+
+def load_checkpoint_on_every_rank(checkpoints: Checkpoints, world: World) -> Saved | None:
+    """The checkpoint to resume from, the same on every rank: rank 0 reads it first (and removes one of another
+    key), then the others."""
+    saved = checkpoints.load() if world.main else None
+    world.barrier()
+    if not world.main:
+        checkpoints.log = lambda message: None
+        saved = checkpoints.load()
+    return saved
+
+
+def finish_report(teacher_dir: Path, reference: Reference, student: AuditModel, entries: list[dict],
+                  context: Context, views: Views | None, searched: dict | None, started: float
+                  ) -> tuple[dict, Calibration | None]:
+    """The student calibrated, and the report: the teacher loaded again for the latency paired with the student's."""
     calibration, calibration_entry = calibrate_student(student, context)
-    teacher = placement.place(AuditModel.from_pretrained(teacher_dir))  # again, for the paired latency
+    placement = Placement.on(context.device)
+    teacher = placement.place(AuditModel.from_pretrained(teacher_dir))
     report = assemble_report(reference, teacher, student, entries, context, views, searched, started)
     del teacher
     report.update(calibration_entry)
-    report["teacher_outputs"] = outputs.record()
-    report["resumed"] = None if saved is None else saved.progress["stage"]
-    report["distributed"] = World(placement.device).record()  # one process (compress under torchrun: not yet)
+    return report, calibration
+
+
+def write_student(out: Path, student: AuditModel, recipe: Recipe, report: dict, searched: dict | None,
+                  calibration: Calibration | None) -> None:
+    """The student folder, written at once (atomic): weights, config, recipe.json, report.json and the plots."""
     student.cpu()
     with atomic_folder(out) as staging:
         student.save_pretrained(staging)  # nested atomic write into the staging folder
@@ -121,8 +174,6 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
             plot_search(searched, staging)
         if calibration is not None:
             plot_reliability(calibration, staging, "student: temperature scaling")
-    checkpoints.discard()  # the student is written: nothing left to resume
-    return report
 
 
 def resumed_student(saved: Saved, context: Context, placement: Placement, stages: list) -> AuditModel | None:
@@ -161,6 +212,12 @@ def calibrate_student(student: AuditModel, context: Context) -> tuple[Calibratio
     return calibration, {"calibration": calibration.record}
 
 
+def check_world_size(teacher_dir: Path, recipe_path: Path | str | None, world_size: int) -> None:
+    """Refuse, before any rank starts, a world size that does not divide the recipe's global batch."""
+    recipe = load_recipe(default_recipe(teacher_dir) if recipe_path is None else recipe_path)
+    per_rank_batch(recipe.distillation.batch_size, world_size)
+
+
 def load_teacher_and_recipe(teacher_dir: Path, recipe_path: Path | str | None, target_speedup: float | None,
                             log) -> tuple[Recipe, AuditModel]:
     """The recipe (the packaged one for the teacher's preset when none is given), checked against the
@@ -192,10 +249,12 @@ def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, reci
     log(f"distilling on {len(train)} training ads, evaluating on {len(test)} test ads")
 
     draw = {"seed": recipe.seed, "ads": len(train)}
-    cache = TeacherCache.from_tensors(outputs.get("ads", draw, lambda: (cache_teacher(teacher, train).tensors(), {}))[0])
+    rows = torch.arange(len(train))
+    cache = TeacherCache.from_tensors(outputs.get(
+        "ads", draw, lambda share: (cache_teacher(teacher, train.subset(rows[share])).tensors(), {}), rows=len(train))[0])
     choices = encode_validation(data_dir, processor, teacher.config.tasks)
 
-    def on_test() -> tuple[dict, dict]:
+    def on_test(whole: slice) -> tuple[dict, dict]:  # rank 0 alone: its latency and accuracy figures
         predicted = {task: logits.argmax(-1) for task, logits in predict_logits(teacher, test).items()}
         entry = stage_entry("teacher", teacher, test, predicted, choices=choices)
         return {f"predictions.{task}": classes for task, classes in predicted.items()}, {"entry": entry}

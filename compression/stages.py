@@ -32,6 +32,7 @@ import torch
 
 from adaudit.data.encoding import EncodedSplit, tokenised_for
 from adaudit.models.modeling import AuditModel
+from adaudit.training.distributed import World
 from adaudit.training.evaluation import evaluate
 from adaudit.training.loop import duration
 from adaudit.training.measure import profile
@@ -84,6 +85,9 @@ class Context:
         self.started = time.perf_counter()
         self.epochs_done, self.epochs_planned = 0, 0  # distillation epochs, for the estimate of the time left
         self.device = torch.device("cpu")  # where distillation trains (`compress --device`, training/device.py)
+        # the ranks under torchrun (training/distributed.py): every rank distils, rank 0 decides every cut (`agreed`),
+        # measures the entries and writes the checkpoints; the others' entries hold only the stage's name
+        self.world = World()
         # resuming (checkpoints.py): where the checkpoints go (None: none are written), the stage in progress, its
         # own state, the entries of the stages done, a checkpoint taken inside a distillation to continue, and
         # what else the checkpoint must carry (the searched policy)
@@ -112,8 +116,12 @@ class Context:
         self.calibration = train.subset(calibration)
         self.calibration_cache = cache.subset(calibration)
 
-    def entry(self, name: str, model: AuditModel, extra: dict | None = None) -> dict:
-        return stage_entry(name, model, self.test, self.teacher_predictions, extra, self.choices)
+    def entry(self, name: str, model: AuditModel, extra=None) -> dict:
+        """The stage's report entry, measured on rank 0; `extra` (a function: it may cost a pass over the ads)
+        adds to it."""
+        if not self.world.main:
+            return {"name": name}
+        return stage_entry(name, model, self.test, self.teacher_predictions, extra() if extra else None, self.choices)
 
     def distillation_loss(self, model: AuditModel) -> float:
         return mean_distillation_loss(model, self.train, self.cache, self.recipe.distillation)
@@ -135,7 +143,7 @@ class Context:
         """`distil`, then back to the epoch with the lowest held-out loss (when ads are held out)."""
         if self.validation is None:
             return self.distil(model, epochs, description)
-        best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation)
+        best = BestEpoch(self.validation, self.validation_cache, self.recipe.distillation, self.world)
         losses = self.distil_checkpointed(model, epochs, description, best)
         if losses:
             self.log(f"  {description}: distillation loss {loss_change(losses)}; held-out loss "
@@ -155,7 +163,7 @@ class Context:
 
         losses = distil(model, self.train, self.cache, self.recipe.distillation, epochs, description,
                         seed=self.recipe.seed + self.steps, on_epoch_end=epoch_ended, device=self.device,
-                        state=state, optimizer_state=optimizer_state)
+                        state=state, optimizer_state=optimizer_state, world=self.world)
         self.epochs_done += max(epochs, 0)
         return losses
 
@@ -177,8 +185,8 @@ class Context:
 
     def checkpoint(self, model: AuditModel | None, optimizer=None, training_state=None,
                    best: BestEpoch | None = None) -> None:
-        """Where the run is (checkpoints.py); nothing when no checkpoints are kept."""
-        if self.checkpoints is None:
+        """Where the run is (checkpoints.py); nothing when no checkpoints are kept, or on ranks other than 0."""
+        if self.checkpoints is None or not self.world.main:
             return
         progress = {"stage": self.stage_index, "stage_state": self.stage_state, "entries": self.entries,
                     "steps": self.steps, "epochs_done": self.epochs_done, **self.noted}
@@ -234,7 +242,7 @@ class PruneVocabulary:
         context.use_splits(ads, test)
         if context.choices is not None:  # the one stage that changes the tokenizer: the validation split follows
             context.choices = tokenised_for(model, context.choices, context.data_dir, "validation")
-        return model, context.entry(self.name, model, {"seconds": time.perf_counter() - started, **summary})
+        return model, context.entry(self.name, model, lambda: {"seconds": time.perf_counter() - started, **summary})
 
 
 class DistillingStage:
@@ -252,8 +260,10 @@ class DistillingStage:
         started = time.perf_counter()
         context.log(f"stage {self.number}: {self.name}")
         model = self.apply(model, context)
-        entry = context.entry(self.name, model, {"seconds": time.perf_counter() - started,
-                                                 "distillation_loss": context.distillation_loss(model)})
+        entry = context.entry(self.name, model, lambda: {"seconds": time.perf_counter() - started,
+                                                         "distillation_loss": context.distillation_loss(model)})
+        if not context.world.main:
+            return model, entry
         context.log(f"  -> {entry['params'] / 1e6:.3f}M params, {entry['latency_ms_p50']:.2f} ms, "
                     f"verdict accuracy {entry['accuracy']:.4f}, violation F1 {entry['violation_macro_f1']:.4f} "
                     f"(stage {self.number}: {duration(entry['seconds'])}; {context.progress()})")
@@ -288,13 +298,14 @@ class RemoveBlocks(DistillingStage):
 
         while any(removable(t) for t in stage.keep):
             towers = [t for t in stage.keep if removable(t)]
-            influence = block_influence(model, context.calibration, towers)
+            influence = context.world.agreed(lambda: {tower: scores.tolist() for tower, scores in
+                                                      block_influence(model, context.calibration, towers).items()})
             kept = {}
             for tower in towers:
                 candidates = removable(tower)
                 keep = stage.keep[tower]
                 surplus = len(candidates) if isinstance(keep, list) else len(model.blocks(tower)) - keep
-                order = sorted(candidates, key=lambda i: (influence[tower][i].item(), i))
+                order = sorted(candidates, key=lambda i: (influence[tower][i], i))
                 removed = sorted(order[:min(stage.per_step, surplus)])
                 kept[tower] = [i for i in range(len(model.blocks(tower))) if i not in removed]
                 context.log(f"  {tower}: removing teacher blocks {[teacher_numbers[tower][i] for i in removed]} "
@@ -317,8 +328,8 @@ class ShrinkWidths(DistillingStage):
 
     def apply(self, model: AuditModel, context: Context) -> AuditModel:
         stage, state = self.settings, context.stage_state  # state: what a resumed run must not decide again
-        if "kept" not in state:
-            state["kept"] = units_as_lists(*self.kept_units(model, context))
+        if "kept" not in state:  # rank 0's choice on every rank
+            state["kept"] = context.world.agreed(lambda: units_as_lists(*self.kept_units(model, context)))
         kept_heads, kept_neurons, kept_cross = units_from_lists(state["kept"])
         if not state.get("cut"):
             masks = UnitMasks(model)
@@ -398,8 +409,9 @@ class ShrinkHidden(DistillingStage):
             sizes = {t: s for t, s in sizes.items() if s < model.config.tower(t).hidden_size}
             if not sizes:
                 continue
-            scores = taylor_hidden_scores(model, context.calibration, context.calibration_cache,
-                                          context.recipe.distillation, list(sizes))
+            scores = context.world.agreed(lambda: {tower: scores.cpu() for tower, scores in taylor_hidden_scores(
+                model, context.calibration, context.calibration_cache, context.recipe.distillation,
+                list(sizes)).items()})  # rank 0's on every rank
             model = shrink_hidden(model, {t: top_indices(scores[t], s) for t, s in sizes.items()})
             context.log(f"  hidden sizes now {', '.join(f'{t} {s}' for t, s in sizes.items())}")
             state["step"] = step

@@ -118,7 +118,7 @@ def cut(model: AuditModel, config: AuditModelConfig, keep: dict[str, torch.Tenso
         tensor = old_state[old_name]
         for dim, role in enumerate(dimension_roles(name, tensor.ndim)):
             if role in keep:
-                tensor = tensor.index_select(dim, keep[role])
+                tensor = tensor.index_select(dim, keep[role].to(tensor.device))  # decisions may come as CPU indices
         if tensor.shape != target.shape:
             raise RuntimeError(f"cut left {name} with shape {tuple(tensor.shape)}, config needs {tuple(target.shape)}")
         new_state[name] = tensor.clone()

@@ -17,8 +17,12 @@ and the file is computed again and replaced, never read for the wrong teacher. F
 and renamed into it (core/files.py), so a full disk or a kill leaves no half-written file under a done name. Read
 back with safetensors' `safe_open`, the tensors are memory-mapped, not copied.
 
-Rows are split across ranks (rank r of w holds its contiguous share, `shard_rows`); `compress` runs as one process,
-so today there is one shard, named for world size 1.
+Under torchrun the rows of the distillation ads and of their views are split across ranks: rank r of w runs the
+teacher on its contiguous share (`shard_rows`) and writes `...rank<r>-of-<w>.safetensors`; after a barrier every rank
+reads all the shards back (memory-mapped). A set of shards is read whatever world size wrote it, so a run on 2 ranks
+reuses what a run on 1 rank computed and the other way round. The test split's part holds latency and accuracy
+figures, so rank 0 alone computes it (one shard) while the others wait. Several machines must see one TEACHER.outputs/
+(a shared file system, as for the teacher and the data themselves).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from safetensors.torch import save
 
 from adaudit.core.files import atomic_write_bytes
 from adaudit.models.modeling import WEIGHTS_FILE
+from adaudit.training.distributed import World
 
 MODEL_FILES = ("config.json", WEIGHTS_FILE, "vocab.txt", "tokenizer.json")  # what a model folder's outputs depend on
 
@@ -78,9 +83,8 @@ def write_safely(path: Path, data: bytes, what: str) -> None:
 class TeacherOutputs:
     """The teacher's outputs of one teacher and data set, each part loaded from disk or computed and written."""
 
-    def __init__(self, folder: Path, teacher_checksum: str, data_checksum: dict, log=print, rank: int = 0,
-                 world_size: int = 1):
-        self.folder, self.log, self.rank, self.world_size = Path(folder), log, rank, world_size
+    def __init__(self, folder: Path, teacher_checksum: str, data_checksum: dict, log=print, world: World | None = None):
+        self.folder, self.log, self.world = Path(folder), log, world or World()
         self.sources = {"teacher": teacher_checksum, "data": data_checksum}
         self.seconds = 0.0  # spent computing (the teacher's forwards) or reading outputs
         self.parts: dict[str, str] = {}  # part -> "reused" or "computed"
@@ -88,33 +92,63 @@ class TeacherOutputs:
     def key(self, part: str, settings: dict) -> dict:
         return {"part": part, **self.sources, "settings": settings}
 
-    def shard(self, part: str, settings: dict, rank: int) -> Path:
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        return self.folder / f"{part}-{digest}.rank{rank}-of-{self.world_size}.safetensors"
+    def shard(self, part: str, settings: dict, rank: int, world_size: int) -> Path:
+        return self.folder / f"{part}-{self.digest(settings)}.rank{rank}-of-{world_size}.safetensors"
 
-    def get(self, part: str, settings: dict, compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]
-            ) -> tuple[dict[str, torch.Tensor], dict]:
-        """(tensors, extra metadata) of `part`: read when every shard holds this key, else computed by `compute`
-        (the whole part; this rank writes its rows) and written."""
+    @staticmethod
+    def digest(settings: dict) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    def get(self, part: str, settings: dict, compute: Callable[[slice], tuple[dict[str, torch.Tensor], dict]],
+            rows: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, extra metadata) of the whole `part` on every rank: read when an earlier run wrote all of it
+        under this key, else computed and written. With `rows` (the part's row count) every rank computes its share,
+        `compute(share)`; without, rank 0 computes all of it, `compute(slice(None))`, and the others wait."""
         started = time.perf_counter()
         found = self.read(part, settings)
-        if found is not None:
+        if self.world.everywhere(found is not None):  # one answer on every rank: all of them compute, or none
             self.parts[part] = "reused"
             self.log(f"  teacher outputs: reusing {part} from {self.folder}")
         else:
-            tensors, extra = compute()
-            extra = json.loads(json.dumps(extra))  # as a later run reads it back
-            self.write(part, settings, tensors, extra)
+            found = self.compute(part, settings, compute, rows)
             self.parts[part] = "computed"
-            found = tensors, extra
         self.seconds += time.perf_counter() - started
         return found
 
-    def read(self, part: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict] | None:
+    def compute(self, part: str, settings: dict, compute, rows: int | None) -> tuple[dict[str, torch.Tensor], dict]:
+        world = self.world
+        rank, world_size = (world.rank, world.world_size) if rows is not None else (0, 1)
+        if rows is not None or world.main:
+            share = shard_rows(rows, rank, world_size) if rows is not None else slice(None)
+            tensors, extra = compute(share)
+            extra = json.loads(json.dumps(extra))  # as a later run reads it back
+            self.write(self.shard(part, settings, rank, world_size), part, settings, tensors, extra)
+            if not world.distributed:
+                return tensors, extra
+        world.barrier()  # every shard written: each rank reads the whole part
+        found = self.read(part, settings, world_size)
+        if found is None:
+            raise CompressionStorageError(f"the teacher's outputs ({part}) just written to {self.folder} cannot be "
+                                          "read back: does every machine see that folder?")
+        return found
+
+    def read(self, part: str, settings: dict, world_size: int | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The part from the first whole set of shards with this key (of `world_size` ranks, or any)."""
+        sizes = [world_size] if world_size else sorted(
+            {int(path.name.rsplit("-of-", 1)[1].split(".")[0])
+             for path in self.folder.glob(f"{part}-{self.digest(settings)}.rank0-of-*.safetensors")})
+        for size in sizes:
+            found = self.read_shards(part, settings, size)
+            if found is not None:
+                return found
+        return None
+
+    def read_shards(self, part: str, settings: dict, world_size: int) -> tuple[dict[str, torch.Tensor], dict] | None:
         key = json.dumps(self.key(part, settings), sort_keys=True)
         shards = []
-        for rank in range(self.world_size):
-            path = self.shard(part, settings, rank)
+        for rank in range(world_size):
+            path = self.shard(part, settings, rank, world_size)
             if not path.is_file():
                 return None
             try:
@@ -144,11 +178,9 @@ class TeacherOutputs:
                 return what
         return "other settings"
 
-    def write(self, part: str, settings: dict, tensors: dict[str, torch.Tensor], extra: dict) -> None:
-        rows = shard_rows(len(next(iter(tensors.values()))), self.rank, self.world_size)
-        mine = {name: tensor[rows].contiguous().cpu() for name, tensor in tensors.items()}
+    def write(self, path: Path, part: str, settings: dict, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        mine = {name: tensor.contiguous().cpu() for name, tensor in tensors.items()}
         metadata = {"key": json.dumps(self.key(part, settings), sort_keys=True), "extra": json.dumps(extra)}
-        path = self.shard(part, settings, self.rank)
         write_safely(path, save(mine, metadata=metadata), "the teacher's outputs")
 
     def record(self) -> dict:

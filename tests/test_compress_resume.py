@@ -157,7 +157,8 @@ def test_outputs_of_another_teacher_or_data_set_are_computed_again(tmp_path):
     computed = []
 
     def compute(value):
-        def run():
+        def run(share):
+            assert share == slice(None)  # no rows given: the whole part, computed by rank 0
             computed.append(value)
             return {"pooled": torch.full((4, 2), value)}, {"value": value}
         return run
@@ -211,7 +212,7 @@ def test_a_full_disk_while_writing_the_teachers_outputs_is_one_error_line_and_le
     outputs = tmp_path / "teacher.outputs"
     assert list(outputs.iterdir()) == []  # neither the shard nor its temporary file
     with pytest.raises(CompressionStorageError):
-        TeacherOutputs(outputs, "t", {}, quiet).get("ads", {}, lambda: ({"pooled": torch.zeros(2, 2)}, {}))
+        TeacherOutputs(outputs, "t", {}, quiet).get("ads", {}, lambda share: ({"pooled": torch.zeros(2, 2)}, {}))
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path):

@@ -12,19 +12,28 @@ training loop needs from it:
 - the global batch kept what the preset says: each rank takes global / world_size ads per step, and the
   DistributedSampler interleaves ranks so the ads of one step across all ranks are exactly the ads of the
   single-process step (`per_rank_batch`); a world size that does not divide it is refused;
-- rank 0 alone logs and writes (`is_main_process` works before the group exists, from RANK).
+- rank 0 alone logs and writes (`is_main_process` works before the group exists, from RANK);
+- what rank 0 alone decides or measures reaches the others (`agreed`), so every rank makes the same cut.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from .device import resolve_device
+
+
+# How long a rank waits at a collective for the others. Under `compress` rank 0 alone measures the teacher and every
+# stage on the test split (latency, accuracy) while the other ranks wait at the next collective: on a large teacher
+# that is many minutes, longer than torch's 10-minute default. A rank that dies is noticed by torchrun at once anyway.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 class DistributedError(ValueError):
@@ -91,6 +100,45 @@ class World:
         return DistributedSampler(range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True,
                                   seed=seed)
 
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def agreed(self, decide):
+        """What rank 0 decides, on every rank: `decide()` runs on rank 0 alone and its result (a picklable value
+        on the CPU) is broadcast. Pruning decisions go through here, so that every rank cuts the same heads, neurons
+        and blocks even where floating-point sums could differ across processes, and the others skip the work."""
+        if not self.distributed:
+            return decide()
+        holder = [decide() if self.main else None]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def everywhere(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on every rank (one answer all ranks act on)."""
+        if not self.distributed:
+            return flag
+        tensor = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
+    def gathered(self, value) -> list:
+        """`value` from every rank, in rank order (a picklable value)."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def check_same_model(self, model: torch.nn.Module, what: str) -> None:
+        """Every rank must end holding the same weights (DDP keeps them equal; the cuts are `agreed`): a digest
+        of each rank's state, compared, and DistributedError naming the ranks that differ."""
+        digests = self.gathered(state_digest(model))
+        differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if differing:
+            raise DistributedError(f"ranks {differing} hold another {what} than rank 0: the ranks diverged, "
+                                   "nothing was written")
+
     def sum(self, values: list[float]) -> list[float]:
         """`values` summed over every rank (every rank gets the sums)."""
         if not self.distributed:
@@ -111,8 +159,18 @@ def start(device_name: str | None = "auto") -> World:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
+                                timeout=COLLECTIVE_TIMEOUT)
     return World(device, dist.get_rank(), world_size, local_rank, backend)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of the model's state, names and bytes: equal only for bit-identical models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def finish(world: World) -> None:
