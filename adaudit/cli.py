@@ -139,7 +139,14 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None,
                   recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None,
                   device: DeviceOption = "auto",
-                  nproc_per_node: NprocOption = 1):
+                  nproc_per_node: NprocOption = 1,
+                  fsdp: Annotated[bool, typer.Option(help="with several processes: shard the weights, gradients and "
+                                                          "optimizer state across them (FSDP2) instead of copying "
+                                                          "the model to each (DDP), for a teacher that does not fit "
+                                                          "one device")] = False,
+                  gradient_checkpointing: Annotated[str, typer.Option(
+                      help="comma-separated towers (vision, qformer, text) whose activations are recomputed in "
+                           "backward instead of kept: less memory, more compute")] = ""):
     """Train the teacher on the labels; checkpoints every epoch, resumable."""
     from adaudit.training.distributed import launch, launched_by_torchrun, main_process_only
     from adaudit.training.teacher import MODALITIES, summary, train_teacher
@@ -158,7 +165,8 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
         return
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
                             frozen_blocks=frozen_blocks, recombined=recombined, log=main_process_only(log),
-                            device=device)
+                            device=device, fsdp=fsdp,
+                            gradient_checkpointing=tuple(t.strip() for t in gradient_checkpointing.split(",") if t.strip()))
     if metrics is not None:  # rank 0 (or the one process)
         log(f"teacher written to {out}: {summary(metrics['test'])}")
 

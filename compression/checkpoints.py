@@ -115,7 +115,7 @@ class Checkpoints:
         try:
             with atomic_folder(self.checkpoint) as staging:
                 if optimizer is not None:
-                    save_checkpoint(staging, model, optimizer, state, {})
+                    save_checkpoint(staging, model, optimizer.state_dict(), state, {})
                 elif model is not None:
                     model.save_pretrained(staging / "model")
                 write_safely(staging / TENSORS, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}),

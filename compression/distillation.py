@@ -108,6 +108,7 @@ def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings
     `world` (under torchrun) makes it DDP, each rank distilling on its share of every global batch."""
     if epochs <= 0:
         return []
+    model.checkpoint_gradients(settings.gradient_checkpointing)  # again after every cut: a cut builds a new model
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
     return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),

@@ -116,6 +116,8 @@ class DistillationSettings(Strict):
                                                                     "copy with another ad's picture")
     validation_samples: int = Field(0, ge=0, description="of `samples`, held out of distillation to keep the final "
                                                          "stage's best epoch (lowest held-out distillation loss)")
+    gradient_checkpointing: list[Tower] = Field([], description="towers whose block activations are recomputed in "
+                                                                "backward instead of kept: less memory, more compute")
 
     @model_validator(mode="after")
     def _room_to_distil(self) -> "DistillationSettings":

@@ -314,7 +314,21 @@ class AuditModel(nn.Module):
             problem = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                        else f"shape mismatch in {wrong[:3]}")
             raise ModelFolderError(f"{folder / WEIGHTS_FILE} does not match its config.json: {problem}")
-        model.load_state_dict(state, assign=True)  # the file's tensors become the weights: one copy in memory
+        return cls.from_state(config, state, saved_tokenizer(folder))
+
+    @classmethod
+    def from_state(cls, config: AuditModelConfig, state: dict[str, torch.Tensor], tokenizer=None) -> "AuditModel":
+        """A model of `config` whose weights are `state`'s tensors themselves (one copy in memory): a file's,
+        or the full weights gathered from the ranks of a sharded (FSDP) training."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state, assign=True)
         _make_unsaved_buffers(model)
-        model.tokenizer = saved_tokenizer(folder)
+        model.tokenizer = tokenizer
         return model.eval()
+
+    def checkpoint_gradients(self, towers) -> None:
+        """Recompute the named towers' block activations in backward instead of keeping them (transformers'
+        gradient checkpointing): less memory for a teacher that does not fit, about a third more compute."""
+        for tower in towers:
+            self.tower(tower).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -5,8 +5,8 @@ models are refused; a world size that does not divide the recipe's batch is one 
 
 Tolerance. Every cut is decided on rank 0 (`World.agreed`), and the DistributedSampler deals each rank its half
 of the single process's batch, so what differs between 1 and 2 ranks is what differs between two single-process
-runs whose dropout masks alone differ (the model's nn.Dropout(0.1) on the pooled features draws them from each
-rank's own generator) plus the order of floating-point sums. That second single-process run, its dropout
+runs whose dropout masks alone differ (the Q-Former's and the text tower's dropout and the one on the pooled
+features draw them from each rank's own generator) plus the order of floating-point sums. That second single-process run, its dropout
 reseeded, is the noise floor: after every stage, the 2-rank student's distillation loss must be as close to the
 1-rank one as the floor is (or within 2% of it); a broken split (both ranks on the same ads, gradients not
 averaged, a batch doubled) is not.
@@ -34,7 +34,8 @@ from conftest import quiet
 ADAUDIT = [sys.executable, "-m", "adaudit"]
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it per rank: 2 cores, no oversubscription
 RECIPE = """\
-distillation: {samples: 96, batch_size: 16, learning_rate: 0.002, views: 1, validation_samples: 16}
+distillation: {samples: 96, batch_size: 16, learning_rate: 0.002, views: 1, validation_samples: 16,
+               gradient_checkpointing: [vision, text]}
 vocabulary: {characters: common}
 calibration_samples: 32
 stages:

@@ -4,8 +4,9 @@ error line each, with nothing written.
 
 Tolerance. The DistributedSampler deals rank r the ads r, r+2, ... of the permutation the single process
 draws, so each step's two half-batches are exactly the single process's batch, and DDP averages the two
-halves' gradients: the same step. What still differs is the model's nn.Dropout(0.1) on the pooled features,
-whose masks each rank draws from its own generator, and bfloat16 rounding. So 2 ranks must land as close to
+halves' gradients: the same step. What still differs is the model's dropout (the Q-Former's and the text
+tower's, and the one on the pooled features), whose masks each rank draws from its own generator, and bfloat16
+rounding. FSDP2 (`--fsdp`) computes the same step with the weights sharded, so the same floor holds for it. So 2 ranks must land as close to
 1 rank as one more single-process run whose dropout masks alone differ (measured here: the noise floor).
 On this data (2 epochs) that floor is about 0.6 of the distance training moves the weights and 0.03 of
 the loss; a broken split (both ranks on the same ads, the batch doubled, gradients not averaged) is not
@@ -133,3 +134,85 @@ def test_a_rank_that_dies_stops_the_run_with_one_line_naming_it(dataset, tmp_pat
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: rank 1 of 2 was killed by SIGKILL"), stderr
     assert not (tmp_path / "t").exists()  # nothing half-written (a checkpoint is whole or absent)
+
+
+def test_fsdp_ranks_train_as_ddp_ranks_do_and_their_checkpoint_resumes(dataset, tmp_path, monkeypatch):
+    """2 FSDP2 ranks land as close to 1 rank as the dropout noise floor allows; the checkpoint they gather to rank 0
+    is a single process's, and 2 FSDP ranks resume from it after a rank is killed."""
+    sharded = train(dataset, tmp_path / "fsdp", "--nproc-per-node", 2, "--fsdp", "--gradient-checkpointing", "vision,text")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
+    assert metrics["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu", "fsdp": True}
+    assert "2 ranks (gloo, FSDP2); gradient checkpointing in vision, text" in sharded.stderr
+    one = single_process_run(dataset, tmp_path / "one", monkeypatch)
+    single_process_run(dataset, tmp_path / "floor", monkeypatch, dropout_seed=12345)
+    torch.manual_seed(0)
+    start = teacher_module.new_teacher("tiny").state_dict()
+    reference = load_file(str(tmp_path / "one" / "model.safetensors"))
+    apart_fsdp = weights_distance(tmp_path / "fsdp", reference, start)
+    apart_dropout = weights_distance(tmp_path / "floor", reference, start)
+    print(f"weights apart / moved: FSDP {apart_fsdp:.3f}, dropout alone {apart_dropout:.3f}; "
+          f"losses {one['train_loss']} {metrics['train_loss']}")
+    assert apart_fsdp < 1.3 * apart_dropout, (apart_fsdp, apart_dropout)
+
+    out, marker = tmp_path / "resumed", uuid.uuid4().hex
+    command = [*ADAUDIT, "teacher", "train", "--data", str(dataset), "--out", str(out), "--preset", "tiny",
+               "--epochs", "3", "--nproc-per-node", "2", "--fsdp"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**SINGLE_THREAD, "ADAUDIT_TEST_RUN": marker})
+    try:
+        victim = rank_process(marker, 1)
+        checkpoint = out.with_name(out.name + ".checkpoint")
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)  # after the first epoch's checkpoint, long before the third epoch ends
+        process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and not out.exists()
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert isinstance(saved["param_groups"][0]["params"][0], int)  # numbered as one process numbers them
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240, env=SINGLE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "after epoch 1" in resumed.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_gradient_checkpointing_gives_the_gradients_of_a_plain_backward(dataset):
+    from adaudit.data.encoding import encode_split
+    from adaudit.models.modeling import BLOCK_ANATOMY
+    from adaudit.models.preprocessing import AuditProcessor
+    from adaudit.training.loop import label_loss
+
+    torch.manual_seed(0)
+    model = teacher_module.new_teacher("tiny")
+    split = encode_split(dataset, "train", AuditProcessor(model.config, model.tokenizer), model.config.tasks)
+    index = torch.arange(8)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks in both runs (checkpointing replays them in its recompute)
+        label_loss(model, split, index).backward()
+        return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+    runs = []
+    model.blocks("text")[0].get_submodule(BLOCK_ANATOMY["text"].ffn_input).register_forward_hook(
+        lambda *args: runs.append(1))
+    plain = gradients()
+    assert len(runs) == 1
+    model.checkpoint_gradients(("vision", "qformer", "text"))
+    checkpointed = gradients()
+    assert len(runs) == 3  # forward, then again in backward: its activations were not kept
+    assert plain.keys() == checkpointed.keys()
+    for name, gradient in plain.items():
+        assert torch.allclose(gradient, checkpointed[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_gradient_checkpointing_of_an_unknown_tower_is_one_error_line(tmp_path):
+    result = train(tmp_path / "no-data", tmp_path / "t", "--gradient-checkpointing", "vision,decoder")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0] == "error: gradient checkpointing names no tower decoder: choose among vision, qformer, text"
+    assert not (tmp_path / "t").exists()

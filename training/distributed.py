@@ -13,7 +13,12 @@ training loop needs from it:
   DistributedSampler interleaves ranks so the ads of one step across all ranks are exactly the ads of the
   single-process step (`per_rank_batch`); a world size that does not divide it is refused;
 - rank 0 alone logs and writes (`is_main_process` works before the group exists, from RANK);
-- what rank 0 alone decides or measures reaches the others (`agreed`), so every rank makes the same cut.
+- what rank 0 alone decides or measures reaches the others (`agreed`), so every rank makes the same cut;
+- FSDP2 instead of DDP (`World.fsdp`, `teacher train --fsdp`) for a teacher whose weights, gradients and
+  optimizer state do not fit one device: `fully_shard` on every block of every tower, then on the whole model,
+  so each rank holds 1/world_size of them; the full weights and optimizer state are gathered to rank 0 (on the
+  CPU) only to write a checkpoint or the teacher (`unsharded`), in the format a single process writes, so a
+  checkpoint resumes under FSDP, DDP or one process alike.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    fsdp: bool = False  # shard the model (FSDP2) instead of replicating it (DDP)
 
     @property
     def main(self) -> bool:
@@ -82,13 +88,18 @@ class World:
 
     def record(self) -> dict:
         """metrics.json's / report.json's `distributed` entry."""
-        return {"world_size": self.world_size, "backend": self.backend, "device": str(self.device)}
+        return {"world_size": self.world_size, "backend": self.backend, "device": str(self.device),
+                **({"fsdp": True} if self.fsdp else {})}
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP around `model` across ranks; the model itself for one process. Unused parameters are looked
-        for because the industry picture head sits out a step whose ads all mismatch their picture."""
+        """DDP around `model` across ranks (or, with `fsdp`, the model sharded in place); the model itself for
+        one process. Call it before making the optimizer: FSDP2 replaces the parameters by their shards. Unused
+        parameters are looked for because the industry picture head sits out a step whose ads all mismatch
+        their picture."""
         if not self.distributed:
             return model
+        if self.fsdp:
+            return shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -139,6 +150,43 @@ class World:
             raise DistributedError(f"ranks {differing} hold another {what} than rank 0: the ranks diverged, "
                                    "nothing was written")
 
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """A checkpoint's optimizer state (a single process's format: parameters numbered) into `optimizer`;
+        under FSDP each rank keeps its shard of it."""
+        if not (self.distributed and self.fsdp):
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = {id(parameter): name for name, parameter in model.named_parameters()}
+        order = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+        named = {"state": {order[number]: slots for number, slots in state["state"].items()},
+                 "param_groups": [{**group, "params": [order[number] for number in group["params"]]}
+                                  for group in state["param_groups"]]}
+        for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # keys a scheduler added (initial_lr)
+            group.update({key: value for key, value in saved.items() if key not in group})
+        # strict=False: a parameter no step has touched (DINOv2's mask token) has no state, as in one process's
+        set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def unsharded(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
+        """(model, optimizer state) as one process would hold them, on rank 0: under FSDP the full weights and
+        optimizer state gathered from every rank to the CPU (every rank must call this; the others get
+        (None, None)); otherwise the model itself and its optimizer's state."""
+        if not (self.distributed and self.fsdp):
+            return model, None if optimizer is None else optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 alone receives them
+        weights = get_model_state_dict(model, options=options)
+        named = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+        if not self.main:
+            return None, None
+        from adaudit.models.modeling import AuditModel
+
+        unsharded = AuditModel.from_state(model.config, weights, model.tokenizer)
+        return unsharded, None if named is None else numbered_optimizer_state(named)
+
     def sum(self, values: list[float]) -> list[float]:
         """`values` summed over every rank (every rank gets the sums)."""
         if not self.distributed:
@@ -148,11 +196,12 @@ class World:
         return tensor.tolist()
 
 
-def start(device_name: str | None = "auto") -> World:
-    """This process's World: joins the process group when torchrun started several ranks."""
+def start(device_name: str | None = "auto", fsdp: bool = False) -> World:
+    """This process's World: joins the process group when torchrun started several ranks; `fsdp`: they shard
+    the model instead of replicating it (one process has nothing to shard it across)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return World(resolve_device(device_name))
+        return World(resolve_device(device_name), fsdp=fsdp)
     local_rank = int(os.environ["LOCAL_RANK"])
     device = resolve_device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -161,7 +210,31 @@ def start(device_name: str | None = "auto") -> World:
     if not dist.is_initialized():
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None,
                                 timeout=COLLECTIVE_TIMEOUT)
-    return World(device, dist.get_rank(), world_size, local_rank, backend)
+    return World(device, dist.get_rank(), world_size, local_rank, backend, fsdp)
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 on `model` in place: each block of every tower its own unit (its weights gathered just before it
+    runs, freed after), then the rest of the model as the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    from adaudit.models.configuration import TOWERS
+
+    for tower in TOWERS:
+        for block in model.blocks(tower):
+            fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def numbered_optimizer_state(named: dict) -> dict:
+    """An optimizer state keyed by parameter names (torch.distributed.checkpoint's) keyed as one process's
+    `optimizer.state_dict()` is: parameters numbered in the order of the parameter groups."""
+    order = [name for group in named["param_groups"] for name in group["params"]]
+    number = {name: index for index, name in enumerate(order)}
+    return {"state": {number[name]: slots for name, slots in named["state"].items()},
+            "param_groups": [{**group, "params": [number[name] for name in group["params"]]}
+                             for group in named["param_groups"]]}
 
 
 def state_digest(model: torch.nn.Module) -> str:

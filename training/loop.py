@@ -152,7 +152,7 @@ class ProgressLines:
 
 
 def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, state: TrainingState,
-                   optimizer_state: dict | None = None):
+                   optimizer_state: dict | None = None, world: World | None = None):
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         decays = parameter.ndim >= 2 and "embeddings" not in name
@@ -164,7 +164,7 @@ def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, stat
          for (decays, fresh), parameters in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))],
         lr=schedule.learning_rate)  # decaying groups first, as checkpoints written before fresh groups have them
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        (world or World()).load_optimizer_state(model, optimizer, optimizer_state)
     warmup = int(schedule.warmup_fraction * total_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=state.step - 1)
     return optimizer, scheduler
@@ -178,8 +178,9 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
 
     `device` (default: the CPU) holds the model and the batches; `world` (training/distributed.py), when
     torchrun started several ranks, wraps the model in DDP, deals each rank its share of every global
-    batch and averages the epoch's loss over all ranks. `on_epoch_end` runs on every rank with the
-    unwrapped model (what writes must check `is_main_process`)."""
+    batch and averages the epoch's loss over all ranks (DDP; with `world.fsdp` the model is sharded in place
+    and stays so: `World.unsharded` gathers it). `on_epoch_end` runs on every rank with the unwrapped model
+    (what writes must check `is_main_process`)."""
     state = state or TrainingState()
     world = world or World()
     placement = Placement.on(device or world.device, schedule.bfloat16)
@@ -187,9 +188,10 @@ def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule,
     sampler = world.sampler(size, seed=schedule.seed * 1000)  # the permutation fit always drew on 1 rank
     batch_size = per_rank_batch(schedule.batch_size, world.world_size)
     steps_per_epoch = -(-len(sampler) // batch_size)
+    trained = world.wrap(model)  # before the optimizer: FSDP2 replaces the parameters by their shards
     optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
-                                          optimizer_state)
-    run = EpochRun(world.wrap(model), loss_fn, optimizer, scheduler, placement, world)
+                                          optimizer_state, world)
+    run = EpochRun(trained, loss_fn, optimizer, scheduler, placement, world)
     epoch_losses = EpochLosses()
     progress = ProgressLines(description, steps_per_epoch * schedule.epochs, state.step,
                              enabled=None if world.main else False)
@@ -257,12 +259,11 @@ OPTIMIZER_TENSORS = "optimizer.safetensors"
 TRAINER_STATE = "trainer_state.json"
 
 
-def save_checkpoint(folder: Path, model: AuditModel, optimizer: torch.optim.Optimizer, state: TrainingState,
+def save_checkpoint(folder: Path, model: AuditModel, optimizer_state: dict, state: TrainingState,
                     extra: dict) -> None:
-    """Model, optimizer and progress in one folder, replaced atomically."""
+    """Model, optimizer state (`optimizer.state_dict()`'s format) and progress in one folder, replaced atomically."""
     with atomic_folder(folder) as staging:
         model.save_pretrained(staging / "model")
-        optimizer_state = optimizer.state_dict()
         tensors = {f"{param}.{key}": value.contiguous() for param, slots in optimizer_state["state"].items()
                    for key, value in slots.items()}
         save_file(tensors, str(staging / OPTIMIZER_TENSORS))

@@ -30,7 +30,7 @@ from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibr
                                          summary as calibration_summary)
 from adaudit.training.evaluation import evaluate
 from adaudit.core.files import atomic_write_text
-from adaudit.models.configuration import ConfigError
+from adaudit.models.configuration import TOWERS, ConfigError
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
@@ -119,23 +119,29 @@ def freeze_lower_blocks(model: AuditModel, blocks: int) -> int:
 def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | None = None,
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
                   frozen_blocks: int | None = None, recombined: float | None = None, log=print,
-                  device: str | None = "auto") -> dict | None:
+                  device: str | None = "auto", fsdp: bool = False,
+                  gradient_checkpointing: tuple[str, ...] = ()) -> dict | None:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
     (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
     fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
     added to the training ads, as a fraction of them (only when both modalities are read). `device`:
-    training/device.py. Under torchrun every rank trains (DDP) and rank 0 alone logs, evaluates and writes:
-    it returns the metrics, the other ranks None."""
+    training/device.py. Under torchrun every rank trains (DDP, or FSDP2 with `fsdp`) and rank 0 alone logs,
+    evaluates and writes: it returns the metrics, the other ranks None. `gradient_checkpointing`: the towers
+    whose activations are recomputed in backward (less memory)."""
     started = time.perf_counter()
     out = Path(out)
     row = preset(preset_name)  # a readable ConfigError for an unknown name
     schedule = replace(row.schedule, seed=seed, **({"epochs": epochs} if epochs else {}))
     per_rank_batch(schedule.batch_size, int(os.environ.get("WORLD_SIZE", "1")))  # refused before any work
-    world = start(device)
+    unknown = sorted(set(gradient_checkpointing) - set(TOWERS))
+    if unknown:
+        raise ConfigError(f"gradient checkpointing names no tower {', '.join(unknown)}: choose among "
+                         f"{', '.join(TOWERS)}")
+    world = start(device, fsdp)
     try:
         log = log if world.main else (lambda message: None)
         return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
-                           recombined, log, started)
+                           recombined, log, started, gradient_checkpointing)
     finally:
         finish(world)
 
@@ -158,7 +164,8 @@ def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: 
 
 
 def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
-                modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float):
+                modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float,
+                gradient_checkpointing: tuple[str, ...] = ()):
     """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
     checkpoint = checkpoint_folder(out)
     taxonomy = data_taxonomy(data_dir)  # the data set's labels.yaml, refused before any work if it is broken
@@ -175,8 +182,11 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
         log(f"pretrained towers: {frozen / 1e6:.2f}M parameters frozen (embeddings and lowest {frozen_blocks} blocks)")
+    model.checkpoint_gradients(gradient_checkpointing)
     log(f"{model.num_parameters() / 1e6:.2f}M parameters, on {world.device}"
-        + (f", {world.world_size} ranks ({world.backend})" if world.distributed else ""))
+        + (f", {world.world_size} ranks ({world.backend}{', FSDP2' if world.fsdp else ''})" if world.distributed
+           else "") + (f"; gradient checkpointing in {', '.join(gradient_checkpointing)}" if gradient_checkpointing
+                       else ""))
     config = model.config
     processor = AuditProcessor(config, model.tokenizer)
     train = encode_split(data_dir, "train", processor, config.tasks, limit)
@@ -187,12 +197,14 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
         f"{len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
-        if world.main:  # rank 0 alone writes; every rank holds the same weights
-            save_checkpoint(checkpoint, model, optimizer, state, {"preset": row.name, "recombined": recombined})
+        whole, optimizer_state = world.unsharded(model, optimizer)  # every rank takes part under FSDP
+        if world.main:  # rank 0 alone writes; every rank holds the same weights (or, under FSDP, a shard)
+            save_checkpoint(checkpoint, whole, optimizer_state, state, {"preset": row.name, "recombined": recombined})
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
                  f"teacher {row.name}", state, optimizer_state, on_epoch_end=save_progress, world=world)
+    model, _ = world.unsharded(model)  # under FSDP, the whole teacher gathered to rank 0
     if not world.main:
         return None
     validation = validation_split(data_dir, processor, config.tasks, modality)
