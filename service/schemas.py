@@ -98,7 +98,9 @@ class EvidenceSpan(BaseModel):
 
 class EvidenceCopy(BaseModel):
     spans: list[EvidenceSpan] = Field(description="the spans that drove the class, strongest first")
-    window: int = Field(description="tokens deleted per variant")
+    window: int = Field(description="explain_window: the most words a run covers; clauses are scored first (a "
+                        "copy of one clause: runs of `window` words), then runs of 1 to `window` words inside the "
+                        "strongest where it carries the class")
     explained_chars: int = Field(description="how many of the copy's first characters were explained (a cap)")
 
 
@@ -111,7 +113,12 @@ class EvidenceCell(BaseModel):
 
 class EvidencePicture(BaseModel):
     grid: int = Field(description="the occlusion grid is grid x grid cells")
-    scores: list[list[float]] = Field(description="each cell's drop, row by row")
+    whole: float | None = Field(description="the drop in the explained class's probability when the whole picture "
+                                "is greyed; null when that probability is below CARRYING_DROP (no greying could "
+                                "drop it that much)")
+    scores: list[list[float]] = Field(description="each cell's drop, row by row; empty when `whole` is below "
+                                      "CARRYING_DROP (0.1, service/evidence.py): the class does not rest on the "
+                                      "picture, and its grid was not searched")
     cells: list[EvidenceCell] = Field(description="the cells whose greying drops the probability most")
 
 

@@ -96,11 +96,14 @@ class GatewaySettings(BaseSettings):
     # (POST /v1/policies/reload; none listed: any caller the API keys admit)
     policy_dir: Path | None = None
     default_policy: str = Field("default", min_length=1, max_length=64)
-    # evidence (explain=true, service/evidence.py, docs/evidence.md): the work is capped by the copy's first
-    # explain_max_chars characters (one variant per window of explain_window tokens) and an explain_grid x
-    # explain_grid occlusion grid over the picture, all in one backend batch
+    # evidence (explain=true, service/evidence.py, docs/evidence.md): occlusion of the copy's first
+    # explain_max_chars characters, first a variant per clause (a copy of one clause: per run of explain_window
+    # adjacent words), then, only where that span carries the class, per run of 1 to explain_window words inside
+    # it (a clause only when it has more than explain_window words); and of the picture, first the whole picture,
+    # then, only where that carries the class, each cell of an explain_grid x explain_grid grid. One backend
+    # batch per level: the second goes out only when a span or the picture needs it
     explain_max_chars: int = Field(64, ge=1, le=2000)
-    explain_window: int = Field(2, ge=1, le=16)
+    explain_window: int = Field(4, ge=1, le=16)
     explain_grid: int = Field(4, ge=1, le=16)
     policy_admins: Annotated[list[str], NoDecode] = []
     # the review loop (docs/console.md): keep the picture and copy of each ad answered `review` in the decision
