@@ -1,0 +1,107 @@
+"""Same result at any world size: the base benchmark's chosen recipe compressed by 2 gloo ranks against 1 process.
+
+Issue 26's goal: `adaudit compress --nproc-per-node 2` on the base benchmark lands within 0.5 points of the
+1-rank verdict accuracy. RUN is a finished `benchmarks/compression.sh` run: its teacher, its data, the recipe
+its choice.json chose on the validation split, and RUN/student (1 process). This compresses the same teacher
+with the same recipe on 2 ranks into RUN/student-2-ranks (the teacher's outputs are read from
+RUN/teacher.outputs/, which the 1-process run wrote, so neither run's time includes the teacher's forward
+passes) and compares the two students on the validation and test splits.
+
+    python -m benchmarks.world_size --run runs/bench-v --out benchmarks/results
+
+Writes OUT/world-size.{json,md}. A student already in RUN/student-2-ranks is measured again, not recompressed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GOAL_POINTS = 0.5
+
+
+def compress_on_ranks(run: Path, recipe: Path, out: Path, ranks: int) -> float | None:
+    """Run the compression on `ranks` processes (one thread each, as torchrun sets them); its wall seconds."""
+    if (out / "report.json").is_file():
+        return None
+    command = [sys.executable, "-m", "adaudit", "compress", "--teacher", str(run / "teacher"), "--data",
+               str(run / "data"), "--out", str(out), "--recipe", str(recipe), "--device", "cpu",
+               "--nproc-per-node", str(ranks)]
+    print(" ".join(command), file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with (run / f"{out.name}.log").open("w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - started
+
+
+def figures(report: dict) -> dict:
+    student = report["student"]
+    return {"test_accuracy": student["accuracy"], "test_violation_macro_f1": student["violation_macro_f1"],
+            "validation_accuracy": student.get("validation", {}).get("accuracy"),
+            "validation_violation_macro_f1": student.get("validation", {}).get("violation_macro_f1"),
+            "params": student["params"], "compression_ratio": report["compression_ratio"],
+            "wall_seconds": report["wall_seconds"], "teacher_outputs_reused": report["teacher_outputs"]["reused"],
+            "distributed": report.get("distributed")}
+
+
+def markdown(summary: dict) -> str:
+    one, two = summary["one_process"], summary["two_ranks"]
+    rows = [("verdict accuracy, test", "test_accuracy"), ("violation macro-F1, test", "test_violation_macro_f1"),
+            ("verdict accuracy, validation", "validation_accuracy"),
+            ("violation macro-F1, validation", "validation_violation_macro_f1")]
+    verdict = "met" if summary["goal_met"] else "NOT met"
+    return "\n".join([
+        "# Compression at two world sizes", "",
+        f"Goal: {summary['goal']}: **{verdict}** (difference {summary['difference_points']:+.2f} points on the "
+        f"{summary['test_ads']} test ads; on the validation split {summary['validation_difference_points']:+.2f}). "
+        f"For scale: two models of this accuracy that err independently differ by "
+        f"{summary['sampling_standard_error_points']:.2f} points (one standard error) on that many ads by sampling "
+        "alone; a second 1-process run with other dropout draws was not made.", "",
+        "| | 1 process | 2 gloo ranks |", "| --- | --- | --- |",
+        *[f"| {label} | {100 * one[key]:.2f}% | {100 * two[key]:.2f}% |" for label, key in rows],
+        f"| parameters | {one['params'] / 1e6:.2f}M | {two['params'] / 1e6:.2f}M |",
+        f"| wall time | {one['wall_seconds'] / 60:.1f} min | {two['wall_seconds'] / 60:.1f} min |",
+        f"| teacher's outputs read from disk | {one['teacher_outputs_reused']} | {two['teacher_outputs_reused']} |", "",
+        f"Recipe: `{summary['recipe']}` (chosen on the validation split by benchmarks/recipe_choice.py). The 1-process "
+        "student is the benchmark's own; its wall time includes computing the teacher's outputs unless the row above "
+        "says they were read. Wall times were taken on a machine shared with other jobs: not a speed figure.", "",
+        f"Made by `{summary['command']}`.", ""])
+
+
+def main() -> None:
+    from adaudit.core.files import write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/bench-v"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--ranks", type=int, default=2)
+    args = parser.parse_args()
+    chosen = json.loads((args.run / "choice.json").read_text())["chosen"]
+    recipe = args.run / "recipes" / f"{chosen}.yaml"
+    two_folder = args.run / f"student-{args.ranks}-ranks"
+    compress_on_ranks(args.run, recipe, two_folder, args.ranks)
+    one = figures(json.loads((args.run / "student" / "report.json").read_text()))
+    two = figures(json.loads((two_folder / "report.json").read_text()))
+    difference = 100 * (two["test_accuracy"] - one["test_accuracy"])
+    test_ads = json.loads((args.run / "student" / "report.json").read_text())["student"]["samples"]
+    accuracy = one["test_accuracy"]
+    summary = {"command": "python -m benchmarks.world_size " + " ".join(sys.argv[1:]), "recipe": str(recipe),
+               "one_process": one, "two_ranks": two, "difference_points": difference,
+               "validation_difference_points": 100 * (two["validation_accuracy"] - one["validation_accuracy"]),
+               "test_ads": test_ads,
+               # two models of this accuracy, each right or wrong on every ad independently: the spread of the
+               # difference of their accuracies that sampling alone gives, for scale (not a test of equality)
+               "sampling_standard_error_points": 100 * (2 * accuracy * (1 - accuracy) / test_ads) ** 0.5,
+               "goal": f"{args.ranks}-rank test verdict accuracy within {GOAL_POINTS} points of 1 process's",
+               "goal_met": abs(difference) <= GOAL_POINTS}
+    write_results(args.out, "world-size", summary, markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
