@@ -10,7 +10,7 @@ any process it started, such as the pack's DataLoader workers). Per data-set siz
 - `adaudit teacher train --preset P --epochs E` (the `tiny` preset, 1 epoch by default: memory does not
   grow with the epochs, since every epoch reads the same pack the same way, and one epoch of 48,000 ads is
   long enough on two busy cores);
-- `adaudit compress` (the preset's packaged recipe: 2,000 distillation ads whatever the data's size,
+- `adaudit compress` (the preset's packaged recipe: for `tiny`, 120 distillation ads whatever the data's size,
   every stage evaluated on the whole test split).
 
     python -m benchmarks.scale --sizes 6000,60000 --work runs/scale --out benchmarks/results

@@ -58,12 +58,22 @@ def corpus_characters(characters: str = "gb2312") -> list[str]:
             if (len(token) == 1 or (token.startswith("##") and len(token) == 3)) and token not in left_out]
 
 
+TOKENISED_AT_ONCE = 1024  # texts per tokenizer call: a whole split's token lists at once grow with the data
+
+
+def token_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str]):
+    """Each text's token ids, tokenised a chunk at a time: the lists of one call (ids, type ids, masks as Python
+    ints) cost about 200 MiB for 48,000 ads, so memory would grow with the data set."""
+    for start in range(0, len(texts), TOKENISED_AT_ONCE):
+        yield from tokenizer(list(texts[start:start + TOKENISED_AT_ONCE]), add_special_tokens=True)["input_ids"]
+
+
 def kept_tokens(tokenizer: PreTrainedTokenizerFast, texts: list[str], characters: list[str] = ()) -> torch.Tensor:
     """Sorted ids of the tokens to keep: those of the corpus texts, the special tokens, the lowest piece,
     and every single-character piece among `characters` (so that unseen copy splits into characters
     instead of becoming unknown)."""
     kept = set(tokenizer.all_special_ids)
-    for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+    for ids in token_ids(tokenizer, texts):
         kept.update(ids)
     vocabulary = tokenizer.get_vocab()
     kept.update(vocabulary[piece] for piece in (*characters, METASPACE) if piece in vocabulary)
@@ -151,7 +161,7 @@ def prune_data_vocabulary(model: AuditModel, data_dir: Path, train: EncodedSplit
     train = replace(train, input_ids=remap_ids(train.input_ids, kept, before))
     new_id = {old: new for new, old in enumerate(kept.tolist())}
     changed = sum([new_id.get(i) for i in old] != new for old, new in zip(
-        old_tokenizer(test_copy)["input_ids"], pruned.tokenizer(test_copy)["input_ids"]))
+        token_ids(old_tokenizer, test_copy), token_ids(pruned.tokenizer, test_copy)))
     log(f"  vocabulary: {before} -> {len(kept)} tokens; {changed} of {len(test)} test ads tokenised differently")
     summary = {"vocabulary_before": before, "vocabulary_after": len(kept), "test_ads_retokenised": changed}
     return pruned, train, tokenised_for(pruned, test, data_dir, "test"), summary
