@@ -110,3 +110,21 @@ def test_the_demo_states_its_students_and_teachers_quality_beside_the_sample(tmp
     line = quality(tmp_path)
     assert "student on its test split: verdict accuracy 91.2%, violation macro-F1 50.0%" in line
     assert "teacher: verdict accuracy 95.0%, violation macro-F1 87.5%" in line
+
+
+def test_the_demo_recipe_loads_by_name_and_shrinks_every_tower_of_the_tiny_teacher():
+    """`make run` compresses the tiny teacher with `--recipe demo`: it must resolve against that shape (a wrong
+    target would only show minutes into the demo) and still cut every tower."""
+    from adaudit.compression.recipe import DEMO_RECIPE, load_recipe
+    from adaudit.demo import DEMO_RECIPE as used
+    from adaudit.models.configuration import TOWERS
+    from adaudit.training.presets import preset_config
+
+    config = preset_config("tiny", 100)
+    assert used == DEMO_RECIPE and load_recipe("demo") == load_recipe(DEMO_RECIPE)
+    blocks, widths, hidden = load_recipe("demo").resolve(config).stages
+    for tower in TOWERS:
+        teacher = config.tower(tower)
+        assert len(blocks.keep[tower]) < len(teacher.blocks)
+        assert hidden.size[tower] < teacher.hidden_size
+        assert widths.ffn[tower] < min(b.intermediate_size for b in teacher.blocks)
