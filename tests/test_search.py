@@ -75,7 +75,10 @@ def test_the_same_seed_gives_the_same_policy(setting):
 def test_the_uniform_strategy_keeps_one_ratio(setting):
     section = run_search(setting, budget_between_extremes(setting), strategy="uniform")
     assert len(section["trace"]) == 1
-    assert section["chosen"]["loss"] == pytest.approx(section["uniform"]["loss"])
+    assert section["policy"] == section["uniform"]["policy"]  # the one candidate is the uniform ratio
+    # evaluated twice (scored, then summarised), with candidates timed in between: the sums may differ in the
+    # last digits, not more
+    assert section["chosen"]["loss"] == pytest.approx(section["uniform"]["loss"], rel=1e-4)
     # compared at equal *measured* latency: the uniform ratio is timed (and re-bisected if it does not fit)
     assert section["chosen"]["measured_ms"] is not None
     assert len(section["latency_model"]["timed"]) > len(setting[3].timed)
