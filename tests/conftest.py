@@ -5,6 +5,7 @@ and distils. Sizes are small so the suite stays quick on two CPU cores.
 """
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -70,6 +71,15 @@ def student(teacher, dataset, tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("student") / "student"
     report = compress(teacher, dataset, folder, TINY_RECIPE, log=quiet)
     return folder, report
+
+
+@pytest.fixture(scope="module")
+def own_teacher(teacher, tmp_path_factory):
+    """The session's tiny teacher in a folder of its own, one per test module: the teacher's outputs folder
+    (beside it) starts empty, so a module that compresses sees its own outputs computed and reused."""
+    folder = tmp_path_factory.mktemp("own-teacher") / "teacher"
+    shutil.copytree(teacher, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

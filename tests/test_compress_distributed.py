@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -45,14 +44,6 @@ stages:
   - {kind: hidden, size: {vision: 48, qformer: 40, text: 32}, steps: 1, epochs_per_step: 1}
 final_epochs: 2
 """
-
-
-@pytest.fixture(scope="module")
-def own_teacher(teacher, tmp_path_factory):
-    """The session's tiny teacher in a folder of its own: its outputs folder (beside it) starts empty."""
-    folder = tmp_path_factory.mktemp("distributed") / "teacher"
-    shutil.copytree(teacher, folder)
-    return folder
 
 
 def compress_command(teacher, dataset, out, recipe, *extra) -> subprocess.CompletedProcess:

@@ -52,14 +52,6 @@ final_epochs: 0
 
 
 @pytest.fixture(scope="module")
-def own_teacher(teacher, tmp_path_factory):
-    """The session's tiny teacher in a folder of its own: its outputs folder (beside it) starts empty."""
-    folder = tmp_path_factory.mktemp("resume") / "teacher"
-    shutil.copytree(teacher, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     path = tmp_path_factory.mktemp("recipe") / "resume.yaml"
     path.write_text(RECIPE)
