@@ -113,7 +113,8 @@ def compress_on_rank(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: 
     world.check_same_model(student, "student")  # DDP and the agreed cuts keep the ranks equal: checked, not hoped
     if not world.main:
         return None
-    report, calibration = finish_report(teacher_dir, reference, student, entries, context, views, searched, started)
+    report, calibration = finish_report(teacher_dir, reference, student, entries, context, placement, views, searched,
+                                        started)
     report["teacher_outputs"] = outputs.record()
     report["resumed"] = None if saved is None else saved.progress["stage"]
     report["distributed"] = world.record()
@@ -150,11 +151,10 @@ def load_checkpoint_on_every_rank(checkpoints: Checkpoints, world: World) -> Sav
 
 
 def finish_report(teacher_dir: Path, reference: Reference, student: AuditModel, entries: list[dict],
-                  context: Context, views: Views | None, searched: dict | None, started: float
-                  ) -> tuple[dict, Calibration | None]:
+                  context: Context, placement: Placement, views: Views | None, searched: dict | None,
+                  started: float) -> tuple[dict, Calibration | None]:
     """The student calibrated, and the report: the teacher loaded again for the latency paired with the student's."""
     calibration, calibration_entry = calibrate_student(student, context)
-    placement = Placement.on(context.device)
     teacher = placement.place(AuditModel.from_pretrained(teacher_dir))
     report = assemble_report(reference, teacher, student, entries, context, views, searched, started)
     del teacher

@@ -117,9 +117,12 @@ class TeacherOutputs:
 
     def compute(self, part: str, settings: dict, compute, rows: int | None) -> tuple[dict[str, torch.Tensor], dict]:
         world = self.world
-        rank, world_size = (world.rank, world.world_size) if rows is not None else (0, 1)
-        if rows is not None or world.main:
-            share = shard_rows(rows, rank, world_size) if rows is not None else slice(None)
+        if rows is None:  # one shard, rank 0's
+            rank, world_size, share = 0, 1, slice(None)
+        else:
+            rank, world_size = world.rank, world.world_size
+            share = shard_rows(rows, rank, world_size)
+        if rank == world.rank:  # this rank writes shard `rank`
             tensors, extra = compute(share)
             extra = json.loads(json.dumps(extra))  # as a later run reads it back
             self.write(self.shard(part, settings, rank, world_size), part, settings, tensors, extra)
