@@ -49,6 +49,30 @@ def figures(report: dict) -> dict:
             "distributed": report.get("distributed")}
 
 
+def paired(data: Path, one_folder: Path, two_folder: Path) -> dict:
+    """The two students on the same test ads: how often they answer the verdict alike, and the ads only one of them
+    gets right. Exact McNemar test (a binomial test on those discordant ads): the chance that students erring
+    equally often would split them at least this unevenly; the accuracy gap is noise unless it is small."""
+    from scipy.stats import binomtest
+
+    from adaudit.data.encoding import encode_split
+    from adaudit.models.modeling import AuditModel
+    from adaudit.models.preprocessing import AuditProcessor
+    from adaudit.training.evaluation import predict_logits
+
+    right, answers = [], []
+    for folder in (one_folder, two_folder):
+        model = AuditModel.from_pretrained(folder)
+        encoded = encode_split(data, "test", AuditProcessor.from_folder(model.config, folder), model.config.tasks)
+        predicted = predict_logits(model, encoded)["verdict"].argmax(-1)
+        answers.append(predicted)
+        right.append(predicted == encoded.labels[:, list(model.config.tasks).index("verdict")])
+    only_one, only_two = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
+    return {"verdict_agreement": (answers[0] == answers[1]).float().mean().item(),
+            "only_one_process_right": only_one, "only_two_ranks_right": only_two,
+            "mcnemar_p_value": binomtest(only_one, only_one + only_two, 0.5).pvalue if only_one + only_two else 1.0}
+
+
 def markdown(summary: dict) -> str:
     one, two = summary["one_process"], summary["two_ranks"]
     rows = [("verdict accuracy, test", "test_accuracy"), ("violation macro-F1, test", "test_violation_macro_f1"),
@@ -62,6 +86,7 @@ def markdown(summary: dict) -> str:
         f"For scale: two models of this accuracy that err independently differ by "
         f"{summary['sampling_standard_error_points']:.2f} points (one standard error) on that many ads by sampling "
         "alone; a second 1-process run with other dropout draws was not made.", "",
+        *paired_lines(summary.get("paired")),
         "| | 1 process | 2 gloo ranks |", "| --- | --- | --- |",
         *[f"| {label} | {100 * one[key]:.2f}% | {100 * two[key]:.2f}% |" for label, key in rows],
         f"| parameters | {one['params'] / 1e6:.2f}M | {two['params'] / 1e6:.2f}M |",
@@ -71,6 +96,17 @@ def markdown(summary: dict) -> str:
         "student is the benchmark's own; its wall time includes computing the teacher's outputs unless the row above "
         "says they were read. Wall times were taken on a machine shared with other jobs: not a speed figure.", "",
         f"Made by `{summary['command']}`.", ""])
+
+
+def paired_lines(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    return [f"Paired on the same test ads: the two students answer the verdict alike on "
+            f"{100 * found['verdict_agreement']:.2f}% of them; {found['only_one_process_right']} ads only the 1-process "
+            f"student gets right, {found['only_two_ranks_right']} only the 2-rank one (exact McNemar p = "
+            f"{found['mcnemar_p_value']:.2f}: "
+            f"{'no evidence that either errs more often' if found['mcnemar_p_value'] >= 0.05 else 'a real difference'}"
+            ").", ""]
 
 
 def main() -> None:
@@ -98,7 +134,8 @@ def main() -> None:
                # difference of their accuracies that sampling alone gives, for scale (not a test of equality)
                "sampling_standard_error_points": 100 * (2 * accuracy * (1 - accuracy) / test_ads) ** 0.5,
                "goal": f"{args.ranks}-rank test verdict accuracy within {GOAL_POINTS} points of 1 process's",
-               "goal_met": abs(difference) <= GOAL_POINTS}
+               "goal_met": abs(difference) <= GOAL_POINTS,
+               "paired": paired(args.run / "data", args.run / "student", two_folder)}
     write_results(args.out, "world-size", summary, markdown(summary))
     print(markdown(summary))
 
