@@ -362,6 +362,9 @@ def test_a_failing_canary_falls_back_to_the_primary(model_dir, tmp_path):
         assert [b.status_code for b in bodies] == [200] * 3, bodies[0].text
         assert {(b.json()["model"], b.json()["arm"]) for b in bodies} == {("student", "primary")}
         assert metric(client, "adaudit_errors_total", kind="canary_failed") == 3
+        explained = audit_json(client, ad_id="ad-explained", explain=True)  # its evidence comes from the primary too
+        assert explained.status_code == 200 and explained.json()["arm"] == "primary", explained.text
+        assert explained.json()["evidence"]["variants"] >= 1
         logged = client.get(f"/v1/audits/{bodies[0].json()['request_id']}").json()
         assert (logged["model"], logged["arm"]) == ("student", "primary")
         ready = client.get("/readyz").json()
