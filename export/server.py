@@ -179,8 +179,15 @@ class TritonServer:
         return self.grpc_url if protocol == "grpc" else self.url
 
     def ready(self) -> bool:
+        """Ready to serve, and its metrics endpoint listening too: tritonserver opens that one after its HTTP
+        endpoint, so a scrape (or a test reading its counters) just after HTTP turned ready could be refused."""
+        return self._answers(f"http://{self.host}:{self.http_port}/v2/health/ready") and \
+            self._answers(f"http://{self.host}:{self.metrics_port}/metrics")
+
+    @staticmethod
+    def _answers(url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=1) as answer:
+            with urllib.request.urlopen(url, timeout=1) as answer:
                 return answer.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
