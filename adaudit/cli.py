@@ -125,6 +125,9 @@ DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, 
 NprocOption = Annotated[int, typer.Option(min=1, help="processes on this machine: runs torchrun "
                                                       "(torch.distributed.run) for you; DDP, gloo on CPU, NCCL "
                                                       "on GPUs (docs/scale.md)")]
+FsdpOption = Annotated[bool, typer.Option(help="with several processes: shard the gradients and optimizer state (and, "
+                                               "training a teacher, the weights) across them (FSDP2) instead of "
+                                               "copying them to each (DDP), for a model that does not fit one device")]
 
 
 @teacher_app.command("train")
@@ -140,10 +143,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None,
                   device: DeviceOption = "auto",
                   nproc_per_node: NprocOption = 1,
-                  fsdp: Annotated[bool, typer.Option(help="with several processes: shard the weights, gradients and "
-                                                          "optimizer state across them (FSDP2) instead of copying "
-                                                          "the model to each (DDP), for a teacher that does not fit "
-                                                          "one device")] = False,
+                  fsdp: FsdpOption = False,
                   gradient_checkpointing: Annotated[str, typer.Option(
                       help="comma-separated towers (vision, qformer, text) whose activations are recomputed in "
                            "backward instead of kept: less memory, more compute")] = ""):
@@ -182,7 +182,8 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
              target_speedup: Annotated[Optional[float], typer.Option(
                  help="for a searched recipe: the student's batch-1 latency budget is the teacher's / this")] = None,
              device: DeviceOption = "auto",
-             nproc_per_node: NprocOption = 1):
+             nproc_per_node: NprocOption = 1,
+             fsdp: FsdpOption = False):
     """Prune and distil the teacher into a student, stage by stage; writes OUT/report.json."""
     from adaudit.compression.pipeline import check_world_size, compress as run
     from adaudit.training.distributed import launch, launched_by_torchrun, main_process_only
@@ -195,7 +196,7 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
         launch(sys.argv[1:], nproc_per_node)  # the ranks log and write; a failed rank: DistributedError
         return
     report = run(teacher, data, out, recipe, log=main_process_only(log), target_speedup=target_speedup,
-                 device=device)
+                 device=device, fsdp=fsdp)
     if report is None:  # a rank other than 0: rank 0 writes and says so
         return
     log(f"student written to {out}: {report['compression_ratio']:.1f}x fewer parameters, "

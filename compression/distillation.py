@@ -14,6 +14,7 @@ another's picture (augmentation.py) has the teacher's soft labels alone.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -105,15 +106,58 @@ def distil(model: AuditModel, split: EncodedSplit, cache: TeacherCache, settings
            optimizer_state: dict | None = None, world: World | None = None) -> list[float]:
     """Train `model` toward the teacher for `epochs` epochs on `device` (default: the CPU); returns the mean
     loss per epoch. `state` and `optimizer_state` (a checkpoint's, stages.py) continue an interrupted run;
-    `world` (under torchrun) makes it DDP, each rank distilling on its share of every global batch."""
+    `world` (under torchrun) makes it DDP, each rank distilling on its share of every global batch, or with
+    `world.fsdp` FSDP2 (`distil_sharded`)."""
     if epochs <= 0:
         return []
     model.checkpoint_gradients(settings.gradient_checkpointing)  # again after every cut: a cut builds a new model
     schedule = Schedule(epochs=epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                         warmup_fraction=0.0, seed=seed)
-    return fit(model, len(split), lambda m, index: distillation_loss(m, split, cache, index, settings),
-               schedule, description, state=state, optimizer_state=optimizer_state, on_epoch_end=on_epoch_end,
-               device=device, world=world)
+    loss = lambda m, index: distillation_loss(m, split, cache, index, settings)  # noqa: E731
+    if world is not None and world.distributed and world.fsdp:
+        return distil_sharded(model, len(split), loss, schedule, description, state, optimizer_state, on_epoch_end,
+                              device, world)
+    return fit(model, len(split), loss, schedule, description, state=state, optimizer_state=optimizer_state,
+               on_epoch_end=on_epoch_end, device=device, world=world)
+
+
+class GatheredOptimizer:
+    """What an epoch's callbacks see of a sharded replica's optimizer: its full state, gathered on rank 0
+    (`World.gather_into`), as `optimizer.state_dict()` gives it in one process (what a checkpoint writes)."""
+
+    def __init__(self, state: dict | None):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        if self.state is None:
+            raise RuntimeError("the gathered optimizer state is rank 0's alone")
+        return self.state
+
+
+def distil_sharded(model: AuditModel, size: int, loss, schedule: Schedule, description: str,
+                   state: TrainingState | None, optimizer_state: dict | None, on_epoch_end,
+                   device: torch.device | None, world: World) -> list[float]:
+    """`distil` under FSDP2 (`compress --fsdp`): a replica of `model` is sharded and distils, so each rank holds
+    1/world_size of the gradients and of the optimizer state, the bulk of training's memory (AdamW keeps two
+    slots per weight); after every epoch its full weights are gathered back into `model` on every rank.
+
+    Why a replica rather than `model` itself sharded, as `teacher train --fsdp` does: every cut, score and
+    best-epoch copy of the stages (stages.py) reads the whole weights and builds a smaller model from them, and
+    the epoch's callbacks (the held-out loss, the checkpoint) run on rank 0 alone, where a sharded forward would
+    wait for the other ranks. So the whole weights stay on every rank, the rest is sharded. The soft masks of a
+    widths stage (importance.py) are hooks holding their tensors; the replica's hooks hold the same ones."""
+    replica = copy.deepcopy(model)
+
+    def epoch_ended(sharded: AuditModel, optimizer, training_state, epoch_loss: float) -> None:
+        gathered = world.gather_into(model, sharded, optimizer)
+        if on_epoch_end is not None:
+            on_epoch_end(model, GatheredOptimizer(gathered), training_state, epoch_loss)
+
+    losses = fit(replica, size, loss, schedule, description, state=state, optimizer_state=optimizer_state,
+                 on_epoch_end=epoch_ended, device=device, world=world)
+    del replica
+    model.eval()
+    return losses
 
 
 class BestEpoch:

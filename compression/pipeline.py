@@ -64,15 +64,16 @@ class Reference:
 
 
 def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None = None, log=print,
-             target_speedup: float | None = None, device: str | None = "auto") -> dict | None:
+             target_speedup: float | None = None, device: str | None = "auto", fsdp: bool = False) -> dict | None:
     """Teacher folder -> student folder (config, weights, vocabulary, recipe.json, report.json), computed on
     `device` (training/device.py). Under torchrun every rank distils (DDP, training/distributed.py) and rank 0
-    alone logs, measures and writes: it returns the report, the other ranks None.
+    alone logs, measures and writes: it returns the report, the other ranks None. `fsdp`: the ranks distil
+    with FSDP2 instead of DDP (distillation.py's `distil_sharded`).
 
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
-    world = start(device)  # refused (no CUDA) before any work; joins the other ranks under torchrun
+    world = start(device, fsdp)  # refused (no CUDA) before any work; joins the other ranks under torchrun
     try:
         log = log if world.main else (lambda message: None)
         return compress_on_rank(teacher_dir, data_dir, out, recipe_path, log, target_speedup, world, started)

@@ -4,14 +4,19 @@ Everything is real: the generator renders the ads, the teacher trains, the pipel
 and distils. Sizes are small so the suite stays quick on two CPU cores.
 """
 
+import json
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
+from adaudit.compression.checkpoints import working_folder
 from adaudit.compression.pipeline import compress
 from adaudit.compression.recipe import TINY_RECIPE, load_recipe
 from adaudit.data.generator import make_dataset
@@ -110,3 +115,50 @@ def wait_for(check, seconds: float, what: str):
             return value
         time.sleep(0.25)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+WIDTHS = 2  # the widths stage's place in a run whose recipe prunes the vocabulary: after it and the blocks stage
+
+
+def checkpoint_inside_widths(out):
+    """The checkpoint's progress once it is inside the widths stage's distillation, else None."""
+    try:
+        progress = json.loads((working_folder(out) / "checkpoint" / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return progress if progress["stage"] == WIDTHS and "soft_step" in progress["stage_state"] else None
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL `process` and every process it started: torchrun's ranks run in sessions of their own, so
+    killing the launcher's process group would leave them running."""
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for each in [process, *descendants]:
+        try:
+            os.kill(each.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    psutil.wait_procs(descendants, timeout=30)
+
+
+def kill_inside_widths(arguments, env=None) -> dict:
+    """Start `compress`, SIGKILL it (under torchrun, every rank too) as soon as a checkpoint inside the widths
+    stage is written; that checkpoint."""
+    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    out = arguments[arguments.index("--out") + 1]
+    deadline = time.monotonic() + 900
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            progress = checkpoint_inside_widths(out)
+            if progress is not None:
+                kill_tree(process)
+                return progress
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            kill_tree(process)
+    pytest.fail(f"compress ended (exit code {process.returncode}) before a checkpoint inside the widths stage")

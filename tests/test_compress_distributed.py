@@ -1,5 +1,6 @@
 """`compress` under torchrun (issue 26, item 2) through the real CLI: 2 gloo ranks compress the tiny teacher as
-1 rank does at the same global batch; the teacher's outputs are computed in shards, one per rank, and read back
+1 rank does at the same global batch, with DDP and with FSDP2 (`--fsdp`: killed inside the widths stage and run
+again, its checkpoint gathered from the shards resumes); the teacher's outputs are computed in shards, one per rank, and read back
 by a run of another world size; rank 0's pruning decisions reach every rank, and ranks that hold different
 models are refused; a world size that does not divide the recipe's batch is one error line.
 
@@ -9,7 +10,8 @@ runs whose dropout masks alone differ (the Q-Former's and the text tower's dropo
 features draw them from each rank's own generator) plus the order of floating-point sums. That second single-process run, its dropout
 reseeded, is the noise floor: after every stage, the 2-rank student's distillation loss must be as close to the
 1-rank one as the floor is (or within 2% of it); a broken split (both ranks on the same ads, gradients not
-averaged, a batch doubled) is not.
+averaged, a batch doubled) is not. FSDP2 computes the same steps with gradients and optimizer state sharded, and
+a resumed run restores the random states its checkpoint holds, so the same floor holds for it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from adaudit.compression import pipeline
 from adaudit.compression.teacher_outputs import TeacherOutputs
 from adaudit.training.distributed import DistributedError, World
 
-from conftest import quiet
+from adaudit.compression.checkpoints import working_folder
+
+from conftest import WIDTHS, kill_inside_widths, quiet
 
 ADAUDIT = [sys.executable, "-m", "adaudit"]
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun sets it per rank: 2 cores, no oversubscription
@@ -47,9 +51,8 @@ final_epochs: 2
 
 
 def compress_command(teacher, dataset, out, recipe, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([*ADAUDIT, "compress", "--teacher", str(teacher), "--data", str(dataset), "--out", str(out),
-                           "--recipe", str(recipe), "--device", "cpu", *map(str, extra)],
-                          capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+    return subprocess.run(compress_arguments(teacher, dataset, out, recipe, *extra), capture_output=True, text=True,
+                          timeout=300, env=SINGLE_THREAD)
 
 
 class ReseededTorch:
@@ -80,7 +83,13 @@ def stage_losses(report: dict) -> dict[str, float]:
     return {entry["name"]: entry["distillation_loss"] for entry in report["stages"] if "distillation_loss" in entry}
 
 
-def test_two_gloo_ranks_compress_as_one_rank_does(own_teacher, dataset, tmp_path, monkeypatch):
+def compress_arguments(teacher, dataset, out, recipe, *extra) -> list[str]:
+    return [*ADAUDIT, "compress", "--teacher", str(teacher), "--data", str(dataset), "--out", str(out),
+            "--recipe", str(recipe), "--device", "cpu", *map(str, extra)]
+
+
+def test_two_gloo_ranks_compress_as_one_rank_does_with_ddp_and_with_fsdp(own_teacher, dataset, tmp_path,
+                                                                       monkeypatch):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     two = compress_command(own_teacher, dataset, tmp_path / "two", recipe, "--nproc-per-node", 2)
@@ -94,17 +103,33 @@ def test_two_gloo_ranks_compress_as_one_rank_does(own_teacher, dataset, tmp_path
     assert shards == ["ads0-of-2.safetensors", "ads1-of-2.safetensors", "test0-of-1.safetensors",
                       "views0-of-2.safetensors", "views1-of-2.safetensors"]  # the teacher's rows split by rank
 
+    # FSDP2: the 2 ranks killed inside the widths stage, then the same command again: its checkpoint (weights and
+    # optimizer state gathered from the shards) resumes
+    fsdp = compress_arguments(own_teacher, dataset, tmp_path / "fsdp", recipe, "--nproc-per-node", 2, "--fsdp")
+    kill_inside_widths(fsdp, env=SINGLE_THREAD)
+    assert not (tmp_path / "fsdp").exists()
+    assert (working_folder(tmp_path / "fsdp") / "checkpoint" / "trainer_state.json").is_file()
+    again = subprocess.run(fsdp, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("resuming from the checkpoint") == 1 and "in the widths stage" in again.stderr
+    sharded = json.loads((tmp_path / "fsdp" / "report.json").read_text())
+    assert sharded["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu", "fsdp": True}
+    assert sharded["resumed"] == WIDTHS
+
     one = single_process_run(own_teacher, dataset, tmp_path / "one", recipe, monkeypatch)
     assert one["teacher_outputs"]["reused"]  # the 2 ranks' shards, read by 1 rank
     assert one["distributed"]["world_size"] == 1
     floor = single_process_run(own_teacher, dataset, tmp_path / "floor", recipe, monkeypatch, reseeded=True)
-    assert [entry["shape"] for entry in report["stages"]] == [entry["shape"] for entry in one["stages"]]
-    losses = {"one": stage_losses(one), "two": stage_losses(report), "floor": stage_losses(floor)}
+    for run in (report, sharded):
+        assert [entry["shape"] for entry in run["stages"]] == [entry["shape"] for entry in one["stages"]]
+    losses = {"one": stage_losses(one), "two": stage_losses(report), "fsdp": stage_losses(sharded),
+              "floor": stage_losses(floor)}
     print(f"distillation loss after each stage: {losses}")
-    assert list(losses["two"]) == ["blocks", "widths", "hidden", "final"]
+    assert list(losses["two"]) == list(losses["fsdp"]) == ["blocks", "widths", "hidden", "final"]
     for stage, loss in losses["one"].items():
         noise = abs(losses["floor"][stage] - loss)
-        assert abs(losses["two"][stage] - loss) <= max(2 * noise, 0.02 * loss), (stage, losses)
+        for ranks in ("two", "fsdp"):
+            assert abs(losses[ranks][stage] - loss) <= max(2 * noise, 0.02 * loss), (ranks, stage, losses)
 
 
 def test_shards_of_any_world_size_are_read_as_one_part(tmp_path):

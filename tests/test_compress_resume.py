@@ -10,10 +10,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -27,7 +25,7 @@ from adaudit.compression.pipeline import REPORT_FILE, compress
 from adaudit.compression.teacher_outputs import CompressionStorageError, TeacherOutputs
 from adaudit.core import files
 
-from conftest import quiet
+from conftest import WIDTHS, kill_inside_widths, quiet
 
 RECIPE = """\
 distillation: {samples: 96, batch_size: 16, learning_rate: 0.002, views: 1, validation_samples: 16}
@@ -40,7 +38,6 @@ stages:
   - {kind: hidden, size: {vision: 48, qformer: 40, text: 32}, steps: 1, epochs_per_step: 1}
 final_epochs: 1
 """
-WIDTHS = 2  # the widths stage's place in the run: after the vocabulary and the blocks stages
 QUICK = """\
 distillation: {samples: 96, batch_size: 16, views: 1, validation_samples: 16}
 vocabulary: {prune: false}
@@ -70,35 +67,6 @@ def uninterrupted(own_teacher, dataset, recipe, tmp_path_factory):
     done = subprocess.run(command(own_teacher, dataset, out, recipe), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return out, json.loads((out / REPORT_FILE).read_text())
-
-
-def checkpoint_inside_widths(out):
-    """The checkpoint's progress once it is inside the widths stage's distillation, else None."""
-    try:
-        progress = json.loads((working_folder(out) / "checkpoint" / "progress.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return progress if progress["stage"] == WIDTHS and "soft_step" in progress["stage_state"] else None
-
-
-def kill_inside_widths(arguments) -> dict:
-    """Start `compress`, SIGKILL it as soon as a checkpoint inside the widths stage is written; that checkpoint."""
-    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = arguments[arguments.index("--out") + 1]
-    deadline = time.monotonic() + 900
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            progress = checkpoint_inside_widths(out)
-            if progress is not None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                return progress
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    pytest.fail(f"compress ended (exit code {process.returncode}) before a checkpoint inside the widths stage")
 
 
 def test_a_compress_killed_inside_the_widths_stage_resumes_to_the_same_student(own_teacher, dataset, recipe,

@@ -18,7 +18,9 @@ training loop needs from it:
   optimizer state do not fit one device: `fully_shard` on every block of every tower, then on the whole model,
   so each rank holds 1/world_size of them; the full weights and optimizer state are gathered to rank 0 (on the
   CPU) only to write a checkpoint or the teacher (`unsharded`), in the format a single process writes, so a
-  checkpoint resumes under FSDP, DDP or one process alike.
+  checkpoint resumes under FSDP, DDP or one process alike. Under `compress` every cut reads the whole weights,
+  so there a sharded replica distils and its weights are gathered back after every epoch (`gather_into`,
+  compression/distillation.py's `distil_sharded`).
 """
 
 from __future__ import annotations
@@ -186,6 +188,21 @@ class World:
 
         unsharded = AuditModel.from_state(model.config, weights, model.tokenizer)
         return unsharded, None if named is None else numbered_optimizer_state(named)
+
+    def gather_into(self, whole: torch.nn.Module, sharded: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict | None:
+        """The FSDP-sharded `sharded`'s full weights loaded into `whole` (the same model, not sharded) on every
+        rank, and its optimizer's full state, as one process numbers it, on rank 0 (None elsewhere). Every rank
+        must call this: both are gathered from every rank's shards."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        whole.load_state_dict(get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True)))
+        if optimizer is None:
+            return None
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 alone receives it
+        named = get_optimizer_state_dict(sharded, optimizer, options=options)
+        return numbered_optimizer_state(named) if self.main else None
 
     def sum(self, values: list[float]) -> list[float]:
         """`values` summed over every rank (every rank gets the sums)."""
