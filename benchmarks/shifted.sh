@@ -6,7 +6,8 @@
 # the demo teacher: without them a teacher learns little about image-text mismatch.
 # Steps whose output exists are skipped, so an interrupted run continues (--resume).
 # Usage: benchmarks/shifted.sh     (about an hour on two CPU cores: data, teacher, compression)
-#        PRETRAINED=1 benchmarks/shifted.sh   also the pretrained teacher on the same data (about 40 min more)
+#        PRETRAINED=1 benchmarks/shifted.sh   also the pretrained teacher on the same data and its student from
+#        the packaged pretrained recipe (about 80 min more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
@@ -22,7 +23,9 @@ models=(--model "teacher=$RUN/teacher" --model "student=$RUN/student")
 if [ "${PRETRAINED:-0}" = 1 ]; then
   [ -f "$RUN/pretrained/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/pretrained" \
     --preset pretrained --resume
-  models+=(--model "pretrained=$RUN/pretrained")
+  [ -f "$RUN/pretrained-student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/pretrained" --data "$RUN/data" \
+    --out "$RUN/pretrained-student"
+  models+=(--model "pretrained=$RUN/pretrained" --model "pretrained-student=$RUN/pretrained-student")
 fi
 run .venv/bin/python -m benchmarks.shifted "${models[@]}" --test-data "$RUN/data" --shifted-data "$RUN/data" \
   --out benchmarks/results

@@ -244,12 +244,16 @@ class AuditModel(nn.Module):
         return self.tower(tower).encoder.layer
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                output_hidden_states: bool = False) -> AuditOutput:
+                output_hidden_states: bool = False, picture_rows: torch.Tensor | None = None) -> AuditOutput:
+        """`picture_rows` (serving.py): for each row of the copy, the index of its picture in `pixel_values`, so
+        that rows sharing a picture (the copy variants of `explain`) encode it once; None: a picture per row."""
         vision = self.vision(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         queries = self.query_tokens.expand(pixel_values.shape[0], -1, -1)
         qformer = self.qformer(query_embeds=queries, encoder_hidden_states=vision.last_hidden_state,
                                output_hidden_states=output_hidden_states)
         visual_tokens = self.projector(qformer.last_hidden_state)
+        if picture_rows is not None:
+            visual_tokens = visual_tokens[picture_rows]
         word_embeddings = self.text.embeddings.word_embeddings(input_ids)
         query_mask = attention_mask.new_ones(attention_mask.shape[0], visual_tokens.shape[1])
         text_mask = torch.cat([query_mask, attention_mask], dim=1)
@@ -260,7 +264,8 @@ class AuditModel(nn.Module):
             attention_mask=text_mask,
             output_hidden_states=output_hidden_states,
         )
-        pooled = text.last_hidden_state[:, visual_tokens.shape[1]]  # the copy's [CLS] token
+        # the copy's [CLS] token, copied out: FSDP2 warns of (and would mis-hook in-place ops on) a returned view
+        pooled = text.last_hidden_state[:, visual_tokens.shape[1]].clone()
         features = self.dropout(pooled)
         logits = {task: head(features) for task, head in self.heads.items()}
         picture = visual_tokens.mean(dim=1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .modeling import AuditModel
 from .preprocessing import AuditProcessor
 
 
@@ -48,12 +49,35 @@ def calibrated(logits: dict[str, torch.Tensor], temperatures: dict[str, float]) 
             for task, value in logits.items()}
 
 
+def distinct_pictures(image_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's pictures with each run of equal consecutive ones kept once, and each row's index among them;
+    (the pictures, None) when no row repeats the one before it.
+
+    Why consecutive runs: `explain` sends an ad's copy variants as consecutive rows over one picture
+    (service/evidence.py), and comparing each row with the one before costs a pass over the bytes, far below a
+    vision forward, where sorting every row (torch.unique) would cost more on a batch without repeats."""
+    if len(image_bytes) < 2:
+        return image_bytes, None
+    repeats = (image_bytes[1:] == image_bytes[:-1]).flatten(1).all(1)
+    if not bool(repeats.any()):
+        return image_bytes, None
+    starts = torch.cat([repeats.new_ones(1), ~repeats])
+    return image_bytes[starts], torch.cumsum(starts.long(), 0) - 1
+
+
 @torch.inference_mode()
 def served_logits(model, image_bytes: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Each task's calibrated logits for a batch of prepared ads, as served (no gradients).
 
     `model` is an `AuditModel` or anything called the same way that returns raw logits (the ONNX
-    Runtime model); the temperatures come from `task_temperatures(model)`."""
-    logits = model(**model_inputs(image_bytes, input_ids, attention_mask, dtype)).logits
+    Runtime model); the temperatures come from `task_temperatures(model)`. An `AuditModel` encodes a picture
+    that consecutive rows share once (`distinct_pictures`): the same logits, less vision work."""
+    picture_rows = None
+    if isinstance(model, AuditModel):
+        image_bytes, picture_rows = distinct_pictures(image_bytes)
+    inputs = model_inputs(image_bytes, input_ids, attention_mask, dtype)
+    if picture_rows is not None:
+        inputs["picture_rows"] = picture_rows
+    logits = model(**inputs).logits
     return calibrated(logits, task_temperatures(model))

@@ -11,6 +11,7 @@ from adaudit.training.presets import preset_config
 from adaudit.models.labels import TASKS
 from adaudit.models.modeling import AuditModel, ModelFolderError
 from adaudit.models.preprocessing import PARALLEL_TOKENISING_FROM, AuditProcessor
+from adaudit.models.serving import distinct_pictures, served_logits
 from adaudit.models.tokenizer import build_vocabulary, fast_tokenizer, gb2312_characters, make_tokenizer
 
 
@@ -30,6 +31,28 @@ def tiny_model():
 def test_heads_cover_every_task(tiny_model):
     logits = tiny_model(**random_inputs(tiny_model.config)).logits
     assert {task: tensor.shape[-1] for task, tensor in logits.items()} == {t: len(n) for t, n in TASKS.items()}
+
+
+def test_rows_that_share_a_picture_encode_it_once_and_answer_the_same(tiny_model):
+    """explain's copy variants over one picture (service/evidence.py): the vision tower sees each run of equal
+    consecutive pictures once, and every row's logits are those of its own full forward."""
+    size, generator = tiny_model.config.image_size, torch.Generator().manual_seed(1)
+    pictures = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=generator)
+    image_bytes = pictures[[0, 0, 0, 1, 2, 2, 0]]  # runs 0 0 0 | 1 | 2 2 | 0 (the last 0 is not consecutive)
+    ids = torch.randint(5, tiny_model.config.vocab_size, (7, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    seen = []
+    hook = tiny_model.vision.register_forward_hook(lambda module, args, output: seen.append(len(output[0])))
+    try:
+        shared = served_logits(tiny_model, image_bytes, ids, mask)
+        assert seen == [4]  # four runs of pictures, not seven rows
+        one_by_one = [served_logits(tiny_model, image_bytes[[row]], ids[[row]], mask[[row]]) for row in range(7)]
+    finally:
+        hook.remove()
+    assert distinct_pictures(pictures)[1] is None  # no repeats: the batch as it is
+    for task, logits in shared.items():
+        assert torch.allclose(logits, torch.cat([row[task] for row in one_by_one]), atol=1e-5), task
 
 
 def test_towers_are_transformers_blocks(tiny_model):
