@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The base benchmark (benchmarks/compression.sh's steps) on a GPU machine: the `base` teacher and the
-# candidate compressions with --device cuda, then teacher training with torchrun (DDP over NCCL) on every
-# GPU of the machine. Results go to a folder named for the GPU, e.g. benchmarks/results/gpu-nvidia-h100-80gb-hbm3/.
+# candidate compressions with --device cuda, then teacher training with torchrun (DDP over NCCL) and the
+# chosen recipe's compress with FSDP2 on every GPU of the machine. Results go to a folder named for the GPU, e.g. benchmarks/results/gpu-nvidia-h100-80gb-hbm3/.
 # Never run on a machine without CUDA (it stops at once); commit its results only after a real GPU run.
 # Steps whose output exists are skipped, so an interrupted run continues.
 # Usage: benchmarks/gpu.sh        (RUN=runs/gpu-bench by default; CANDIDATES as in compression.sh)
@@ -38,6 +38,10 @@ while [ $((NPROC * 2)) -le "$GPUS" ] && [ $((32 % (NPROC * 2))) -eq 0 ]; do NPRO
 if [ "$NPROC" -gt 1 ]; then
   [ -f "$RUN/teacher-ddp$NPROC/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" \
     --out "$RUN/teacher-ddp$NPROC" --preset base --resume --device cuda --nproc-per-node "$NPROC"
+  # 3. the chosen recipe's compress on every GPU with FSDP2 (gradients and optimizer state sharded)
+  CHOSEN=$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUN/choice.json")
+  [ -f "$RUN/student-fsdp$NPROC/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
+    --out "$RUN/student-fsdp$NPROC" --recipe "$RUN/recipes/$CHOSEN.yaml" --device cuda --nproc-per-node "$NPROC" --fsdp
 fi
 # the figures side by side: 1 GPU against NPROC GPUs (wall time, loss curve, test accuracy)
 $PYTHON - "$RUN" "$RESULTS" "$NPROC" "$GPU_NAME" "$GPUS" <<'PY'
@@ -49,7 +53,12 @@ for folder in [run / "teacher"] + ([run / f"teacher-ddp{nproc}"] if nproc > 1 el
     m = json.loads((folder / "metrics.json").read_text())
     rows[folder.name] = {"distributed": m.get("distributed"), "wall_seconds": m["wall_seconds"],
                          "train_loss": m["train_loss"], "test_accuracy": m["test"]["accuracy"]}
-out = {"gpu": name, "gpus": gpus, "teachers": rows}
+students = {}
+for folder in [run / f"student-fsdp{nproc}"] if nproc > 1 else []:
+    r = json.loads((folder / "report.json").read_text())
+    students[folder.name] = {"distributed": r["distributed"], "wall_seconds": r["wall_seconds"],
+                             "test_accuracy": r["student"]["accuracy"]}
+out = {"gpu": name, "gpus": gpus, "teachers": rows, "students": students}
 (results / "teacher-ddp.json").write_text(json.dumps(out, indent=2) + "\n")
 print(json.dumps(out, indent=2))
 PY
