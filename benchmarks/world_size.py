@@ -9,7 +9,12 @@ passes) and compares the two students on the validation and test splits.
 
     python -m benchmarks.world_size --run runs/bench-v --out benchmarks/results
 
-Writes OUT/world-size.{json,md}. A student already in RUN/student-2-ranks is measured again, not recompressed.
+`--second-seed N` also compresses the same teacher in 1 process with the recipe's seed set to N (other
+distillation ads drawn, other views, other dropout masks) into RUN/student-seed-N: the spread that two runs of the
+same procedure give, against which the world-size difference is read.
+
+Writes OUT/world-size.{json,md}. A student already in RUN/student-2-ranks (or RUN/student-seed-N) is measured
+again, not recompressed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ GOAL_POINTS = 0.5
 
 
 def compress_on_ranks(run: Path, recipe: Path, out: Path, ranks: int) -> float | None:
-    """Run the compression on `ranks` processes (one thread each, as torchrun sets them); its wall seconds."""
+    """Run the compression on `ranks` processes (several: one thread each, as torchrun sets them); its wall seconds."""
     if (out / "report.json").is_file():
         return None
     command = [sys.executable, "-m", "adaudit", "compress", "--teacher", str(run / "teacher"), "--data",
@@ -35,8 +40,19 @@ def compress_on_ranks(run: Path, recipe: Path, out: Path, ranks: int) -> float |
     print(" ".join(command), file=sys.stderr, flush=True)
     started = time.perf_counter()
     with (run / f"{out.name}.log").open("w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        threads = {"OMP_NUM_THREADS": "1"} if ranks > 1 else {}  # 1 process: every core, as the benchmark's own ran
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **threads})
     return time.perf_counter() - started
+
+
+def reseeded_recipe(recipe: Path, seed: int, out: Path) -> Path:
+    """`recipe` with its seed set to `seed`, written as OUT (the recipe of the second 1-process run)."""
+    import yaml
+
+    settings = yaml.safe_load(recipe.read_text())
+    settings["seed"] = seed
+    out.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return out
 
 
 def figures(report: dict) -> dict:
@@ -49,7 +65,7 @@ def figures(report: dict) -> dict:
             "distributed": report.get("distributed")}
 
 
-def paired(data: Path, one_folder: Path, two_folder: Path) -> dict:
+def paired(data: Path, one_folder: Path, two_folder: Path, names: tuple[str, str] = ("one_process", "two_ranks")) -> dict:
     """The two students on the same test ads: how often they answer the verdict alike, and the ads only one of them
     gets right. Exact McNemar test (a binomial test on those discordant ads): the chance that students erring
     equally often would split them at least this unevenly; the accuracy gap is noise unless it is small."""
@@ -69,7 +85,7 @@ def paired(data: Path, one_folder: Path, two_folder: Path) -> dict:
         right.append(predicted == encoded.labels[:, list(model.config.tasks).index("verdict")])
     only_one, only_two = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
     return {"verdict_agreement": (answers[0] == answers[1]).float().mean().item(),
-            "only_one_process_right": only_one, "only_two_ranks_right": only_two,
+            f"only_{names[0]}_right": only_one, f"only_{names[1]}_right": only_two,
             "mcnemar_p_value": binomtest(only_one, only_one + only_two, 0.5).pvalue if only_one + only_two else 1.0}
 
 
@@ -85,7 +101,7 @@ def markdown(summary: dict) -> str:
         f"{summary['test_ads']} test ads; on the validation split {summary['validation_difference_points']:+.2f}). "
         f"For scale: two models of this accuracy that err independently differ by "
         f"{summary['sampling_standard_error_points']:.2f} points (one standard error) on that many ads by sampling "
-        "alone; a second 1-process run with other dropout draws was not made.", "",
+        f"alone{second_run_sentence(summary.get('second_run'))}", "",
         *paired_lines(summary.get("paired")),
         "| | 1 process | 2 gloo ranks |", "| --- | --- | --- |",
         *[f"| {label} | {100 * one[key]:.2f}% | {100 * two[key]:.2f}% |" for label, key in rows],
@@ -96,6 +112,19 @@ def markdown(summary: dict) -> str:
         "student is the benchmark's own; its wall time includes computing the teacher's outputs unless the row above "
         "says they were read. Wall times were taken on a machine shared with other jobs: not a speed figure.", "",
         f"Made by `{summary['command']}`.", ""])
+
+
+def second_run_sentence(second: dict | None) -> str:
+    if not second:
+        return "; a second 1-process run with other draws was not made."
+    found = second["paired"]
+    return (f". A second 1-process run, recipe seed {second['seed']} (other ads drawn, other views and dropout masks), "
+            f"lands at {100 * second['figures']['test_accuracy']:.2f}% ({second['difference_points']:+.2f} points from "
+            f"the first; validation {second['validation_difference_points']:+.2f}); the two 1-process students answer "
+            f"the verdict alike on {100 * found['verdict_agreement']:.2f}% of the test ads "
+            f"({found['only_one_process_right']} / {found['only_second_run_right']} ads only one of them gets right, "
+            f"McNemar p = {found['mcnemar_p_value']:.2f}). That spread is what the world-size difference is read "
+            "against.")
 
 
 def paired_lines(found: dict | None) -> list[str]:
@@ -116,6 +145,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/bench-v"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--second-seed", type=int, default=None,
+                        help="also a second 1-process run with this recipe seed (the spread of two runs)")
     args = parser.parse_args()
     chosen = json.loads((args.run / "choice.json").read_text())["chosen"]
     recipe = args.run / "recipes" / f"{chosen}.yaml"
@@ -136,6 +167,16 @@ def main() -> None:
                "goal": f"{args.ranks}-rank test verdict accuracy within {GOAL_POINTS} points of 1 process's",
                "goal_met": abs(difference) <= GOAL_POINTS,
                "paired": paired(args.run / "data", args.run / "student", two_folder)}
+    if args.second_seed is not None:
+        second_folder = args.run / f"student-seed-{args.second_seed}"
+        compress_on_ranks(args.run, reseeded_recipe(recipe, args.second_seed, args.run / f"seed-{args.second_seed}.yaml"),
+                          second_folder, 1)
+        second = figures(json.loads((second_folder / "report.json").read_text()))
+        summary["second_run"] = {
+            "seed": args.second_seed, "figures": second,
+            "difference_points": 100 * (second["test_accuracy"] - one["test_accuracy"]),
+            "validation_difference_points": 100 * (second["validation_accuracy"] - one["validation_accuracy"]),
+            "paired": paired(args.run / "data", args.run / "student", second_folder, ("one_process", "second_run"))}
     write_results(args.out, "world-size", summary, markdown(summary))
     print(markdown(summary))
 
