@@ -57,14 +57,15 @@ def render(summary: dict, run: Path) -> str:
 
 def main() -> None:
     from adaudit.core.files import write_results
+
+    from .recipe_choice import chosen_recipe
     from adaudit.training.measure import machine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/bench-v"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    chosen = json.loads((args.run / "choice.json").read_text())["chosen"]
-    recipe = args.run / "recipes" / f"{chosen}.yaml"
+    recipe = chosen_recipe(args.run)
     load_at_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(dir=args.run) as scratch:
         teacher = Path(scratch) / "teacher"

@@ -39,9 +39,9 @@ if [ "$NPROC" -gt 1 ]; then
   [ -f "$RUN/teacher-ddp$NPROC/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" \
     --out "$RUN/teacher-ddp$NPROC" --preset base --resume --device cuda --nproc-per-node "$NPROC"
   # 3. the chosen recipe's compress on every GPU with FSDP2 (gradients and optimizer state sharded)
-  CHOSEN=$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'])" "$RUN/choice.json")
   [ -f "$RUN/student-fsdp$NPROC/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
-    --out "$RUN/student-fsdp$NPROC" --recipe "$RUN/recipes/$CHOSEN.yaml" --device cuda --nproc-per-node "$NPROC" --fsdp
+    --out "$RUN/student-fsdp$NPROC" --recipe "$($PYTHON -m benchmarks.recipe_choice chosen "$RUN")" --device cuda \
+    --nproc-per-node "$NPROC" --fsdp
 fi
 # the figures side by side: 1 GPU against NPROC GPUs (wall time, loss curve, test accuracy)
 $PYTHON - "$RUN" "$RESULTS" "$NPROC" "$GPU_NAME" "$GPUS" <<'PY'

@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipe_choice prepare RUN   # RUN/recipes/NAME.yaml for every candidate
     python -m benchmarks.recipe_choice choose RUN    # RUN/choice.json; RUN/student -> the chosen candidate
+    python -m benchmarks.recipe_choice chosen RUN    # prints the chosen candidate's recipe file
 
 benchmarks/compression.sh compresses the teacher once per candidate (RUN/candidate-NAME) and then asks
 `choose`: the candidate with the best verdict accuracy on the data set's validation split (then
@@ -80,7 +81,13 @@ def choose(run: Path) -> dict:
     return choice
 
 
+def chosen_recipe(run: Path) -> Path:
+    """RUN/recipes/NAME.yaml of the candidate RUN/choice.json chose (what later benchmarks compress again)."""
+    return run / "recipes" / f"{json.loads((run / 'choice.json').read_text())['chosen']}.yaml"
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("prepare", "choose"):
-        raise SystemExit("usage: python -m benchmarks.recipe_choice prepare|choose RUN")
-    (prepare if sys.argv[1] == "prepare" else choose)(Path(sys.argv[2]))
+    commands = {"prepare": prepare, "choose": choose, "chosen": lambda run: print(chosen_recipe(run))}
+    if len(sys.argv) != 3 or sys.argv[1] not in commands:
+        raise SystemExit("usage: python -m benchmarks.recipe_choice prepare|choose|chosen RUN")
+    commands[sys.argv[1]](Path(sys.argv[2]))

@@ -23,6 +23,7 @@ import shlex
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,12 +69,13 @@ def measure(folder: Path, rounds: int) -> dict:
         batch = explain_batch(model.config, copy_rows, picture_rows)
         shared, unshared = served_logits(model, **batch), unshared_logits(model, **batch)
         largest = max(float((shared[task] - unshared[task]).abs().max()) for task in shared)
+        sharing, not_sharing = partial(served_logits, model), partial(unshared_logits, model)
         for _ in range(10):  # warm-up
-            timed(lambda **b: served_logits(model, **b), batch), timed(lambda **b: unshared_logits(model, **b), batch)
+            timed(sharing, batch), timed(not_sharing, batch)
         with_sharing, without = [], []
         for _ in range(rounds):
-            with_sharing.append(timed(lambda **b: served_logits(model, **b), batch))
-            without.append(timed(lambda **b: unshared_logits(model, **b), batch))
+            with_sharing.append(timed(sharing, batch))
+            without.append(timed(not_sharing, batch))
         p50_with, p50_without = statistics.median(with_sharing), statistics.median(without)
         figures[name] = {"rows": copy_rows + picture_rows, "pictures": 1 + picture_rows,
                          "p50_ms_shared": round(p50_with, 3), "p50_ms_unshared": round(p50_without, 3),

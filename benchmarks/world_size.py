@@ -141,6 +141,8 @@ def paired_lines(found: dict | None) -> list[str]:
 def main() -> None:
     from adaudit.core.files import write_results
 
+    from .recipe_choice import chosen_recipe
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/bench-v"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -148,8 +150,7 @@ def main() -> None:
     parser.add_argument("--second-seed", type=int, default=None,
                         help="also a second 1-process run with this recipe seed (the spread of two runs)")
     args = parser.parse_args()
-    chosen = json.loads((args.run / "choice.json").read_text())["chosen"]
-    recipe = args.run / "recipes" / f"{chosen}.yaml"
+    recipe = chosen_recipe(args.run)
     two_folder = args.run / f"student-{args.ranks}-ranks"
     compress_on_ranks(args.run, recipe, two_folder, args.ranks)
     one = figures(json.loads((args.run / "student" / "report.json").read_text()))
