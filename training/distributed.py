@@ -176,30 +176,36 @@ class World:
         (None, None)); otherwise the model itself and its optimizer's state."""
         if not (self.distributed and self.fsdp):
             return model, None if optimizer is None else optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 alone receives them
         weights = get_model_state_dict(model, options=options)
-        named = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+        state = self.optimizer_state_on_rank_zero(model, optimizer)
         if not self.main:
             return None, None
         from adaudit.models.modeling import AuditModel
 
-        unsharded = AuditModel.from_state(model.config, weights, model.tokenizer)
-        return unsharded, None if named is None else numbered_optimizer_state(named)
+        return AuditModel.from_state(model.config, weights, model.tokenizer), state
 
     def gather_into(self, whole: torch.nn.Module, sharded: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict | None:
         """The FSDP-sharded `sharded`'s full weights loaded into `whole` (the same model, not sharded) on every
-        rank, and its optimizer's full state, as one process numbers it, on rank 0 (None elsewhere). Every rank
-        must call this: both are gathered from every rank's shards."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        rank, and its optimizer's full state on rank 0 (`optimizer_state_on_rank_zero`). Every rank must call
+        this: both are gathered from every rank's shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         whole.load_state_dict(get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True)))
+        return self.optimizer_state_on_rank_zero(sharded, optimizer)
+
+    def optimizer_state_on_rank_zero(self, sharded: torch.nn.Module,
+                                     optimizer: torch.optim.Optimizer | None) -> dict | None:
+        """The FSDP-sharded model's optimizer's full state gathered to rank 0 on the CPU, numbered as one process
+        numbers it (a checkpoint's format); None on the other ranks or without an optimizer. Every rank must
+        call this."""
         if optimizer is None:
             return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 alone receives it
         named = get_optimizer_state_dict(sharded, optimizer, options=options)
         return numbered_optimizer_state(named) if self.main else None
