@@ -9,9 +9,11 @@ passes) and compares the two students on the validation and test splits.
 
     python -m benchmarks.world_size --run runs/bench-v --out benchmarks/results
 
-`--second-seed N` also compresses the same teacher in 1 process with the recipe's seed set to N (other
-distillation ads drawn, other views, other dropout masks) into RUN/student-seed-N: the spread that two runs of the
-same procedure give, against which the world-size difference is read.
+`--second-seed N` also compresses the same teacher with the recipe's seed set to N (other distillation ads drawn,
+other views, other dropout masks), in 1 process into RUN/student-seed-N and on the ranks into
+RUN/student-2-ranks-seed-N: the spread that two runs of the same procedure give, against which the world-size
+difference is read, and the world-size difference averaged over the two seeds (a difference of means of two runs
+each: the seed's own luck, which one run per world size leaves in, then mostly cancels).
 
 Writes OUT/world-size.{json,md}. A student already in RUN/student-2-ranks (or RUN/student-seed-N) is measured
 again, not recompressed.
@@ -53,6 +55,28 @@ def reseeded_recipe(recipe: Path, seed: int, out: Path) -> Path:
     settings["seed"] = seed
     out.write_text(yaml.safe_dump(settings, sort_keys=False))
     return out
+
+
+def recipe_seed(recipe: Path) -> int:
+    """The seed a recipe file runs with (compression/recipe.py: 0 when it names none)."""
+    from adaudit.compression.recipe import load_recipe
+
+    return load_recipe(recipe).seed
+
+
+def seed_means(one_process: list[dict], ranks: list[dict], seeds: list[int]) -> dict:
+    """Each world size's test and validation verdict accuracy averaged over the same recipe seeds, and the
+    difference of those means: the world-size effect with each seed's luck shared by both sides."""
+    mean = lambda runs, key: sum(run[key] for run in runs) / len(runs)  # noqa: E731
+    difference = 100 * (mean(ranks, "test_accuracy") - mean(one_process, "test_accuracy"))
+    return {"seeds": seeds, "one_process_test": [run["test_accuracy"] for run in one_process],
+            "ranks_test": [run["test_accuracy"] for run in ranks],
+            "ranks_validation": [run["validation_accuracy"] for run in ranks],
+            "one_process_mean_test": mean(one_process, "test_accuracy"), "ranks_mean_test": mean(ranks, "test_accuracy"),
+            "difference_points": difference,
+            "validation_difference_points": 100 * (mean(ranks, "validation_accuracy")
+                                                   - mean(one_process, "validation_accuracy")),
+            "goal_met": abs(difference) <= GOAL_POINTS}
 
 
 def figures(report: dict) -> dict:
@@ -103,6 +127,7 @@ def markdown(summary: dict) -> str:
         f"{summary['sampling_standard_error_points']:.2f} points (one standard error) on that many ads by sampling "
         f"alone{second_run_sentence(summary.get('second_run'))}", "",
         *paired_lines(summary.get("paired")),
+        *seed_mean_lines(summary.get("seed_means")),
         "| | 1 process | 2 gloo ranks |", "| --- | --- | --- |",
         *[f"| {label} | {100 * one[key]:.2f}% | {100 * two[key]:.2f}% |" for label, key in rows],
         f"| parameters | {one['params'] / 1e6:.2f}M | {two['params'] / 1e6:.2f}M |",
@@ -125,6 +150,17 @@ def second_run_sentence(second: dict | None) -> str:
             f"({found['only_one_process_right']} / {found['only_second_run_right']} ads only one of them gets right, "
             f"McNemar p = {found['mcnemar_p_value']:.2f}). That spread is what the world-size difference is read "
             "against.")
+
+
+def seed_mean_lines(means: dict | None) -> list[str]:
+    if not means:
+        return []
+    listed = lambda values: " and ".join(f"{100 * value:.2f}%" for value in values)  # noqa: E731
+    return [f"Averaged over recipe seeds {' and '.join(map(str, means['seeds']))} (two runs per world size): 1 process "
+            f"{listed(means['one_process_test'])} (mean {100 * means['one_process_mean_test']:.2f}%), 2 ranks "
+            f"{listed(means['ranks_test'])} (mean {100 * means['ranks_mean_test']:.2f}%): a difference of "
+            f"**{means['difference_points']:+.2f} points** on test ({means['validation_difference_points']:+.2f} on "
+            f"validation); the goal read on these means: **{'met' if means['goal_met'] else 'NOT met'}**.", ""]
 
 
 def paired_lines(found: dict | None) -> list[str]:
@@ -178,6 +214,11 @@ def main() -> None:
             "difference_points": 100 * (second["test_accuracy"] - one["test_accuracy"]),
             "validation_difference_points": 100 * (second["validation_accuracy"] - one["validation_accuracy"]),
             "paired": paired(args.run / "data", args.run / "student", second_folder, ("one_process", "second_run"))}
+        reseeded_ranks = args.run / f"student-{args.ranks}-ranks-seed-{args.second_seed}"
+        compress_on_ranks(args.run, args.run / f"seed-{args.second_seed}.yaml", reseeded_ranks, args.ranks)
+        summary["seed_means"] = seed_means(
+            [one, second], [two, figures(json.loads((reseeded_ranks / "report.json").read_text()))],
+            [recipe_seed(recipe), args.second_seed])
     write_results(args.out, "world-size", summary, markdown(summary))
     print(markdown(summary))
 
