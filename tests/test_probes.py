@@ -1,0 +1,44 @@
+"""The issue-28 probes in benchmarks/: what they compute, on inputs whose answer is known."""
+
+import numpy as np
+import torch
+
+from adaudit.data.encoding import EncodedSplit
+from benchmarks.picture_pairs import pairs
+from benchmarks.validation_size import measure
+
+
+def test_a_fit_on_separable_scores_automates_every_test_ad_at_full_precision():
+    generator = np.random.default_rng(0)
+    truth = generator.random(400) < 0.5
+    scores = np.where(truth, 0.9 + 0.1 * generator.random(400), 0.1 * generator.random(400))
+    test_truth = generator.random(200) < 0.5
+    test_scores = np.where(test_truth, 0.95, 0.05)
+    row = measure(scores, truth, test_scores, test_truth, size=100, draws=3, target=0.99, seed=0)
+    assert row["draws"] == 3 and row["automation_rate_mean"] == 1.0
+    assert row["fits_reaching_target_on_test"] == 3
+
+
+def test_a_fit_whose_passes_hold_a_violation_is_counted_as_missing_the_target():
+    truth = np.array([True] * 50 + [False] * 50)
+    scores = np.concatenate([np.full(50, 0.95), np.linspace(0.0, 0.1, 50)])
+    test_truth = np.array([True] * 10 + [False] * 10)
+    test_scores = np.concatenate([np.full(9, 0.95), [0.0], np.full(10, 0.01)])  # one violation scored clean
+    row = measure(scores, truth, test_scores, test_truth, size=100, draws=2, target=0.99, seed=0)
+    assert row["draws"] == 1  # the whole pool: one fit
+    assert row["pass_precision_mean"] < 0.99 and row["fits_reaching_target_on_test"] == 0
+
+
+def test_each_pair_puts_a_picture_under_clean_copy_of_its_industry_with_the_pictures_labels():
+    count = 6
+    labels = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1], [0, 0], [0, 1]])  # (violation, industry)
+    split = EncodedSplit([f"ad-{i}" for i in range(count)], torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1),
+                         torch.arange(count).view(count, 1) + 100, torch.ones(count, 1, dtype=torch.long), labels,
+                         ["violation", "industry"])
+    made = pairs(split, torch.tensor([0, 1]), torch.tensor([2, 3, 4, 5]), labels[:, 1], 40)
+    assert len(made) == 40
+    for ad, picture, copy, row in zip(made.ids, made.image_bytes, made.input_ids, made.labels):
+        copy_ad, picture_ad = (int(part.split("-")[1]) for part in ad.split("~"))
+        assert int(picture.flatten()[0]) == picture_ad and int(copy[0]) == copy_ad + 100
+        assert picture_ad in (0, 1) and copy_ad in (2, 3, 4, 5)
+        assert labels[copy_ad, 1] == labels[picture_ad, 1] and row.tolist() == labels[picture_ad].tolist()
