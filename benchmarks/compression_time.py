@@ -63,7 +63,7 @@ def render(summary: dict, run: Path) -> str:
             f"{earlier['minutes']} minutes) compressed the same teacher right after, with its packaged default recipe: "
             f"**{same['wall_minutes']:.1f} min** (load {same['load_at_start']} at its start, {same['load_at_end']} at its "
             f"end; its student {100 * same['test_accuracy']:.2f}%, its log compression-time-earlier.log). The current "
-            f"code takes **{minutes / same['wall_minutes']:.2f}x** the earlier code's time: the goal read on one "
+            f"code takes **{same['ratio']:.2f}x** the earlier code's time: the goal read on one "
             f"machine (at most {ALLOWED_SLOWDOWN}x) is **{'met' if same['goal_met'] else 'NOT met'}**.", ""]
     lines += [
         f"The {earlier['minutes']} minutes were taken on another CPU ({earlier['cpu']}; this one: {summary['cpu']}). "

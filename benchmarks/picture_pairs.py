@@ -60,12 +60,14 @@ def pairs(train, picture_rows: torch.Tensor, clean_rows: torch.Tensor, industry:
 
 
 def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, learning_rate: float) -> dict:
+    from adaudit.data.dataset import read_split
     from adaudit.data.encoding import encode_split, encode_validation
-    from adaudit.decisions.fit import apply_thresholds, fit_thresholds, risk_scores
+    from adaudit.decisions.fit import apply_thresholds, fit_thresholds
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
     from adaudit.training.evaluation import predict_logits
     from adaudit.training.loop import Schedule, fit, label_loss
+    from adaudit.training.policy_fit import logits_scores
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -74,8 +76,7 @@ def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, l
     tasks, taxonomy = model.config.tasks, model.config.taxonomy
     train, test = (encode_split(data, split, processor, tasks) for split in ("train", "test"))
     validation = encode_validation(data, processor, tasks)
-    texts = {record["id"]: record["text"] for split in ("train", "test")
-             for record in map(json.loads, (data / f"{split}.jsonl").read_text(encoding="utf-8").splitlines())}
+    texts = {record.id: record.text for split in ("train", "test") for record in read_split(data, split)}
     column = {task: i for i, task in enumerate(train.tasks)}
     reasons = list(tasks[taxonomy.reason_task])
     gambling, clean = reasons.index("gambling"), reasons.index(taxonomy.clean_class)
@@ -96,11 +97,7 @@ def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, l
     in_copy = (truth == gambling) & ~on_picture
     recall = lambda rows: float((predicted[rows] == truth[rows]).float().mean())  # noqa: E731
 
-    def scores(split):
-        probabilities = torch.softmax(predict_logits(model, split)[taxonomy.reason_task], -1).numpy()
-        return risk_scores(probabilities, clean), split.labels[:, violation].numpy() != clean
-
-    fitted = fit_thresholds(*scores(validation), target)
+    fitted = fit_thresholds(*logits_scores(model.config, predict_logits(model, validation), validation), target)
     verdict = column[taxonomy.verdict_task]
     return {"pairs": count, "epochs": epochs, "drawn_gambling_training_ads": int(len(drawn)),
             "verdict_accuracy": float((logits[taxonomy.verdict_task].argmax(-1) == test.labels[:, verdict])
@@ -108,7 +105,8 @@ def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, l
             "picture_gambling_recall": recall(on_picture), "picture_gambling_ads": int(on_picture.sum()),
             "copy_gambling_recall": recall(in_copy), "copy_gambling_ads": int(in_copy.sum()),
             "none_recall": recall(truth == clean),
-            "automation": apply_thresholds(*scores(test), fitted.block_at, fitted.review_at),
+            "automation": apply_thresholds(*logits_scores(model.config, logits, test), fitted.block_at,
+                                           fitted.review_at),
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 

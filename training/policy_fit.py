@@ -18,7 +18,7 @@ import yaml
 
 from adaudit.core.files import atomic_write_bytes, atomic_write_text
 from adaudit.data.dataset import DatasetError
-from adaudit.data.encoding import encode_split, encode_validation
+from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.decisions.fit import FittedThresholds, fit_thresholds, precision_automation_curve, risk_scores
 from adaudit.decisions.policy import SHIPPED, check_policy, load_policy, parse_policy
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
@@ -33,7 +33,6 @@ def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> 
     """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`: the risk is read
     from the model's reason task, clean class excluded (its taxonomy, models/labels.py)."""
     model = AuditModel.from_pretrained(model_dir)
-    taxonomy = model.config.taxonomy
     processor = AuditProcessor.from_folder(model.config, model_dir)
     tasks = model.config.tasks
     if split == "validation":
@@ -43,11 +42,18 @@ def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> 
                                "ads (`adaudit data make --validation-fraction`), never on the test split")
     else:
         encoded = encode_split(data_dir, split, processor, tasks)
+    return logits_scores(model.config, predict_logits(model, encoded), encoded)
+
+
+def logits_scores(config: AuditModelConfig, logits: dict[str, torch.Tensor],
+                  encoded: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """(risk scores, whether each ad truly violates) from a model's logits over `encoded`: for callers that
+    already hold the logits (or the model in memory), the same reading as split_scores."""
+    taxonomy = config.taxonomy
     reason = taxonomy.reason_task
-    names = list(tasks[reason])
-    probabilities = torch.softmax(predict_logits(model, encoded)[reason], dim=-1).numpy()
+    probabilities = torch.softmax(logits[reason], dim=-1).numpy()
     truth = encoded.labels[:, encoded.tasks.index(reason)].numpy()
-    none_index = names.index(taxonomy.clean_class)
+    none_index = list(config.tasks[reason]).index(taxonomy.clean_class)
     return risk_scores(probabilities, none_index), truth != none_index
 
 
