@@ -302,7 +302,9 @@ def test_a_hung_triton_is_a_503_after_the_timeout_and_the_gateway_recovers(model
 def test_triton_crash_is_503_and_the_gateway_recovers_by_itself(model_dir, tmp_path, triton, protocol):
     """Triton killed (SIGKILL: the server and its model processes) and restarted on the same ports."""
     with gateway(model_dir, tmp_path, "triton", triton, protocol) as client:
-        assert client.post("/v1/audits", json=ADS[0]).status_code == 200
+        # Triton answers before the kill (as in the hung test: a fresh gateway's first gRPC call once met a 503
+        # in a full run, 1 of 3 this session, right after the HTTP variant had restarted Triton)
+        warm_up(client)
         triton.kill()  # SIGKILL to the server and its stubs; waits for them and removes their /dev/shm regions
         down = client.post("/v1/audits", json=ADS[0])
         assert down.status_code == 503, down.text
