@@ -27,7 +27,7 @@ RUN pip install . "psycopg[binary]==3.3.9" \
         matplotlib==3.11.2 fastapi==0.165.0 "uvicorn[standard]==0.55.0" python-multipart==0.0.34 \
         pydantic-settings==2.16.3 sqlalchemy==2.1.9 alembic==1.20.1 prometheus-client==0.26.0 "tritonclient[grpc,http]==2.73.0" \
         httpx==0.29.0 nvidia-pytriton==0.7.0 onnx==1.23.2 onnxruntime==1.32.0 \
-        pyahocorasick==2.3.1 opencc==1.4.2 jieba==0.42.1 fastapi-offline==1.7.7 pyarrow==18.1.0 \
+        pyahocorasick==2.3.1 opencc==1.4.2 jieba==0.42.1 fastapi-offline==1.7.7 pyarrow==18.1.0 snownlp==0.12.3 \
  && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin adaudit \
  && mkdir -p /var/lib/adaudit && chown adaudit:adaudit /var/lib/adaudit
 

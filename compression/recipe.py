@@ -196,6 +196,9 @@ class Recipe(Strict):
     stages: list[Stage]
     final_epochs: int = Field(2, ge=0)
     seed: int = 0
+    # alternating teacher / student rounds of the report's paired latency (training/measure.py): fewer is a
+    # quicker, noisier figure (the tests' recipes, whose latency nobody reads, take 1)
+    latency_rounds: PositiveInt = 5
 
     def resolve(self, config: AuditModelConfig) -> "Recipe":
         """This recipe for the teacher of `config`: every relative target replaced by the absolute one it

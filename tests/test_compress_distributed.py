@@ -47,6 +47,7 @@ stages:
      soft_steps: 1, epochs_per_step: 2, epochs_after_cut: 1}
   - {kind: hidden, size: {vision: 48, qformer: 40, text: 32}, steps: 1, epochs_per_step: 1}
 final_epochs: 2
+latency_rounds: 1
 """
 
 

@@ -37,6 +37,7 @@ stages:
      soft_steps: 1, epochs_per_step: 2, epochs_after_cut: 1}
   - {kind: hidden, size: {vision: 48, qformer: 40, text: 32}, steps: 1, epochs_per_step: 1}
 final_epochs: 1
+latency_rounds: 1
 """
 QUICK = """\
 distillation: {samples: 96, batch_size: 16, views: 1, validation_samples: 16}
@@ -45,6 +46,7 @@ calibration_samples: 32
 stages:
   - {kind: blocks, keep: {text: 2}, epochs_per_step: 0}
 final_epochs: 0
+latency_rounds: 1
 """
 
 

@@ -186,6 +186,7 @@ calibration_samples: 16
 stages:
   - {kind: blocks, keep: {vision: 2, qformer: 1, text: 2}, per_step: 1, epochs_per_step: 1}
 final_epochs: 1
+latency_rounds: 1
 """
 
 

@@ -33,6 +33,9 @@ class Preset:
     # extra training rows of one ad's copy over another's picture (data/recombination.py), as a
     # fraction of the training ads
     recombined: float = 0.0
+    # extra training rows whose copy holds a clause of real writing (training/real_copy.py), as a fraction
+    # of the training ads
+    real_copy: float = 0.0
 
     @property
     def pretrained(self) -> bool:

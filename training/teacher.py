@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from adaudit.data.dataset import data_checksum, data_taxonomy
+from adaudit.data.dataset import data_checksum, data_taxonomy, read_split
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.data.recombination import makes_pairs, recombined_pairs
 from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
@@ -35,6 +35,7 @@ from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from .presets import preset
+from .real_copy import makes_rows as makes_real_copy_rows, real_copy_rows
 from .distributed import World, finish, per_rank_batch, start
 from .loop import TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
 
@@ -120,11 +121,12 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
                   frozen_blocks: int | None = None, recombined: float | None = None, log=print,
                   device: str | None = "auto", fsdp: bool = False,
-                  gradient_checkpointing: tuple[str, ...] = ()) -> dict | None:
+                  gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None) -> dict | None:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
     (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
     fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
-    added to the training ads, as a fraction of them (only when both modalities are read). `device`:
+    added to the training ads, as a fraction of them (only when both modalities are read); `real_copy` (default:
+    the preset's): rows whose copy holds a clause of real writing (training/real_copy.py), the same way. `device`:
     training/device.py. Under torchrun every rank trains (DDP, or FSDP2 with `fsdp`) and rank 0 alone logs,
     evaluates and writes: it returns the metrics, the other ranks None. `gradient_checkpointing`: the towers
     whose activations are recomputed in backward (less memory)."""
@@ -141,14 +143,15 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     try:
         log = log if world.main else (lambda message: None)
         return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
-                           recombined, log, started, gradient_checkpointing)
+                           recombined, log, started, gradient_checkpointing, real_copy)
     finally:
         finish(world)
 
 
 def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log,
-                        taxonomy: Taxonomy = DEFAULT_TAXONOMY):
-    """(model, optimizer state, training state, recombined fraction): from the checkpoint when resuming."""
+                        taxonomy: Taxonomy = DEFAULT_TAXONOMY, real_copy: float = 0.0):
+    """(model, optimizer state, training state, recombined fraction, real-copy fraction): from the checkpoint
+    when resuming."""
     if resume and checkpoint.exists():
         model, optimizer_state, state, meta = load_checkpoint(checkpoint)
         if model.config.taxonomy != taxonomy:
@@ -156,16 +159,16 @@ def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: 
                               "labels.yaml: train afresh (without --resume) or use the data set it started on")
         # the rows the run started with (a checkpoint from before recombined pairs: none), so that the
         # epochs left cover the same rows and the learning-rate schedule the same steps
-        recombined = meta.get("recombined", 0.0)
-        log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined})")
-        return model, optimizer_state, state, recombined
+        recombined, real_copy = meta.get("recombined", 0.0), meta.get("real_copy", 0.0)
+        log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined}, real copy {real_copy})")
+        return model, optimizer_state, state, recombined, real_copy
     torch.manual_seed(seed)
-    return new_teacher(preset_name, taxonomy), None, TrainingState(), recombined
+    return new_teacher(preset_name, taxonomy), None, TrainingState(), recombined, real_copy
 
 
 def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
                 modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float,
-                gradient_checkpointing: tuple[str, ...] = ()):
+                gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None):
     """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
     checkpoint = checkpoint_folder(out)
     taxonomy = data_taxonomy(data_dir)  # the data set's labels.yaml, refused before any work if it is broken
@@ -176,8 +179,14 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     if recombined and not makes_pairs(taxonomy):
         log("no recombined pairs: the data set's taxonomy names no mismatch class and industry task to label them")
         recombined = 0.0
-    model, optimizer_state, state, recombined = load_or_new_teacher(checkpoint, resume, row.name, schedule.seed,
-                                                                    recombined, log, taxonomy)
+    real_copy = row.real_copy if real_copy is None else real_copy
+    if real_copy < 0:
+        raise ValueError(f"real_copy must be 0 or more, got {real_copy}")
+    if real_copy and not makes_real_copy_rows(taxonomy):
+        log("no real-copy rows: the data set has its own labels.yaml, which says nothing of what real writing is")
+        real_copy = 0.0
+    model, optimizer_state, state, recombined, real_copy = load_or_new_teacher(
+        checkpoint, resume, row.name, schedule.seed, recombined, log, taxonomy, real_copy)
     frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
     if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
@@ -191,15 +200,20 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     processor = AuditProcessor(config, model.tokenizer)
     train = encode_split(data_dir, "train", processor, config.tasks, limit)
     pairs = recombined_pairs(train, round(recombined * len(train)), seed=schedule.seed, taxonomy=taxonomy)
-    train = blank_modality(train.joined(pairs), modality, processor)
+    real = (real_copy_rows(train, {record.id: record.text for record in read_split(data_dir, "train")},
+                           round(real_copy * len(train)), processor, seed=schedule.seed, taxonomy=taxonomy)
+            if real_copy and modality != "image" else train.subset(torch.zeros(0, dtype=torch.long)))
+    added = len(pairs) + len(real)
+    train = blank_modality(train.joined(pairs).joined(real), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
-    log(f"teacher '{row.name}': {len(train) - len(pairs)} training ads + {len(pairs)} recombined, "
+    log(f"teacher '{row.name}': {len(train) - added} training ads + {len(pairs)} recombined + {len(real)} real copy, "
         f"{len(test)} test ads")
 
     def save_progress(model, optimizer, state, loss):
         whole, optimizer_state = world.unsharded(model, optimizer)  # every rank takes part under FSDP
         if world.main:  # rank 0 alone writes; every rank holds the same weights (or, under FSDP, a shard)
-            save_checkpoint(checkpoint, whole, optimizer_state, state, {"preset": row.name, "recombined": recombined})
+            save_checkpoint(checkpoint, whole, optimizer_state, state,
+                            {"preset": row.name, "recombined": recombined, "real_copy": real_copy})
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
@@ -216,6 +230,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
                **calibration_entry,
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
+               "real_copy": real_copy, "real_copy_rows": len(real),
                "distributed": world.record(),
                "wall_seconds": time.perf_counter() - started}
     write_teacher(model.cpu(), out, metrics, calibration)
