@@ -8,6 +8,8 @@
 # Usage: benchmarks/shifted.sh     (about an hour on two CPU cores: data, teacher, compression)
 #        PRETRAINED=1 benchmarks/shifted.sh   also the pretrained teacher on the same data and its student from
 #        the packaged pretrained recipe (about 80 min more)
+#        REAL_COPY=0.5 RUN=runs/shifted-real benchmarks/shifted.sh   teachers trained with real-copy rows (copy
+#        holding a clause of real writing, training/real_copy.py) as a fraction of the training ads
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
@@ -17,15 +19,15 @@ run() { echo "$*" >> "$RUN/commands.log"; "$@"; }
 
 [ -f "$RUN/data/train.jsonl" ] || run $ADAUDIT data make --out "$RUN/data" --n 6000 --seed 0 --generator 2 > "$RUN/data.json"
 [ -f "$RUN/teacher/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" \
-  --preset base --recombined 0.5 --resume
+  --preset base --recombined 0.5 --real-copy "${REAL_COPY:-0}" --resume
 [ -f "$RUN/student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" --out "$RUN/student"
 models=(--model "teacher=$RUN/teacher" --model "student=$RUN/student")
 if [ "${PRETRAINED:-0}" = 1 ]; then
   [ -f "$RUN/pretrained/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/pretrained" \
-    --preset pretrained --resume
+    --preset pretrained --real-copy "${REAL_COPY:-0}" --resume
   [ -f "$RUN/pretrained-student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/pretrained" --data "$RUN/data" \
     --out "$RUN/pretrained-student"
   models+=(--model "pretrained=$RUN/pretrained" --model "pretrained-student=$RUN/pretrained-student")
 fi
 run .venv/bin/python -m benchmarks.shifted "${models[@]}" --test-data "$RUN/data" --shifted-data "$RUN/data" \
-  --out benchmarks/results
+  --out benchmarks/results --stem "$([ "${REAL_COPY:-0}" = 0 ] && echo shifted || echo shifted-real-copy)"
