@@ -64,5 +64,8 @@ def test_teacher_trains_on_real_copy_rows_and_records_them(dataset, tmp_path):
     assert metrics["real_copy"] == 0.5 and 24 <= metrics["real_copy_rows"] <= 32
     assert json.loads((tmp_path / "teacher" / "metrics.json").read_text())["real_copy_rows"] == metrics["real_copy_rows"]
     assert any(f"+ {metrics['real_copy_rows']} real copy" in message for message in messages)
+    ablation = train_teacher(dataset, tmp_path / "image", "tiny", epochs=1, limit=16, real_copy=0.5,
+                             modality="image", log=quiet)
+    assert ablation["real_copy"] == 0.0 and ablation["real_copy_rows"] == 0  # a greyed copy holds no clause
     with pytest.raises(ValueError, match="real_copy"):
         train_teacher(dataset, tmp_path / "bad", "tiny", epochs=1, limit=16, real_copy=-1, log=quiet)

@@ -182,6 +182,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     real_copy = row.real_copy if real_copy is None else real_copy
     if real_copy < 0:
         raise ValueError(f"real_copy must be 0 or more, got {real_copy}")
+    real_copy = real_copy if modality != "image" else 0.0  # an image-only ablation never reads the copy
     if real_copy and not makes_real_copy_rows(taxonomy):
         log("no real-copy rows: the data set has its own labels.yaml, which says nothing of what real writing is")
         real_copy = 0.0
@@ -202,7 +203,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     pairs = recombined_pairs(train, round(recombined * len(train)), seed=schedule.seed, taxonomy=taxonomy)
     real = (real_copy_rows(train, {record.id: record.text for record in read_split(data_dir, "train")},
                            round(real_copy * len(train)), processor, seed=schedule.seed, taxonomy=taxonomy)
-            if real_copy and modality != "image" else train.subset(torch.zeros(0, dtype=torch.long)))
+            if real_copy else train.subset(torch.zeros(0, dtype=torch.long)))
     added = len(pairs) + len(real)
     train = blank_modality(train.joined(pairs).joined(real), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
