@@ -107,7 +107,7 @@ PHRASING: dict[str, Phrasing] = {
                "私信领优惠", "支持货到付款"),
         calls_to_action=("戳链接购买", "冲鸭", "手慢无", "点我下单", "速来"),
         hard_negatives=("新人首单{m}元", "福利价{n}元", "晚8点开抢", "清库存低价出", "配件另售", "私信领优惠",
-                        "产地新疆", "深夜也安静", "百分之百实拍"),
+                        "产地新疆", "深夜也安静", "实物实拍"),
     ),
 }
 
@@ -135,6 +135,16 @@ TRIGGER_FAMILIES: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]]
         (("另售", "代购", "低价出", "私信购买", "顺带出", "渠道货"), ("电子烟", "仿真枪", "管制刀具", "处方药", "窃听器", "针孔摄像头")),
     ),
 }
+
+# Heads that make no claim on their own (全国包邮, 深夜也安静, 配件另售, 网上下单): the phrase they start
+# is the violation, not the head. Real-copy rows (training/real_copy.py) put them bare into clean and
+# violating copy alike, so a model cannot read a head alone, or one of its characters, as the violation.
+# Left out: heads that are claims by themselves (extreme words such as 国家级 or 百分百, cures, sure
+# returns, 高赔率, 渠道货), and one-character heads.
+BARE_HEADS: tuple[str, ...] = (
+    "全网", "全国", "行业", "史上", "全球", "同类", "本市", "真人", "澳门", "网上", "线上",
+    "性感", "寂寞", "深夜", "火辣", "今晚", "空虚", "另售", "代购", "低价出", "私信购买", "顺带出",
+)
 
 # Whole-sentence phrasings, per split.
 TRIGGER_SENTENCES: dict[str, dict[str, tuple[str, ...]]] = {

