@@ -22,15 +22,15 @@ import torch
 
 from adaudit.core.files import write_results
 from adaudit.decisions.fit import apply_thresholds, fit_thresholds
-from adaudit.training.policy_fit import split_scores
+from adaudit.training.policy_fit import splits_scores
 
 GOAL_AUTOMATION, GOAL_GAP = 0.90, 0.02
 
 
 def measure(model: Path, data: Path, target: float) -> dict:
-    validation_scores, validation_truth = split_scores(model, data, "validation")
+    (validation_scores, validation_truth), (test_scores, test_truth) = splits_scores(
+        model, [(data, "validation"), (data, "test")])
     fit = fit_thresholds(validation_scores, validation_truth, target)
-    test_scores, test_truth = split_scores(model, data, "test")
     return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation_scores))},
             "test": apply_thresholds(test_scores, test_truth, fit.block_at, fit.review_at)}
 

@@ -24,15 +24,16 @@ import numpy as np
 
 from adaudit.core.files import write_results
 from adaudit.decisions.fit import apply_thresholds, fit_thresholds
-from adaudit.training.policy_fit import split_scores
+from adaudit.training.policy_fit import splits_scores
 
 
-def pooled_scores(model: Path, data: Path, pool: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The data folder's validation ads first, then every ad of the pool folder (train, validation, test)."""
-    parts = [split_scores(model, data, "validation")]
-    parts += [split_scores(model, pool, split) for split in ("train", "validation", "test")
-              if (pool / f"{split}.jsonl").is_file()]
-    return np.concatenate([scores for scores, _ in parts]), np.concatenate([truth for _, truth in parts])
+def pooled_scores(model: Path, data: Path, pool: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((scores, truth) of the data folder's validation ads first, then of every ad of the pool folder (train,
+    validation, test); (scores, truth) of the data folder's test ads), with the model loaded once."""
+    splits = [(data, "validation")] + [(pool, split) for split in ("train", "validation", "test")
+                                       if (pool / f"{split}.jsonl").is_file()]
+    *parts, test = splits_scores(model, splits + [(data, "test")])
+    return (np.concatenate([scores for scores, _ in parts]), np.concatenate([truth for _, truth in parts])), test
 
 
 def measure(scores, truth, test_scores, test_truth, size: int, draws: int, target: float, seed: int) -> dict:
@@ -78,8 +79,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    scores, truth = pooled_scores(args.model, args.data, args.pool)
-    test_scores, test_truth = split_scores(args.model, args.data, "test")
+    (scores, truth), (test_scores, test_truth) = pooled_scores(args.model, args.data, args.pool)
     sizes = [int(value) for value in args.sizes.split(",")]
     if max(sizes) > len(scores):
         parser.error(f"--sizes: the pool holds {len(scores)} ads, fewer than {max(sizes)}")

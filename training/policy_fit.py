@@ -32,17 +32,25 @@ from .evaluation import predict_logits
 def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
     """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`: the risk is read
     from the model's reason task, clean class excluded (its taxonomy, models/labels.py)."""
+    return splits_scores(model_dir, [(data_dir, split)])[0]
+
+
+def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """split_scores for each (data folder, split), with the model loaded once."""
     model = AuditModel.from_pretrained(model_dir)
     processor = AuditProcessor.from_folder(model.config, model_dir)
     tasks = model.config.tasks
-    if split == "validation":
-        encoded = encode_validation(data_dir, processor, tasks)
-        if encoded is None:
-            raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on held-out "
-                               "ads (`adaudit data make --validation-fraction`), never on the test split")
-    else:
-        encoded = encode_split(data_dir, split, processor, tasks)
-    return logits_scores(model.config, predict_logits(model, encoded), encoded)
+    results = []
+    for data_dir, split in splits:
+        if split == "validation":
+            encoded = encode_validation(data_dir, processor, tasks)
+            if encoded is None:
+                raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on held-out "
+                                   "ads (`adaudit data make --validation-fraction`), never on the test split")
+        else:
+            encoded = encode_split(data_dir, split, processor, tasks)
+        results.append(logits_scores(model.config, predict_logits(model, encoded), encoded))
+    return results
 
 
 def logits_scores(config: AuditModelConfig, logits: dict[str, torch.Tensor],
