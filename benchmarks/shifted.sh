@@ -10,6 +10,7 @@
 #        the packaged pretrained recipe (about 80 min more)
 #        REAL_COPY=0.5 RUN=runs/shifted-real benchmarks/shifted.sh   teachers trained with real-copy rows (copy
 #        holding a clause of real writing, training/real_copy.py) as a fraction of the training ads
+#        STEM=NAME   the results' file name in benchmarks/results (default: shifted, or shifted-real-copy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit
@@ -30,4 +31,4 @@ if [ "${PRETRAINED:-0}" = 1 ]; then
   models+=(--model "pretrained=$RUN/pretrained" --model "pretrained-student=$RUN/pretrained-student")
 fi
 run .venv/bin/python -m benchmarks.shifted "${models[@]}" --test-data "$RUN/data" --shifted-data "$RUN/data" \
-  --out benchmarks/results --stem "$([ "${REAL_COPY:-0}" = 0 ] && echo shifted || echo shifted-real-copy)"
+  --out benchmarks/results --stem "${STEM:-$([ "${REAL_COPY:-0}" = 0 ] && echo shifted || echo shifted-real-copy)}"
