@@ -27,7 +27,10 @@ from adaudit.decisions.fit import apply_thresholds, fit_thresholds
 from adaudit.training.policy_fit import splits_scores
 
 
-def pooled_scores(model: Path, data: Path, pool: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+Scores = tuple[np.ndarray, np.ndarray]  # (risk scores, whether each ad truly violates)
+
+
+def pooled_scores(model: Path, data: Path, pool: Path) -> tuple[Scores, Scores]:
     """((scores, truth) of the data folder's validation ads first, then of every ad of the pool folder (train,
     validation, test); (scores, truth) of the data folder's test ads), with the model loaded once."""
     splits = [(data, "validation")] + [(pool, split) for split in ("train", "validation", "test")

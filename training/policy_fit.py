@@ -45,8 +45,8 @@ def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple
         if split == "validation":
             encoded = encode_validation(data_dir, processor, tasks)
             if encoded is None:
-                raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on held-out "
-                                   "ads (`adaudit data make --validation-fraction`), never on the test split")
+                raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on "
+                                   "held-out ads (`adaudit data make --validation-fraction`), never on the test split")
         else:
             encoded = encode_split(data_dir, split, processor, tasks)
         results.append(logits_scores(model.config, predict_logits(model, encoded), encoded))

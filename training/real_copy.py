@@ -17,8 +17,8 @@ clause adds a violation.
 Half the rows also put a bare head (`BARE_HEADS`: 全国, 深夜, 另售 ...) in front of their clause. A head
 alone makes no claim, but in generated training copy the heads the training hard negatives do not cover
 occur only inside violations, and the `base` teacher with plain real-copy rows still rejected 全国包邮
-and 国庆特惠 as exaggeration (half of its false rejects on the shifted split). Nothing here reads the shifted or test phrasings: the filter names what a clause may not
-hold, it adds none of their words.
+and 国庆特惠 as exaggeration (half of its false rejects on the shifted split). Nothing here reads the
+shifted or test phrasings: the filter names what a clause may not hold, it adds none of their words.
 
 Only a data set under today's taxonomy gets such rows (`makes_rows`): under a platform's own labels.yaml
 nothing says which writing is clean.
@@ -95,11 +95,16 @@ def with_clause(text: str, clause: str, position: int) -> str:
     return "，".join(parts[:position] + [clause] + parts[position:])
 
 
+def led_clause(head: str, clause: str) -> str:
+    """`clause` led by the bare `head`, or the clause alone where the two would make a trigger phrase."""
+    return clause if contains_trigger(head + clause) else head + clause
+
+
 def real_copy_rows(split: EncodedSplit, texts: dict[str, str], count: int, processor: AuditProcessor,
                    seed: int = 0, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> EncodedSplit:
     """`count` rows: a training ad's picture and labels, its copy (`texts` by ad id) with one real clause put
-    in, half of them led by a bare head (unless head and clause would then make a trigger); an ad whose copy would then no longer fit the model's length is left out, so no trigger is cut
-    off. None under another taxonomy (`makes_rows`)."""
+    in, half of them led by a bare head (`led_clause`); an ad whose copy would then no longer fit the model's
+    length is left out, so no trigger is cut off. None under another taxonomy (`makes_rows`)."""
     if count <= 0 or not makes_rows(taxonomy) or len(split) == 0:
         return split.subset(torch.zeros(0, dtype=torch.long))
     pool = clauses()
@@ -109,10 +114,9 @@ def real_copy_rows(split: EncodedSplit, texts: dict[str, str], count: int, proce
     positions = torch.randint(0, 8, (count,), generator=generator)
     led = torch.rand(count, generator=generator) < BARE_HEAD_SHARE
     heads = torch.randint(len(BARE_HEADS), (count,), generator=generator)
-    inserted = [BARE_HEADS[int(h)] + pool[int(k)] if bare else pool[int(k)] for k, h, bare in zip(picks, heads, led)]
-    inserted = [clause if not contains_trigger(clause) else pool[int(k)] for clause, k in zip(inserted, picks)]
-    new_texts = [with_clause(texts[split.ids[int(i)]], clause, int(p))
-                 for i, clause, p in zip(sources, inserted, positions)]
+    new_texts = [with_clause(texts[split.ids[int(i)]], led_clause(BARE_HEADS[int(h)], pool[int(k)]) if bare
+                             else pool[int(k)], int(p))
+                 for i, k, p, h, bare in zip(sources, picks, positions, heads, led)]
     input_ids, attention_mask = processor.texts(new_texts)  # padded to the model's length, or cut to it
     keep = torch.nonzero(attention_mask[:, -1] == 0).flatten()  # room left over: nothing was cut
     rows = split.subset(sources[keep])
