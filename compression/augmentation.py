@@ -24,13 +24,14 @@ cheap and made again every run).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from adaudit.data.encoding import EncodedSplit
 from adaudit.models.modeling import AuditModel
+from adaudit.training.reframing import uniform, warp
 
 from .distillation import TeacherCache, cache_teacher
 from .recipe import Recipe
@@ -50,21 +51,13 @@ class ViewPlan:
 
 def jitter(image_bytes: torch.Tensor, generator: torch.Generator, zoom: float = 0.15, shift: float = 0.08,
            light: float = 0.15) -> torch.Tensor:
-    """Random zoom-in (up to `zoom`), shift (fraction of the side), brightness and contrast, per image."""
+    """Random zoom-in (up to `zoom`), shift (fraction of the side), brightness and contrast, per image: the
+    aspect kept (training/reframing.py's `reframe` also changes it, for teacher training)."""
     n = len(image_bytes)
-    uniform = lambda low, high: low + (high - low) * torch.rand(n, generator=generator)  # noqa: E731
-    scale = uniform(1 - zoom, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = scale
-    theta[:, :, 2] = torch.stack([uniform(-shift, shift), uniform(-shift, shift)], 1)
-    images = image_bytes.float() / 255.0
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = uniform(1 - light, 1 + light).view(n, 1, 1, 1)
-    brightness = uniform(-light / 2, light / 2).view(n, 1, 1, 1)
-    images = (images - mean) * contrast + mean + brightness
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    scale = uniform(n, 1 - zoom, 1.0, generator)
+    shift_x, shift_y = uniform(n, -shift, shift, generator), uniform(n, -shift, shift, generator)
+    contrast, brightness = uniform(n, 1 - light, 1 + light, generator), uniform(n, -light / 2, light / 2, generator)
+    return warp(image_bytes, scale, scale, shift_x, shift_y, contrast, brightness)
 
 
 def view_plan(split: EncodedSplit, views: int, recombined_fraction: float, seed: int) -> ViewPlan:
@@ -124,7 +117,9 @@ def make_views(teacher: AuditModel, train: EncodedSplit, recipe: Recipe, log,
         cache = label()
     else:
         key = {"seed": recipe.seed, "ads": len(train), "kept": len(kept), "views": settings.views,
-               "recombined_fraction": settings.recombined_fraction}
+               "recombined_fraction": settings.recombined_fraction,
+               # the rows' copy: distillation ads with real-copy rows among them make other views
+               "copy": hashlib.sha256(kept.input_ids.numpy().tobytes()).hexdigest()[:16]}
         cache = TeacherCache.from_tensors(
             outputs.get("views", key, lambda share: (label(share).tensors(), {}), rows=len(rows))[0])
     log(f"  {len(rows)} augmented views of {len(kept)} distillation ads ({int((~plan.labelled).sum())} recombined)")

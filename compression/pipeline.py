@@ -17,6 +17,7 @@ command continue a run that was stopped; it is removed once the student is writt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from adaudit.core.files import atomic_folder
-from adaudit.data.dataset import data_checksum
+from adaudit.data.dataset import data_checksum, read_split
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation, tokenised_for
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
@@ -35,6 +36,8 @@ from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibr
                                          summary as calibration_summary)
 from adaudit.training.evaluation import predict_logits
 from adaudit.training.measure import machine, paired_latency
+from adaudit.training.real_copy import real_copy_rows
+from adaudit.training.teacher import METRICS_FILE
 
 from .augmentation import Views, make_views
 from .checkpoints import Checkpoints, Saved
@@ -54,7 +57,7 @@ class Reference:
     the test split (every entry's agreement) and its own report entry; the data set's checksum."""
     full_train: EncodedSplit  # the whole training split (the search draws its ads from it)
     order: torch.Tensor  # the seeded shuffle of `full_train`: distillation ads first
-    train: EncodedSplit  # the distillation ads
+    train: EncodedSplit  # the distillation ads (and the real-copy rows made from them, before the held-out ones)
     test: EncodedSplit  # as the teacher tokenises it
     cache: TeacherCache  # the teacher's outputs on `train`
     predictions: dict[str, torch.Tensor]
@@ -234,7 +237,44 @@ def load_teacher_and_recipe(teacher_dir: Path, recipe_path: Path | str | None, t
     teacher = AuditModel.from_pretrained(teacher_dir)
     if chosen:  # only once the teacher has loaded: a bad folder's error stays the one line printed
         log(f"recipe: {recipe_path} (packaged, for this teacher's preset)")
-    return recipe.resolve(teacher.config), teacher  # targets relative to the teacher made absolute, checked
+    recipe = recipe.resolve(teacher.config)  # targets relative to the teacher made absolute, checked
+    if recipe.distillation.real_copy is None:  # as the teacher trained: what it learnt from such rows, passed on
+        distillation = recipe.distillation.model_copy(update={"real_copy": teacher_real_copy(teacher_dir)})
+        recipe = recipe.model_copy(update={"distillation": distillation})
+    return recipe, teacher
+
+
+def teacher_real_copy(teacher_dir: Path) -> float:
+    """The real-copy fraction the teacher trained with (its metrics.json; 0 for a teacher without one)."""
+    metrics = Path(teacher_dir) / METRICS_FILE
+    return float(json.loads(metrics.read_text()).get("real_copy", 0.0)) if metrics.is_file() else 0.0
+
+
+def with_real_copy(teacher: AuditModel, train: EncodedSplit, cache: TeacherCache, data_dir: Path,
+                   processor: AuditProcessor, recipe: Recipe, outputs: TeacherOutputs, log
+                   ) -> tuple[EncodedSplit, TeacherCache]:
+    """The distillation ads with the recipe's real-copy rows (training/real_copy.py) put in before the held-out
+    ads, and the teacher's outputs on all of them (the rows' read from `outputs` when an earlier run made the
+    same rows). Why: a teacher trained on such rows stops reading unfamiliar clean words as violations; a student
+    that never sees them learns that from the teacher's answers on template copy alone, and does not."""
+    settings = recipe.distillation
+    kept = torch.arange(len(train) - settings.held_out_count(len(train)))
+    texts = {record.id: record.text for record in read_split(Path(data_dir), "train")}
+    rows = real_copy_rows(train.subset(kept), texts, round((settings.real_copy or 0.0) * len(kept)), processor,
+                          seed=recipe.seed, taxonomy=teacher.config.taxonomy)
+    if not len(rows):
+        return train, cache
+    # keyed by the rows' copy itself, so rows made by other code (another clause pool) are never read back
+    key = {"seed": recipe.seed, "ads": len(train), "real_copy": settings.real_copy,
+           "copy": hashlib.sha256(rows.input_ids.numpy().tobytes()).hexdigest()[:16]}
+    index = torch.arange(len(rows))
+    rows_cache = TeacherCache.from_tensors(outputs.get(
+        "real_copy", key, lambda share: (cache_teacher(teacher, rows.subset(index[share])).tensors(), {}),
+        rows=len(rows))[0])
+    log(f"  {len(rows)} real-copy rows from {len(kept)} distillation ads")
+    held_out = torch.arange(len(kept), len(train))
+    return (train.subset(kept).joined(rows).joined(train.subset(held_out)),
+            cache.subset(kept).concat(rows_cache).concat(cache.subset(held_out)))
 
 
 def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, recipe: Recipe, log,
@@ -253,6 +293,7 @@ def measure_teacher(teacher: AuditModel, teacher_dir: Path, data_dir: Path, reci
     rows = torch.arange(len(train))
     cache = TeacherCache.from_tensors(outputs.get(
         "ads", draw, lambda share: (cache_teacher(teacher, train.subset(rows[share])).tensors(), {}), rows=len(train))[0])
+    train, cache = with_real_copy(teacher, train, cache, data_dir, processor, recipe, outputs, log)
     choices = encode_validation(data_dir, processor, teacher.config.tasks)
 
     def on_test(whole: slice) -> tuple[dict, dict]:  # rank 0 alone: its latency and accuracy figures
@@ -292,6 +333,7 @@ def assemble_report(reference: Reference, teacher_model: AuditModel, student_mod
         "distillation_samples": len(context.ads),  # the validation ads included: all the training ads it used
         "validation_samples": 0 if context.validation is None else len(context.validation),
         "augmented_views": 0 if views is None else len(views.plan.text_source),
+        "real_copy_rows": sum("+real" in ad for ad in context.ads.ids),
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
         "seed": context.recipe.seed,

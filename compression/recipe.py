@@ -115,6 +115,9 @@ class DistillationSettings(Strict):
                                                   "(augmentation.py); every epoch covers the ads and their views")
     recombined_fraction: float = Field(0.5, ge=0, le=1, description="of the views, the share that pairs an ad's "
                                                                     "copy with another ad's picture")
+    real_copy: float | None = Field(None, ge=0, description="rows whose copy holds a clause of real writing "
+                                    "(training/real_copy.py), as a fraction of the distillation ads, labelled by the "
+                                    "teacher once; None: the fraction the teacher trained with (its metrics.json)")
     validation_samples: int = Field(0, ge=0, description="of `samples`, held out of distillation to keep the final "
                                                          "stage's best epoch (lowest held-out distillation loss)")
     gradient_checkpointing: list[Tower] = Field([], description="towers whose block activations are recomputed in "

@@ -120,14 +120,17 @@ def prune_tokenizer(tokenizer: PreTrainedTokenizerFast, kept: torch.Tensor) -> P
     return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer.special_tokens_map)
 
 
-def prune_vocabulary(model: AuditModel, texts: list[str], characters: list[str] = ()
-                     ) -> tuple[AuditModel, torch.Tensor]:
-    """A model whose tokenizer and word embeddings hold only the corpus's tokens; returns it and the kept ids."""
+def prune_vocabulary(model: AuditModel, texts: list[str], characters: list[str] = (),
+                     token_ids_in_use: torch.Tensor | None = None) -> tuple[AuditModel, torch.Tensor]:
+    """A model whose tokenizer and word embeddings hold only the corpus's tokens (and `token_ids_in_use`, old
+    ids of rows not written in the corpus); returns it and the kept ids."""
     # the generated vocabulary (vocab.txt) becomes the same WordPiece in a tokenizer.json, pruned like any other
     tokenizer = model.tokenizer or fast_tokenizer()
     if len(tokenizer) != model.config.vocab_size:
         raise VocabularyError(f"the tokenizer has {len(tokenizer)} tokens but the model {model.config.vocab_size}")
     kept = kept_tokens(tokenizer, texts, characters)
+    if token_ids_in_use is not None:
+        kept = torch.unique(torch.cat([kept, token_ids_in_use.flatten().long()]))
     config = copy.deepcopy(model.config)
     config.vocab_size = len(kept)
     pruned = cut(model, config, keep={VOCABULARY: kept})
@@ -150,13 +153,14 @@ def prune_data_vocabulary(model: AuditModel, data_dir: Path, train: EncodedSplit
     """The compression stage: prune to the training split's copy; re-tokenise the splits for the student.
 
     The distillation split keeps its tokens (same tokenization, renumbered ids, so the cached teacher
-    outputs still match); the test split is tokenised again by the pruned tokenizer, as the gateway will.
+    outputs still match; every token it holds is kept); the test split is tokenised again by the pruned tokenizer, as the gateway will.
     """
     texts = {record.id: record.text for record in read_split(Path(data_dir), "test")}
     test_copy = [texts[ad] for ad in test.ids]
     training_copy = [record.text for record in read_split(Path(data_dir), "train")]
     before = model.config.vocab_size
-    pruned, kept = prune_vocabulary(model, training_copy, corpus_characters(settings.characters))
+    # the distillation rows' own tokens too: real-copy rows (training/real_copy.py) hold writing from outside the data
+    pruned, kept = prune_vocabulary(model, training_copy, corpus_characters(settings.characters), train.input_ids)
     old_tokenizer = model.tokenizer or fast_tokenizer()
     train = replace(train, input_ids=remap_ids(train.input_ids, kept, before))
     new_id = {old: new for new, old in enumerate(kept.tolist())}

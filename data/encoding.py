@@ -40,10 +40,13 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def inputs(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def inputs(self, index: torch.Tensor, pictures=None) -> dict[str, torch.Tensor]:
         """Model inputs for these ads, the copy trimmed to the longest one in the batch; read from the pack's
-        maps, whose pages are then let go (MappedPages.release), so reading a split keeps no more of it."""
-        batch = model_inputs(self.image_bytes[index], self.input_ids[index], self.attention_mask[index])
+        maps, whose pages are then let go (MappedPages.release), so reading a split keeps no more of it.
+        `pictures` (uint8 pictures -> uint8 pictures), when given, changes the pictures first (augmentation)."""
+        image_bytes = self.image_bytes[index]
+        batch = model_inputs(image_bytes if pictures is None else pictures(image_bytes), self.input_ids[index],
+                             self.attention_mask[index])
         self.release()
         return batch
 

@@ -5,11 +5,13 @@ import json
 import pytest
 import torch
 
+from adaudit.compression.pipeline import compress
 from adaudit.data.dataset import read_split
 from adaudit.data.encoding import encode_split
 from adaudit.data.phrasing import BARE_HEADS, contains_trigger
 from adaudit.models.labels import parse_taxonomy
 from adaudit.models.preprocessing import AuditProcessor
+from adaudit.models.configuration import AuditModelConfig
 from adaudit.training.presets import preset_config
 from adaudit.training.real_copy import _forbidden, clauses, real_copy_rows, with_clause
 from adaudit.training.teacher import train_teacher
@@ -73,3 +75,36 @@ def test_teacher_trains_on_real_copy_rows_and_records_them(dataset, tmp_path):
     assert ablation["real_copy"] == 0.0 and ablation["real_copy_rows"] == 0  # a greyed copy holds no clause
     with pytest.raises(ValueError, match="real_copy"):
         train_teacher(dataset, tmp_path / "bad", "tiny", epochs=1, limit=16, real_copy=-1, log=quiet)
+
+
+# a quick recipe; no common characters kept, so the student's vocabulary is the copy it distils on
+QUICK = """distillation: {{samples: 48, batch_size: 16, views: 1, validation_samples: 8{real_copy}}}
+vocabulary: {{characters: none}}
+calibration_samples: 16
+stages:
+  - {{kind: blocks, keep: {{vision: 2, qformer: 1, text: 1}}, per_step: 1, epochs_per_step: 1}}
+final_epochs: 1
+latency_rounds: 1
+"""
+
+
+def test_student_distils_on_the_real_copy_its_teacher_trained_with(dataset, tmp_path):
+    teacher = tmp_path / "teacher"
+    train_teacher(dataset, teacher, "tiny", epochs=1, limit=64, real_copy=0.5, log=quiet)
+    as_teacher, none = tmp_path / "as-teacher.yaml", tmp_path / "none.yaml"
+    as_teacher.write_text(QUICK.format(real_copy=""))  # real_copy unset: the teacher's 0.5
+    none.write_text(QUICK.format(real_copy=", real_copy: 0"))
+    messages = []
+    report = compress(teacher, dataset, tmp_path / "student", as_teacher, log=messages.append)
+    # half of the 40 ads distilled on (8 held out), less any row whose copy would no longer fit
+    assert 16 <= report["real_copy_rows"] <= 20 and report["distillation_samples"] == 48 + report["real_copy_rows"]
+    assert report["teacher_outputs"]["parts"]["real_copy"] == "computed"
+    assert json.loads((tmp_path / "student" / "recipe.json").read_text())["distillation"]["real_copy"] == 0.5
+    assert any(f"{report['real_copy_rows']} real-copy rows" in message for message in messages)
+    again = compress(teacher, dataset, tmp_path / "again", as_teacher, log=quiet)
+    assert again["teacher_outputs"]["parts"]["real_copy"] == "reused" and again["real_copy_rows"] == report["real_copy_rows"]
+    without = compress(teacher, dataset, tmp_path / "without", none, log=quiet)
+    assert without["real_copy_rows"] == 0 and "real_copy" not in without["teacher_outputs"]["parts"]
+    # the clauses' own characters stay in the student's vocabulary (else they would read as unknown)
+    vocabulary = {name: AuditModelConfig.load(tmp_path / name).vocab_size for name in ("student", "without")}
+    assert vocabulary["student"] > vocabulary["without"]

@@ -63,9 +63,11 @@ class TrainingState:
     step: int = 0  # optimizer steps taken
 
 
-def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor) -> torch.Tensor:
-    """Sum over tasks of cross-entropy with the labels, plus the image-grounding loss."""
-    output = model(**split.inputs(index))
+def label_loss(model: AuditModel, split: EncodedSplit, index: torch.Tensor,
+               pictures: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Sum over tasks of cross-entropy with the labels, plus the image-grounding loss; `pictures` (uint8
+    pictures -> uint8 pictures) changes the batch's pictures first (training/reframing.py)."""
+    output = model(**split.inputs(index, pictures))
     labels = split.labels[index].to(output.pooled.device)  # the model's device (its inputs follow it there)
     loss = sum(F.cross_entropy(output.logits[task], labels[:, i]) for i, task in enumerate(split.tasks))
     taxonomy = getattr(model, "module", model).config.taxonomy  # the model itself under DDP

@@ -36,6 +36,9 @@ class Preset:
     # extra training rows whose copy holds a clause of real writing (training/real_copy.py), as a fraction
     # of the training ads
     real_copy: float = 0.0
+    # the share of each training batch's pictures re-framed: another aspect, zoom, shift, light
+    # (training/reframing.py)
+    reframed: float = 0.0
 
     @property
     def pretrained(self) -> bool:

@@ -36,6 +36,7 @@ from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from .presets import preset
 from .real_copy import makes_rows as makes_real_copy_rows, real_copy_rows
+from .reframing import Reframing
 from .distributed import World, finish, per_rank_batch, start
 from .loop import TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
 
@@ -121,12 +122,14 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                   resume: bool = False, seed: int = 0, limit: int | None = None, modality: str = "both",
                   frozen_blocks: int | None = None, recombined: float | None = None, log=print,
                   device: str | None = "auto", fsdp: bool = False,
-                  gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None) -> dict | None:
+                  gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None,
+                  reframed: float | None = None) -> dict | None:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
     (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
     fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
     added to the training ads, as a fraction of them (only when both modalities are read); `real_copy` (default:
-    the preset's): rows whose copy holds a clause of real writing (training/real_copy.py), the same way. `device`:
+    the preset's): rows whose copy holds a clause of real writing (training/real_copy.py), the same way; `reframed`
+    (default: the preset's): the share of each batch's pictures re-framed (training/reframing.py). `device`:
     training/device.py. Under torchrun every rank trains (DDP, or FSDP2 with `fsdp`) and rank 0 alone logs,
     evaluates and writes: it returns the metrics, the other ranks None. `gradient_checkpointing`: the towers
     whose activations are recomputed in backward (less memory)."""
@@ -143,7 +146,7 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     try:
         log = log if world.main else (lambda message: None)
         return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
-                           recombined, log, started, gradient_checkpointing, real_copy)
+                           recombined, log, started, gradient_checkpointing, real_copy, reframed)
     finally:
         finish(world)
 
@@ -168,7 +171,8 @@ def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: 
 
 def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
                 modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float,
-                gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None):
+                gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None,
+                reframed: float | None = None):
     """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
     checkpoint = checkpoint_folder(out)
     taxonomy = data_taxonomy(data_dir)  # the data set's labels.yaml, refused before any work if it is broken
@@ -186,6 +190,10 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     if real_copy and not makes_real_copy_rows(taxonomy):
         log("no real-copy rows: the data set has its own labels.yaml, which says nothing of what real writing is")
         real_copy = 0.0
+    reframed = row.reframed if reframed is None else reframed
+    if not 0 <= reframed <= 1:
+        raise ValueError(f"reframed must be between 0 and 1, got {reframed}")
+    reframed = reframed if modality != "text" else 0.0  # a text-only ablation's pictures are all grey
     model, optimizer_state, state, recombined, real_copy = load_or_new_teacher(
         checkpoint, resume, row.name, schedule.seed, recombined, log, taxonomy, real_copy)
     frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
@@ -208,7 +216,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     train = blank_modality(train.joined(pairs).joined(real), modality, processor)
     test = blank_modality(encode_split(data_dir, "test", processor, config.tasks), modality, processor)
     log(f"teacher '{row.name}': {len(train) - added} training ads + {len(pairs)} recombined + {len(real)} real copy, "
-        f"{len(test)} test ads")
+        f"{len(test)} test ads" + (f"; {reframed:.0%} of each batch's pictures re-framed" if reframed else ""))
 
     def save_progress(model, optimizer, state, loss):
         whole, optimizer_state = world.unsharded(model, optimizer)  # every rank takes part under FSDP
@@ -217,7 +225,9 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
                             {"preset": row.name, "recombined": recombined, "real_copy": real_copy})
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
-    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index), schedule,
+    # fresh draws on every rank (each re-frames its own rows) and on every resumed epoch
+    pictures = Reframing(reframed, seed=(schedule.seed * 1000 + state.epoch) * 64 + world.rank) if reframed else None
+    losses = fit(model, len(train), lambda m, index: label_loss(m, train, index, pictures), schedule,
                  f"teacher {row.name}", state, optimizer_state, on_epoch_end=save_progress, world=world)
     model, _ = world.unsharded(model)  # under FSDP, the whole teacher gathered to rank 0
     if not world.main:
@@ -231,7 +241,7 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
                **calibration_entry,
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
-               "real_copy": real_copy, "real_copy_rows": len(real),
+               "real_copy": real_copy, "real_copy_rows": len(real), "reframed": reframed,
                "distributed": world.record(),
                "wall_seconds": time.perf_counter() - started}
     write_teacher(model.cpu(), out, metrics, calibration)
