@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def split_figures(model: AuditModel, processor: AuditProcessor, data: Path, spli
     for shape in sorted(set(shapes)):
         rows = [i for i, s in enumerate(shapes) if s == shape]
         by_shape[shape] = {"ads": len(rows), "accuracy": right[rows].float().mean().item()}
+    rejected = clean_ads & (predicted["verdict"] == reject)
+    names = model.config.tasks["violation"]
+    named = Counter(names[i] for i in predicted["violation"][rejected].tolist())
     return {
         "ads": len(records),
         "accuracy": right.float().mean().item(),
@@ -72,6 +76,8 @@ def split_figures(model: AuditModel, processor: AuditProcessor, data: Path, spli
                                              zero_division=0)),
         "clean_ads": int(clean_ads.sum()),
         "false_reject_rate": (predicted["verdict"][clean_ads] == reject).float().mean().item(),
+        # what the model said of the clean ads it rejected: where the false rejects come from
+        "false_rejects_by_violation": dict(named.most_common()),
         "violation_recall": violation_recall(predicted["violation"], violation, tuple(model.config.tasks["violation"])),
         "by_shape": by_shape,
     }
@@ -119,6 +125,12 @@ def markdown(summary: dict) -> str:
         recalls = ", ".join(f"{name} {100 * row['test']['violation_recall'].get(name, float('nan')):.0f}% -> "
                             f"{100 * value:.0f}%" for name, value in row["test_shifted"]["violation_recall"].items())
         lines.append(f"- {row['name']}: {recalls}")
+    lines += ["", "Clean ads rejected, by the violation the model names (test; shifted):", ""]
+    for row in summary["models"]:
+        counts = [", ".join(f"{name} {count}" for name, count in row[split].get("false_rejects_by_violation",
+                                                                                   {}).items()) or "none"
+                  for split in ("test", "test_shifted")]
+        lines.append(f"- {row['name']}: {counts[0]}; {counts[1]}")
     lines += ["", "Shifted verdict accuracy by canvas shape:", ""]
     for row in summary["models"]:
         shapes = ", ".join(f"{shape} {100 * entry['accuracy']:.1f}% ({entry['ads']})"

@@ -185,3 +185,19 @@ def _tiny_config() -> AuditModelConfig:
     from adaudit.training.presets import PRESETS
 
     return PRESETS["tiny"].config(100)
+
+
+def test_shifted_benchmark_names_what_each_false_reject_was_called(varied, dataset, teacher, tmp_path):
+    from benchmarks.shifted import main as shifted_benchmark
+
+    shifted_benchmark(["--model", f"tiny={teacher}", "--test-data", str(dataset), "--shifted-data", str(varied),
+                       "--out", str(tmp_path), "--stem", "quick"])
+    summary = json.loads((tmp_path / "quick.json").read_text())
+    (row,) = summary["models"]
+    for split in ("test", "test_shifted"):
+        figures = row[split]
+        named = figures["false_rejects_by_violation"]
+        assert sum(named.values()) == round(figures["false_reject_rate"] * figures["clean_ads"])
+        assert set(named) <= set(AuditModelConfig.load(teacher).tasks["violation"])
+    assert row["goal_met"] == (row["gap_points"] <= 3 and row["test_shifted"]["false_reject_rate"] <= 0.05)
+    assert "Clean ads rejected, by the violation the model names" in (tmp_path / "quick.md").read_text()
