@@ -201,3 +201,19 @@ def test_shifted_benchmark_names_what_each_false_reject_was_called(varied, datas
         assert set(named) <= set(AuditModelConfig.load(teacher).tasks["violation"])
     assert row["goal_met"] == (row["gap_points"] <= 3 and row["test_shifted"]["false_reject_rate"] <= 0.05)
     assert "Clean ads rejected, by the violation the model names" in (tmp_path / "quick.md").read_text()
+
+
+def test_false_reject_sources_pair_each_clean_shifted_ad_with_a_clean_test_ad(varied, teacher, tmp_path):
+    from benchmarks.false_rejects import COMBINATIONS, clean_pairs, main as false_rejects
+
+    shifted, test = clean_pairs(varied, seed=0)
+    assert shifted and len(shifted) == len(test)
+    shifted_ids, test_ids = ({r.id for r in read_split(varied, split)} for split in ("test_shifted", "test"))
+    assert all(s.labels["industry"] == t.labels["industry"] and s.id in shifted_ids and t.id in test_ids
+               and s.labels["violation"] == t.labels["violation"] == "none" for s, t in zip(shifted, test))
+    false_rejects(["--model", f"tiny={teacher}", "--data", str(varied), "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "false-rejects.json").read_text())["models"]
+    assert list(row["combinations"]) == list(COMBINATIONS)
+    for figures in row["combinations"].values():
+        assert figures["rejected"] == round(figures["false_reject_rate"] * len(shifted))
+        assert sum(figures["by_violation"].values()) == figures["rejected"]
