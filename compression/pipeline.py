@@ -258,9 +258,11 @@ def with_real_copy(teacher: AuditModel, train: EncodedSplit, cache: TeacherCache
     same rows). Why: a teacher trained on such rows stops reading unfamiliar clean words as violations; a student
     that never sees them learns that from the teacher's answers on template copy alone, and does not."""
     settings = recipe.distillation
+    if not settings.real_copy:
+        return train, cache
     kept = torch.arange(len(train) - settings.held_out_count(len(train)))
     texts = {record.id: record.text for record in read_split(Path(data_dir), "train")}
-    rows = real_copy_rows(train.subset(kept), texts, round((settings.real_copy or 0.0) * len(kept)), processor,
+    rows = real_copy_rows(train.subset(kept), texts, round(settings.real_copy * len(kept)), processor,
                           seed=recipe.seed, taxonomy=teacher.config.taxonomy)
     if not len(rows):
         return train, cache
