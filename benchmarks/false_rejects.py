@@ -19,7 +19,6 @@ Writes OUT/<stem>.{json,md} (stem: false-rejects).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shlex
 import sys
@@ -34,6 +33,8 @@ from adaudit.data.encoding import encode_records
 from adaudit.models.modeling import AuditModel, ModelFolderError
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.evaluation import predict_logits
+
+from .shifted import named_models
 
 COMBINATIONS = ("shifted picture, shifted copy", "shifted picture, test copy", "test picture, shifted copy",
                 "test picture, test copy")
@@ -107,12 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     except DatasetError as error:
         raise SystemExit(f"error: {error}") from None
     models = []
-    for entry in args.model:
-        name, _, folder = entry.partition("=")
-        if not folder:
-            raise SystemExit(f"error: --model {entry!r}: expected NAME=FOLDER")
+    for name, folder in named_models(args.model):
         try:
-            models.append(measure(name, Path(folder), shifted, test))
+            models.append(measure(name, folder, shifted, test))
         except ModelFolderError as error:
             raise SystemExit(f"error: {error}") from None
     command = "python -m benchmarks.false_rejects " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -143,6 +143,17 @@ def _made(provenance: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in provenance.items() if key in ("generator", "n", "seed"))
 
 
+def named_models(entries: list[str]) -> list[tuple[str, Path]]:
+    """--model NAME=FOLDER entries as (name, folder); one readable error line for an entry without a folder."""
+    named = []
+    for entry in entries:
+        name, _, folder = entry.partition("=")
+        if not folder:
+            raise SystemExit(f"error: --model {entry!r}: expected NAME=FOLDER")
+        named.append((name, Path(folder)))
+    return named
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER",
@@ -155,12 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stem", default="shifted", help="OUT/<stem>.json and .md")
     args = parser.parse_args(argv)
     models = []
-    for entry in args.model:
-        name, _, folder = entry.partition("=")
-        if not folder:
-            raise SystemExit(f"error: --model {entry!r}: expected NAME=FOLDER")
+    for name, folder in named_models(args.model):
         try:
-            models.append(measure(name, Path(folder), args.test_data, args.shifted_data, args.image_fit, args.limit))
+            models.append(measure(name, folder, args.test_data, args.shifted_data, args.image_fit, args.limit))
         except (DatasetError, ModelFolderError) as error:
             raise SystemExit(f"error: {error}") from None
         print(json.dumps({k: v for k, v in models[-1].items() if k in ("name", "gap_points", "goal_met")}),
