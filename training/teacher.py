@@ -14,6 +14,7 @@ gateway read them from there.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from adaudit.models.configuration import TOWERS, ConfigError
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
+from .averaging import UNAVERAGED_FOLDER, WeightAverage
 from .presets import preset
 from .real_copy import makes_rows as makes_real_copy_rows, real_copy_rows
 from .reframing import Reframing
@@ -77,10 +79,13 @@ def calibrate_teacher(model: AuditModel, validation: EncodedSplit | None, test: 
     return calibration, {"calibration": calibration.record}
 
 
-def write_teacher(model: AuditModel, out: Path, metrics: dict, calibration: Calibration | None) -> None:
-    """The teacher folder, its reliability diagram (when calibrated) and metrics.json last, so a folder
-    with metrics.json is complete."""
+def write_teacher(model: AuditModel, out: Path, metrics: dict, calibration: Calibration | None,
+                  unaveraged: AuditModel | None = None) -> None:
+    """The teacher folder, its last step's weights when the teacher is a weight average (`unaveraged/`), its
+    reliability diagram (when calibrated) and metrics.json last, so a folder with metrics.json is complete."""
     model.save_pretrained(out)
+    if unaveraged is not None:
+        unaveraged.save_pretrained(out / UNAVERAGED_FOLDER)
     if calibration is not None:
         plot_reliability(calibration, out, f"teacher '{metrics['preset']}': temperature scaling")
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
@@ -123,13 +128,15 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
                   frozen_blocks: int | None = None, recombined: float | None = None, log=print,
                   device: str | None = "auto", fsdp: bool = False,
                   gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None,
-                  reframed: float | None = None) -> dict | None:
+                  reframed: float | None = None, weight_average: float | None = None) -> dict | None:
     """Train a teacher; `modality` text or image trains a single-modality ablation instead; `frozen_blocks`
     (presets with pretrained towers; default: the preset's): the lower blocks of each pretrained tower kept
     fixed; `recombined` (default: the preset's): labelled rows of one ad's copy over another ad's picture
     added to the training ads, as a fraction of them (only when both modalities are read); `real_copy` (default:
     the preset's): rows whose copy holds a clause of real writing (training/real_copy.py), the same way; `reframed`
-    (default: the preset's): the share of each batch's pictures re-framed (training/reframing.py). `device`:
+    (default: the preset's): the share of each batch's pictures re-framed (training/reframing.py);
+    `weight_average` (default: the preset's; 0: none): the decay of the moving average of the weights written as
+    the teacher (training/averaging.py). `device`:
     training/device.py. Under torchrun every rank trains (DDP, or FSDP2 with `fsdp`) and rank 0 alone logs,
     evaluates and writes: it returns the metrics, the other ranks None. `gradient_checkpointing`: the towers
     whose activations are recomputed in backward (less memory)."""
@@ -146,15 +153,15 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     try:
         log = log if world.main else (lambda message: None)
         return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
-                           recombined, log, started, gradient_checkpointing, real_copy, reframed)
+                           recombined, log, started, gradient_checkpointing, real_copy, reframed, weight_average)
     finally:
         finish(world)
 
 
 def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log,
                         taxonomy: Taxonomy = DEFAULT_TAXONOMY, real_copy: float = 0.0):
-    """(model, optimizer state, training state, recombined fraction, real-copy fraction): from the checkpoint
-    when resuming."""
+    """(model, optimizer state, training state, recombined fraction, real-copy fraction, weight average's
+    tensors or None): from the checkpoint when resuming."""
     if resume and checkpoint.exists():
         model, optimizer_state, state, meta = load_checkpoint(checkpoint)
         if model.config.taxonomy != taxonomy:
@@ -164,15 +171,15 @@ def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: 
         # epochs left cover the same rows and the learning-rate schedule the same steps
         recombined, real_copy = meta.get("recombined", 0.0), meta.get("real_copy", 0.0)
         log(f"resuming from {checkpoint} after epoch {state.epoch} (recombined {recombined}, real copy {real_copy})")
-        return model, optimizer_state, state, recombined, real_copy
+        return model, optimizer_state, state, recombined, real_copy, meta["average"]
     torch.manual_seed(seed)
-    return new_teacher(preset_name, taxonomy), None, TrainingState(), recombined, real_copy
+    return new_teacher(preset_name, taxonomy), None, TrainingState(), recombined, real_copy, None
 
 
 def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: bool, limit: int | None,
                 modality: str, frozen_blocks: int | None, recombined: float | None, log, started: float,
                 gradient_checkpointing: tuple[str, ...] = (), real_copy: float | None = None,
-                reframed: float | None = None):
+                reframed: float | None = None, weight_average: float | None = None):
     """train_teacher's work on one rank: the data, the loop, and (rank 0) the evaluation and the folder."""
     checkpoint = checkpoint_folder(out)
     taxonomy = data_taxonomy(data_dir)  # the data set's labels.yaml, refused before any work if it is broken
@@ -194,8 +201,17 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
     if not 0 <= reframed <= 1:
         raise ValueError(f"reframed must be between 0 and 1, got {reframed}")
     reframed = reframed if modality != "text" else 0.0  # a text-only ablation's pictures are all grey
-    model, optimizer_state, state, recombined, real_copy = load_or_new_teacher(
+    weight_average = row.weight_average if weight_average is None else weight_average
+    if not 0 <= weight_average < 1:
+        raise ValueError(f"weight_average (a decay) must be 0 (none) or between 0 and 1, got {weight_average}")
+    if weight_average and world.fsdp:
+        raise ConfigError("a weight average is not kept under FSDP (its shards would need gathering every step): "
+                          "drop --fsdp or --weight-average")
+    model, optimizer_state, state, recombined, real_copy, average_state = load_or_new_teacher(
         checkpoint, resume, row.name, schedule.seed, recombined, log, taxonomy, real_copy)
+    if weight_average and state.epoch and average_state is None:
+        log("the checkpoint holds no weight average: the average starts from its weights")
+    average = WeightAverage(weight_average, average_state) if weight_average else None
     frozen_blocks = row.frozen_blocks if frozen_blocks is None else frozen_blocks
     if row.pretrained:
         frozen = freeze_lower_blocks(model, frozen_blocks)
@@ -222,16 +238,22 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
         whole, optimizer_state = world.unsharded(model, optimizer)  # every rank takes part under FSDP
         if world.main:  # rank 0 alone writes; every rank holds the same weights (or, under FSDP, a shard)
             save_checkpoint(checkpoint, whole, optimizer_state, state,
-                            {"preset": row.name, "recombined": recombined, "real_copy": real_copy})
+                            {"preset": row.name, "recombined": recombined, "real_copy": real_copy},
+                            average.tensors() if average is not None else None)
         log(f"epoch {state.epoch}/{schedule.epochs}: training loss {loss:.4f}, checkpoint saved")
 
     # fresh draws on every rank (each re-frames its own rows) and on every resumed epoch
     pictures = Reframing(reframed, seed=(schedule.seed * 1000 + state.epoch) * 64 + world.rank) if reframed else None
     losses = fit(model, len(train), lambda m, index: label_loss(m, train, index, pictures), schedule,
-                 f"teacher {row.name}", state, optimizer_state, on_epoch_end=save_progress, world=world)
+                 f"teacher {row.name}", state, optimizer_state, on_epoch_end=save_progress, world=world,
+                 average=average)
     model, _ = world.unsharded(model)  # under FSDP, the whole teacher gathered to rank 0
     if not world.main:
         return None
+    unaveraged = None
+    if average is not None:  # the last step's weights kept beside the average, measured on the same splits
+        unaveraged = copy.deepcopy(model).cpu().eval()
+        average.copy_into(model)
     validation = validation_split(data_dir, processor, config.tasks, modality)
     calibration, calibration_entry = calibrate_teacher(model, validation, test, log)
     metrics = {"preset": row.name, "modality": modality, "epochs": schedule.epochs, "seed": schedule.seed,
@@ -242,9 +264,13 @@ def run_teacher(data_dir: Path, out: Path, row, schedule, world: World, resume: 
                "frozen_blocks": frozen_blocks if row.pretrained else 0,
                "recombined": recombined, "recombined_rows": len(pairs),
                "real_copy": real_copy, "real_copy_rows": len(real), "reframed": reframed,
+               "weight_average": weight_average,
+               **({} if unaveraged is None else {"unaveraged": {
+                   "test": evaluate(unaveraged, test),
+                   **({} if validation is None else {"validation": evaluate(unaveraged, validation)})}}),
                "distributed": world.record(),
                "wall_seconds": time.perf_counter() - started}
-    write_teacher(model.cpu(), out, metrics, calibration)
+    write_teacher(model.cpu(), out, metrics, calibration, unaveraged)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return metrics
 
