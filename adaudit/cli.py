@@ -168,7 +168,8 @@ def teacher_train(data: Annotated[Path, typer.Option(help="data set folder")],
         return
     metrics = train_teacher(data, out, preset, epochs=epochs, resume=resume, seed=seed, modality=modality,
                             frozen_blocks=frozen_blocks, recombined=recombined, real_copy=real_copy,
-                            reframed=reframed, weight_average=weight_average, log=main_process_only(log), device=device, fsdp=fsdp,
+                            reframed=reframed, weight_average=weight_average, log=main_process_only(log),
+                            device=device, fsdp=fsdp,
                             gradient_checkpointing=tuple(t.strip() for t in gradient_checkpointing.split(",") if t.strip()))
     if metrics is not None:  # rank 0 (or the one process)
         log(f"teacher written to {out}: {summary(metrics['test'])}")

@@ -56,6 +56,22 @@ def quiet(message: str) -> None:
     pass
 
 
+def train_until_first_checkpoint(dataset: Path, out: Path, monkeypatch, **options) -> None:
+    """A tiny teacher run that dies right after its first checkpoint, as an interrupted run would."""
+    from adaudit.training import teacher as teacher_module
+
+    real_save = teacher_module.save_checkpoint
+
+    def save_then_stop(*arguments):
+        real_save(*arguments)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(dataset, out, "tiny", log=quiet, **options)
+    monkeypatch.setattr(teacher_module, "save_checkpoint", real_save)
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data") / "ads"

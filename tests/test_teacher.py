@@ -4,13 +4,12 @@ import json
 
 import pytest
 
-from adaudit.training import teacher as teacher_module
 from adaudit.training.presets import preset_config
 from adaudit.models.modeling import AuditModel
 from adaudit.models.tokenizer import build_vocabulary
 from adaudit.training.teacher import checkpoint_folder, train_teacher
 
-from conftest import quiet
+from conftest import train_until_first_checkpoint
 
 
 def test_teacher_folder_and_metrics(teacher):
@@ -24,17 +23,8 @@ def test_teacher_folder_and_metrics(teacher):
 
 def test_interrupted_training_resumes_from_its_checkpoint(dataset, tmp_path, monkeypatch):
     out = tmp_path / "teacher"
-    real_save = teacher_module.save_checkpoint
-
-    def save_then_stop(*arguments):
-        real_save(*arguments)
-        raise KeyboardInterrupt  # the run dies right after its first checkpoint
-
-    monkeypatch.setattr(teacher_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher(dataset, out, "tiny", epochs=2, limit=64, log=quiet)
+    train_until_first_checkpoint(dataset, out, monkeypatch, epochs=2, limit=64)
     assert not out.exists() and checkpoint_folder(out).exists()
-    monkeypatch.setattr(teacher_module, "save_checkpoint", real_save)
 
     messages = []
     metrics = train_teacher(dataset, out, "tiny", epochs=2, limit=64, resume=True, log=messages.append)

@@ -8,12 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from adaudit.models.modeling import AuditModel
-from adaudit.training import teacher as teacher_module
 from adaudit.training.averaging import UNAVERAGED_FOLDER, WeightAverage
 from adaudit.training.loop import AVERAGE_TENSORS
 from adaudit.training.teacher import checkpoint_folder, train_teacher
 
-from conftest import quiet
+from conftest import quiet, train_until_first_checkpoint
 
 
 def test_the_average_moves_by_its_decay():
@@ -44,27 +43,16 @@ def test_teacher_written_as_its_weight_average_with_the_last_step_beside_it(data
     assert metrics["weight_average"] == 0.9
     assert set(metrics["unaveraged"]) >= {"test"} and 0 <= metrics["unaveraged"]["test"]["accuracy"] <= 1
     averaged, last = AuditModel.from_pretrained(out), AuditModel.from_pretrained(out / UNAVERAGED_FOLDER)
-    name = "heads.verdict.weight" if "heads.verdict.weight" in averaged.state_dict() else next(
-        n for n, _ in averaged.named_parameters())
-    assert not torch.equal(averaged.state_dict()[name], last.state_dict()[name])
+    assert not torch.equal(averaged.state_dict()["heads.verdict.weight"], last.state_dict()["heads.verdict.weight"])
     with pytest.raises(ValueError, match="weight_average"):
         train_teacher(dataset, tmp_path / "bad", "tiny", epochs=1, limit=16, weight_average=1.5, log=quiet)
 
 
 def test_the_average_survives_an_interruption(dataset, tmp_path, monkeypatch):
     out = tmp_path / "teacher"
-    real_save = teacher_module.save_checkpoint
-
-    def save_then_stop(*arguments):
-        real_save(*arguments)
-        raise KeyboardInterrupt  # the run dies right after its first checkpoint
-
-    monkeypatch.setattr(teacher_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_teacher(dataset, out, "tiny", epochs=2, limit=64, weight_average=0.9, log=quiet)
+    train_until_first_checkpoint(dataset, out, monkeypatch, epochs=2, limit=64, weight_average=0.9)
     saved = load_file(str(checkpoint_folder(out) / AVERAGE_TENSORS))
     assert saved["n_averaged"].item() == 2  # 64 ads in batches of 32: two steps averaged
-    monkeypatch.setattr(teacher_module, "save_checkpoint", real_save)
     messages = []
     train_teacher(dataset, out, "tiny", epochs=2, limit=64, weight_average=0.9, resume=True, log=messages.append)
     assert not any("holds no weight average" in message for message in messages)
