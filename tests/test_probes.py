@@ -1,6 +1,11 @@
 """The issue-28 probes in benchmarks/: what they compute, on inputs whose answer is known."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from adaudit.data.encoding import EncodedSplit
@@ -42,3 +47,32 @@ def test_each_pair_puts_a_picture_under_clean_copy_of_its_industry_with_the_pict
         assert int(picture.flatten()[0]) == picture_ad and int(copy[0]) == copy_ad + 100
         assert picture_ad in (0, 1) and copy_ad in (2, 3, 4, 5)
         assert labels[copy_ad, 1] == labels[picture_ad, 1] and row.tolist() == labels[picture_ad].tolist()
+
+
+def test_joined_training_ads_keep_the_benchmarks_validation_and_test_splits(dataset, tmp_path):
+    from adaudit.data.dataset import read_split
+    from benchmarks.more_ads import PREFIX, join
+
+    out = tmp_path / "joined"
+    made = join(dataset, dataset, out)  # the same ads twice: the prefix must keep every id apart
+    train = read_split(out, "train")  # every picture link resolves, every row validates
+    own = read_split(dataset, "train")
+    assert made["joined_train"] == len(train) == 2 * len(own)
+    assert len({record.id for record in train}) == len(train)
+    assert sum(record.id.startswith(PREFIX) for record in train) == len(own)
+    assert [r.labels for r in train[len(own):]] == [r.labels for r in own]
+    for split in ("validation", "test"):
+        assert (out / f"{split}.jsonl").read_bytes() == (dataset / f"{split}.jsonl").read_bytes()
+        assert len(read_split(out, split, require_all_tasks=False)) == len(read_split(dataset, split, False))
+    assert json.loads((out / "joined.json").read_text())["extra_train"] == len(own)
+
+
+def test_an_extra_data_set_with_another_taxonomy_is_refused_and_nothing_is_written(dataset, tmp_path):
+    from adaudit.data.dataset import DatasetError
+    from benchmarks.more_ads import join
+    from test_taxonomy import relabelled
+
+    other = relabelled(Path(shutil.copytree(dataset, tmp_path / "other")))
+    with pytest.raises(DatasetError, match="another taxonomy"):
+        join(dataset, other, tmp_path / "joined")
+    assert not (tmp_path / "joined").exists()
