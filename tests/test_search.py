@@ -52,12 +52,11 @@ def budget_between_extremes(setting) -> float:
 
 def test_every_candidate_and_the_choice_fit_the_budget(setting):
     budget = budget_between_extremes(setting)
-    section = run_search(setting, budget)
-    assert section["chosen"]["latency_ms"] <= budget + 1e-9
+    # untimed, the latency model stays the module's, under which the budget is reachable: timings taken on a
+    # busy machine could teach it that no student is (that case: the test after the round trip)
+    section = run_search(setting, budget, time_candidates=False)
+    assert section["chosen"]["latency_ms"] <= budget + 1e-9 and section["budget_met"] is True
     assert all(candidate["latency_ms"] <= budget + 1e-9 for candidate in section["candidates"])
-    # the elites and the choice were timed and taught to the latency model
-    assert section["chosen"]["measured_ms"] is not None
-    assert len(section["latency_model"]["timed"]) > len(setting[3].timed)
     assert len(section["trace"]) == setting[2].search.generations
     best = [generation["best_fitness"] for generation in section["trace"]]
     assert section["chosen"]["fitness"] == best[-1]
@@ -134,6 +133,11 @@ def test_a_budget_no_student_meets_is_reported_not_passed_off(setting):
     # the fastest of the last generation's candidates, all of them timed
     last = [c for c in section["candidates"] if c["generation"] == 1]
     assert section["chosen"]["measured_ms"] == min(c["measured_ms"] for c in last)
+    # before it, the elites were timed and taught to the latency model
+    first = [c for c in section["candidates"] if c["generation"] == 0]
+    elites = first[:setting[2].search.elites]
+    assert elites and all(c["measured_ms"] is not None for c in elites)
+    assert len(section["latency_model"]["timed"]) >= len(setting[3].timed) + len(last) + len(elites)
 
 
 def test_a_search_recipe_without_a_target_is_refused(teacher, dataset, tmp_path):
