@@ -9,7 +9,8 @@ the union (benchmarks/more_ads.sh).
 
     python -m benchmarks.more_ads --data runs/bench-v/data --extra runs/bench-v-pool --out runs/more-ads/data
 
-The extra ads keep their pictures where they are (links), their ids gain a prefix so none collides.
+`--extra` may be given more than once. The extra ads keep their pictures where they are (links); the ids of
+the k-th extra data set gain the prefix `extra<k>-`, so none collides.
 """
 
 from __future__ import annotations
@@ -24,24 +25,29 @@ from pathlib import Path
 from adaudit.core.files import atomic_folder
 from adaudit.data.dataset import DatasetError, data_taxonomy, read_split
 
-PREFIX = "extra-"
+def prefix(number: int) -> str:
+    """The id prefix of the `number`-th extra data set (from 1)."""
+    return f"extra{number}-"
 
 
-def join(data: Path, extra: Path, out: Path) -> dict:
-    """`out`: data's splits, with extra's training ads added to its train split. Returns the counts."""
-    if data_taxonomy(data) != data_taxonomy(extra):
-        raise DatasetError(f"{extra} labels its ads with another taxonomy than {data} (labels.yaml)")
-    train, added = read_split(data, "train"), read_split(extra, "train")
+def join(data: Path, extras: list[Path], out: Path) -> dict:
+    """`out`: data's splits, with each extra data set's training ads added to its train split."""
+    for extra in extras:
+        if data_taxonomy(data) != data_taxonomy(extra):
+            raise DatasetError(f"{extra} labels its ads with another taxonomy than {data} (labels.yaml)")
+    train = read_split(data, "train")
+    added = [read_split(extra, "train") for extra in extras]
     for split in ("validation", "test"):
         read_split(data, split, require_all_tasks=False)  # a readable error now, not after hours of training
     with atomic_folder(out) as staging:
         (staging / "images").mkdir()
         rows = []
-        for folder, records, prefix in ((data, train, ""), (extra, added, PREFIX)):
+        sources = [("", train)] + [(prefix(number), records) for number, records in enumerate(added, 1)]
+        for start, records in sources:
             for record in records:
-                name = prefix + record.image_path.name
+                name = start + record.image_path.name
                 os.symlink(record.image_path.resolve(), staging / "images" / name)
-                rows.append({"id": prefix + record.id, "image": f"images/{name}", "text": record.text,
+                rows.append({"id": start + record.id, "image": f"images/{name}", "text": record.text,
                              "labels": record.labels})
         (staging / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
                                              encoding="utf-8")
@@ -54,8 +60,8 @@ def join(data: Path, extra: Path, out: Path) -> dict:
             shutil.copyfile(data / f"{split}.jsonl", staging / f"{split}.jsonl")
         if (data / "labels.yaml").is_file():
             shutil.copyfile(data / "labels.yaml", staging / "labels.yaml")
-        made = {"joined_from": {str(folder): provenance(folder) for folder in (data, extra)},
-                "train": len(train), "extra_train": len(added), "joined_train": len(rows)}
+        made = {"joined_from": [{"folder": str(folder), "generator": provenance(folder)} for folder in (data, *extras)],
+                "train": len(train), "extra_train": [len(records) for records in added], "joined_train": len(rows)}
         (staging / "joined.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
     return made
 
@@ -69,7 +75,8 @@ def provenance(folder: Path) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the benchmark's data folder")
-    parser.add_argument("--extra", type=Path, required=True, help="a data folder whose train split is added")
+    parser.add_argument("--extra", type=Path, required=True, action="append",
+                        help="a data folder whose train split is added (repeatable)")
     parser.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
     if arguments.out.exists():

@@ -51,20 +51,21 @@ def test_each_pair_puts_a_picture_under_clean_copy_of_its_industry_with_the_pict
 
 def test_joined_training_ads_keep_the_benchmarks_validation_and_test_splits(dataset, tmp_path):
     from adaudit.data.dataset import read_split
-    from benchmarks.more_ads import PREFIX, join
+    from benchmarks.more_ads import join, prefix
 
     out = tmp_path / "joined"
-    made = join(dataset, dataset, out)  # the same ads twice: the prefix must keep every id apart
+    made = join(dataset, [dataset, dataset], out)  # the same ads thrice: the prefixes must keep every id apart
     train = read_split(out, "train")  # every picture link resolves, every row validates
     own = read_split(dataset, "train")
-    assert made["joined_train"] == len(train) == 2 * len(own)
+    assert made["joined_train"] == len(train) == 3 * len(own)
     assert len({record.id for record in train}) == len(train)
-    assert sum(record.id.startswith(PREFIX) for record in train) == len(own)
-    assert [r.labels for r in train[len(own):]] == [r.labels for r in own]
+    for number in (1, 2):
+        assert sum(record.id.startswith(prefix(number)) for record in train) == len(own)
+    assert [r.labels for r in train[len(own):]] == [r.labels for r in own] * 2
     for split in ("validation", "test"):
         assert (out / f"{split}.jsonl").read_bytes() == (dataset / f"{split}.jsonl").read_bytes()
         assert len(read_split(out, split, require_all_tasks=False)) == len(read_split(dataset, split, False))
-    assert json.loads((out / "joined.json").read_text())["extra_train"] == len(own)
+    assert json.loads((out / "joined.json").read_text())["extra_train"] == [len(own), len(own)]
 
 
 def test_an_extra_data_set_with_another_taxonomy_is_refused_and_nothing_is_written(dataset, tmp_path):
@@ -74,5 +75,5 @@ def test_an_extra_data_set_with_another_taxonomy_is_refused_and_nothing_is_writt
 
     other = relabelled(Path(shutil.copytree(dataset, tmp_path / "other")))
     with pytest.raises(DatasetError, match="another taxonomy"):
-        join(dataset, other, tmp_path / "joined")
+        join(dataset, [dataset, other], tmp_path / "joined")
     assert not (tmp_path / "joined").exists()
