@@ -8,7 +8,11 @@ same generator) to the benchmark's own, keeping its validation and test splits, 
 the union (benchmarks/more_ads.sh).
 
     python -m benchmarks.more_ads --data runs/bench-v/data --extra runs/bench-v-pool --out runs/more-ads/data
+    python -m benchmarks.more_ads report --model NAME=FOLDER ... --data runs/bench-v/data --out benchmarks/results
 
+`report` scores each model on the base splits: verdict accuracy, automation at the target precision (thresholds
+fitted on validation, measured on test, as benchmarks/decisions.py), drawn gambling found, and the violations
+the model calls clean with p(none) > 0.99, the ones no pass threshold can keep out.
 `--extra` may be given more than once. The extra ads keep their pictures where they are (links); the ids of
 the k-th extra data set gain the prefix `extra<k>-`, so none collides.
 """
@@ -18,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from adaudit.core.files import atomic_folder
+from adaudit.core.files import atomic_folder, write_results
 from adaudit.data.dataset import DatasetError, data_taxonomy, read_split
+
+CERTAIN = 0.99  # a violation the model calls clean this surely passes under any useful pass threshold
 
 def prefix(number: int) -> str:
     """The id prefix of the `number`-th extra data set (from 1)."""
@@ -72,7 +79,96 @@ def provenance(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def score(folder: Path, data: Path, target: float) -> dict:
+    """One model on `data`'s validation (thresholds) and test (everything measured) splits."""
+    from adaudit.data.encoding import encode_split, encode_validation
+    from adaudit.decisions.fit import apply_thresholds, fit_thresholds
+    from adaudit.models.modeling import AuditModel
+    from adaudit.models.preprocessing import AuditProcessor
+    from adaudit.training.evaluation import predict_logits
+    from adaudit.training.policy_fit import logits_scores
+    from benchmarks.picture_pairs import picture_gambling
+
+    model = AuditModel.from_pretrained(folder)
+    processor, tasks, taxonomy = AuditProcessor.from_folder(model.config, folder), model.config.tasks, \
+        model.config.taxonomy
+    validation = encode_validation(data, processor, tasks)
+    if validation is None:
+        raise DatasetError(f"{data / 'validation.jsonl'} not found: thresholds are fitted on held-out ads, never on "
+                           "the test split")
+    test = encode_split(data, "test", processor, tasks)
+    fit = fit_thresholds(*logits_scores(model.config, predict_logits(model, validation), validation), target)
+    logits = predict_logits(model, test)
+    decided = apply_thresholds(*logits_scores(model.config, logits, test), fit.block_at, fit.review_at)
+    reasons = list(tasks[taxonomy.reason_task])
+    column = test.tasks.index(taxonomy.reason_task)
+    truth, predicted = test.labels[:, column], logits[taxonomy.reason_task].argmax(-1)
+    clean = reasons.index(taxonomy.clean_class)
+    surely_clean = logits[taxonomy.reason_task].softmax(-1)[:, clean] > CERTAIN
+    drawn = picture_gambling(test, {r.id: r.text for r in read_split(data, "test")}, column,
+                             reasons.index("gambling"))
+    verdict = test.tasks.index(taxonomy.verdict_task)
+    metrics = folder / "metrics.json"
+    return {"folder": str(folder),
+            "training_ads": json.loads(metrics.read_text())["train_samples"] if metrics.is_file() else None,
+            "verdict_accuracy": float((logits[taxonomy.verdict_task].argmax(-1) == test.labels[:, verdict])
+                                      .float().mean()),
+            "decisions": decided,
+            "drawn_gambling_found": float((predicted[drawn] == truth[drawn]).float().mean()) if drawn.any() else None,
+            "drawn_gambling_ads": int(drawn.sum()),
+            "violations_surely_clean": int(((truth != clean) & surely_clean).sum()),
+            "clean_ads_surely_clean": int(((truth == clean) & surely_clean).sum()),
+            "clean_ads": int((truth == clean).sum()), "violations": int((truth != clean).sum()),
+            "clean_left_clean": float((predicted[truth == clean] == clean).float().mean())}
+
+
+def report_markdown(summary: dict) -> str:
+    percent = lambda value: "n/a" if value is None else f"{100 * value:.2f}%"  # noqa: E731
+    rows = summary["models"]
+    first = next(iter(rows.values()))
+    lines = ["# More training ads: automation at a target precision", "", f"Command: `{summary['command']}`", "",
+             f"Every model scored on `{summary['data']}`: thresholds fitted on its validation split at precision "
+             f"{summary['target_precision']}, everything else measured on its test split "
+             f"({first['clean_ads']} clean ads, {first['violations']} violations, {first['drawn_gambling_ads']} "
+             "with gambling drawn in the picture).", "",
+             "| model | training ads | verdict accuracy | automation | blocks precise | passes clean | clean ads left "
+             f"clean | drawn gambling found | violations with p(clean) > {CERTAIN} |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        decided = row["decisions"]
+        ads = row["training_ads"] or "its teacher's"
+        lines.append(f"| {name} | {ads} | {percent(row['verdict_accuracy'])} "
+                     f"| {percent(decided['automation_rate'])} | {percent(decided['block_precision'])} "
+                     f"| {percent(decided['pass_precision'])} | {percent(row['clean_left_clean'])} "
+                     f"| {percent(row['drawn_gambling_found'])} | {row['violations_surely_clean']} |")
+    return "\n".join(lines + [""])
+
+
+def report(argv: list[str]) -> None:
+    from benchmarks.shifted import named_models
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.more_ads report",
+                                     description="score models on the base benchmark's splits")
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--data", type=Path, required=True, help="the base benchmark's data folder")
+    parser.add_argument("--target-precision", type=float, default=0.99)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--stem", default="more-ads")
+    arguments = parser.parse_args(argv)
+    models = named_models(arguments.model)
+    try:
+        rows = {name: score(folder, arguments.data, arguments.target_precision) for name, folder in models}
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+    summary = {"command": shlex.join(["python", "-m", "benchmarks.more_ads", "report", *argv]),
+               "data": str(arguments.data), "target_precision": arguments.target_precision, "models": rows}
+    write_results(arguments.out, arguments.stem, summary, report_markdown(summary))
+    print(report_markdown(summary))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        return report(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the benchmark's data folder")
     parser.add_argument("--extra", type=Path, required=True, action="append",

@@ -77,3 +77,34 @@ def test_an_extra_data_set_with_another_taxonomy_is_refused_and_nothing_is_writt
     with pytest.raises(DatasetError, match="another taxonomy"):
         join(dataset, [dataset, other], tmp_path / "joined")
     assert not (tmp_path / "joined").exists()
+
+
+def test_the_report_scores_each_model_on_the_base_splits(teacher, dataset, tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks.more_ads import main
+
+    monkeypatch.setattr(sys, "argv", ["more_ads", "report", "--model", f"tiny={teacher}", "--data", str(dataset),
+                                      "--out", str(tmp_path), "--stem", "more"])
+    main()
+    row = json.loads((tmp_path / "more.json").read_text())["models"]["tiny"]
+    assert row["training_ads"] == json.loads((teacher / "metrics.json").read_text())["train_samples"]
+    assert row["clean_ads"] + row["violations"] == row["decisions"]["ads"]
+    assert 0 <= row["violations_surely_clean"] <= row["violations"]
+    assert 0 <= row["clean_ads_surely_clean"] <= row["clean_ads"]
+    assert 0 <= row["decisions"]["automation_rate"] <= 1
+    assert "| tiny |" in (tmp_path / "more.md").read_text()
+
+
+def test_the_report_refuses_a_data_set_without_a_validation_split(teacher, dataset, tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks.more_ads import main
+
+    bare = Path(shutil.copytree(dataset, tmp_path / "bare"))
+    (bare / "validation.jsonl").unlink()
+    monkeypatch.setattr(sys, "argv", ["more_ads", "report", "--model", f"tiny={teacher}", "--data", str(bare),
+                                      "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="validation"):
+        main()
+    assert not (tmp_path / "more-ads.json").exists()
