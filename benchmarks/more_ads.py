@@ -32,6 +32,7 @@ from adaudit.data.dataset import DatasetError, data_taxonomy, read_split
 
 CERTAIN = 0.99  # a violation the model calls clean this surely passes under any useful pass threshold
 
+
 def prefix(number: int) -> str:
     """The id prefix of the `number`-th extra data set (from 1)."""
     return f"extra{number}-"
@@ -39,13 +40,14 @@ def prefix(number: int) -> str:
 
 def join(data: Path, extras: list[Path], out: Path) -> dict:
     """`out`: data's splits, with each extra data set's training ads added to its train split."""
+    taxonomy = data_taxonomy(data)
     for extra in extras:
-        if data_taxonomy(data) != data_taxonomy(extra):
+        if data_taxonomy(extra) != taxonomy:
             raise DatasetError(f"{extra} labels its ads with another taxonomy than {data} (labels.yaml)")
     train = read_split(data, "train")
     added = [read_split(extra, "train") for extra in extras]
-    for split in ("validation", "test"):
-        read_split(data, split, require_all_tasks=False)  # a readable error now, not after hours of training
+    # read now, for a readable error before hours of training, and for their pictures' links
+    held = {split: read_split(data, split, require_all_tasks=False) for split in ("validation", "test")}
     with atomic_folder(out) as staging:
         (staging / "images").mkdir()
         rows = []
@@ -58,12 +60,11 @@ def join(data: Path, extras: list[Path], out: Path) -> dict:
                              "labels": record.labels})
         (staging / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
                                              encoding="utf-8")
-        for split in ("validation", "test"):
-            for line in (data / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-                image = json.loads(line)["image"]
-                link = staging / image
+        for split, records in held.items():
+            for record in records:
+                link = staging / record.image_path.relative_to(data)
                 if not link.exists():
-                    os.symlink((data / image).resolve(), link)
+                    os.symlink(record.image_path.resolve(), link)
             shutil.copyfile(data / f"{split}.jsonl", staging / f"{split}.jsonl")
         if (data / "labels.yaml").is_file():
             shutil.copyfile(data / "labels.yaml", staging / "labels.yaml")
@@ -81,22 +82,18 @@ def provenance(folder: Path) -> dict | None:
 
 def score(folder: Path, data: Path, target: float) -> dict:
     """One model on `data`'s validation (thresholds) and test (everything measured) splits."""
-    from adaudit.data.encoding import encode_split, encode_validation
+    from adaudit.data.encoding import encode_split
     from adaudit.decisions.fit import apply_thresholds, fit_thresholds
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
     from adaudit.training.evaluation import predict_logits
-    from adaudit.training.policy_fit import logits_scores
+    from adaudit.training.policy_fit import held_out_split, logits_scores
     from benchmarks.picture_pairs import picture_gambling
 
     model = AuditModel.from_pretrained(folder)
     processor, tasks, taxonomy = AuditProcessor.from_folder(model.config, folder), model.config.tasks, \
         model.config.taxonomy
-    validation = encode_validation(data, processor, tasks)
-    if validation is None:
-        raise DatasetError(f"{data / 'validation.jsonl'} not found: thresholds are fitted on held-out ads, never on "
-                           "the test split")
-    test = encode_split(data, "test", processor, tasks)
+    validation, test = held_out_split(data, processor, tasks), encode_split(data, "test", processor, tasks)
     fit = fit_thresholds(*logits_scores(model.config, predict_logits(model, validation), validation), target)
     logits = predict_logits(model, test)
     decided = apply_thresholds(*logits_scores(model.config, logits, test), fit.block_at, fit.review_at)

@@ -61,13 +61,13 @@ def pairs(train, picture_rows: torch.Tensor, clean_rows: torch.Tensor, industry:
 
 def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, learning_rate: float) -> dict:
     from adaudit.data.dataset import read_split
-    from adaudit.data.encoding import encode_split, encode_validation
+    from adaudit.data.encoding import encode_split
     from adaudit.decisions.fit import apply_thresholds, fit_thresholds
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
     from adaudit.training.evaluation import predict_logits
     from adaudit.training.loop import Schedule, fit, label_loss
-    from adaudit.training.policy_fit import logits_scores
+    from adaudit.training.policy_fit import held_out_split, logits_scores
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def measure(teacher: Path, data: Path, count: int, epochs: int, target: float, l
     processor = AuditProcessor.from_folder(model.config, teacher)
     tasks, taxonomy = model.config.tasks, model.config.taxonomy
     train, test = (encode_split(data, split, processor, tasks) for split in ("train", "test"))
-    validation = encode_validation(data, processor, tasks)
+    validation = held_out_split(data, processor, tasks)
     texts = {record.id: record.text for split in ("train", "test") for record in read_split(data, split)}
     column = {task: i for i, task in enumerate(train.tasks)}
     reasons = list(tasks[taxonomy.reason_task])

@@ -472,7 +472,7 @@ class PolicySearch:
         if self.settings.time_candidates and self.settings.strategy == "uniform":
             # the uniform ratio is compared at equal *measured* latency too: re-bisect until it fits
             for _ in range(4):
-                if self.timed(uniform) <= self.budget * MEASURED_TOLERANCE:
+                if self.within_budget(self.timed(uniform)):
                     break
                 uniform = self.space.uniform()
         return uniform
@@ -507,7 +507,7 @@ class PolicySearch:
         if not self.settings.time_candidates:
             return ranked
         if last:  # the choice: the fittest whose *measured* latency fits (timed in order, until one does)
-            fitting = next((i for i, (c, _) in enumerate(ranked) if self.measures_within_budget(c)), None)
+            fitting = next((i for i, (c, _) in enumerate(ranked) if self.within_budget(self.measure(c))), None)
             if fitting is not None:
                 return ranked[fitting:]
             # none fits (a budget below the smallest student, or a noisy machine): the fastest measured,
@@ -520,14 +520,14 @@ class PolicySearch:
             self.measure(candidate)
         return ranked
 
-    def measures_within_budget(self, candidate: Candidate) -> bool:
-        """Timed now: within the budget, give or take the timing noise of one p50 (2%)."""
-        return self.measure(candidate) <= self.budget * MEASURED_TOLERANCE
+    def within_budget(self, measured_ms: float) -> bool:
+        """A timed latency within the budget, give or take the timing noise of one p50 (2%)."""
+        return measured_ms <= self.budget * MEASURED_TOLERANCE
 
     def budget_met(self, chosen: Candidate) -> bool:
         """Judged by measurement where the choice was timed, else by the latency model's prediction."""
         if chosen.measured_ms is not None:
-            return chosen.measured_ms <= self.budget * MEASURED_TOLERANCE
+            return self.within_budget(chosen.measured_ms)
         return chosen.latency_ms <= self.budget
 
     def measure(self, candidate: Candidate) -> float:

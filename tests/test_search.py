@@ -12,8 +12,8 @@ from adaudit.compression.distillation import cache_teacher
 from adaudit.compression.importance import block_influence, taylor_unit_scores
 from adaudit.compression.pipeline import compress
 from adaudit.compression.recipe import RecipeError, load_recipe
-from adaudit.compression.search import (MEASURED_TOLERANCE, LatencyModel, Space, block_weight_norm, calibration_configs, complexity,
-                                        one_shot, policy_config, search_policy)
+from adaudit.compression.search import (MEASURED_TOLERANCE, LatencyModel, Space, block_weight_norm,
+                                        calibration_configs, complexity, one_shot, policy_config, search_policy)
 from adaudit.data.encoding import encode_split
 from adaudit.models.configuration import TOWERS
 from adaudit.training.presets import preset_config

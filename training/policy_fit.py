@@ -35,6 +35,15 @@ def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> 
     return splits_scores(model_dir, [(data_dir, split)])[0]
 
 
+def held_out_split(data_dir: Path, processor: AuditProcessor, tasks: dict[str, list[str]]) -> EncodedSplit:
+    """The validation split thresholds are fitted on; DatasetError when the data set has none."""
+    encoded = encode_validation(data_dir, processor, tasks)
+    if encoded is None:
+        raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on "
+                           "held-out ads (`adaudit data make --validation-fraction`), never on the test split")
+    return encoded
+
+
 def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """split_scores for each (data folder, split), with the model loaded once."""
     model = AuditModel.from_pretrained(model_dir)
@@ -43,10 +52,7 @@ def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple
     results = []
     for data_dir, split in splits:
         if split == "validation":
-            encoded = encode_validation(data_dir, processor, tasks)
-            if encoded is None:
-                raise DatasetError(f"{Path(data_dir) / 'validation.jsonl'} not found: thresholds are fitted on "
-                                   "held-out ads (`adaudit data make --validation-fraction`), never on the test split")
+            encoded = held_out_split(data_dir, processor, tasks)
         else:
             encoded = encode_split(data_dir, split, processor, tasks)
         results.append(logits_scores(model.config, predict_logits(model, encoded), encoded))
