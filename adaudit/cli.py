@@ -97,6 +97,34 @@ def data_import(table: Annotated[Path, typer.Option(help="a .csv (UTF-8) or .par
     print(format_report(report))
 
 
+@data_app.command("library")
+@readable_errors
+def data_library(out: Annotated[Path, typer.Option(help="library folder to create")],
+                 count: Annotated[int, typer.Option(min=1, help="crops to draw")] = 600,
+                 seed: Annotated[int, typer.Option()] = 0):
+    """Draw a violation picture library from the generator's gambling imagery (dice, chips, cards): OUT/gambling/
+    holds transparent PNG crops. Your own library has the same layout: one folder per violation class."""
+    from adaudit.data.pasting import draw_library
+
+    print(json.dumps(draw_library(out, count, seed), indent=2))
+
+
+@data_app.command("paste")
+@readable_errors
+def data_paste(data: Annotated[Path, typer.Option(help="data set folder")],
+               library: Annotated[Path, typer.Option(help="violation picture library: one folder of PNG crops "
+                                                           "per violation class (`adaudit data library`)")],
+               out: Annotated[Path, typer.Option(help="data set folder to create")],
+               share: Annotated[float, typer.Option(min=0.0, max=1.0, help="pasted ads as a share of the training "
+                                                                          "ads, each on a different clean one")] = 0.1,
+               seed: Annotated[int, typer.Option()] = 0):
+    """Copy a data set with pasted training ads added: clean training ads' pictures with a library crop pasted
+    on, under their own copy, labelled with the crop's violation (data/pasting.py). Other splits are kept."""
+    from adaudit.data.pasting import paste_data
+
+    print(json.dumps(paste_data(data, library, out, share, seed), indent=2))
+
+
 @data_app.command("pack")
 @readable_errors
 def data_pack(data: Annotated[Path, typer.Option(help="data set folder")],
