@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from adaudit.core.files import atomic_folder, write_results
-from adaudit.data.dataset import DatasetError, data_taxonomy, read_split
+from adaudit.data.dataset import DatasetError, data_taxonomy, read_split, write_rows
 
 CERTAIN = 0.99  # a violation the model calls clean this surely passes under any useful pass threshold
 
@@ -38,8 +38,9 @@ def prefix(number: int) -> str:
     return f"extra{number}-"
 
 
-def join(data: Path, extras: list[Path], out: Path) -> dict:
-    """`out`: data's splits, with each extra data set's training ads added to its train split."""
+def join(data: Path, extras: list[Path], out: Path, extra_validation: tuple[str, ...] = ()) -> dict:
+    """`out`: data's splits, with each extra data set's training ads added to its train split, and the ads
+    of its `extra_validation` splits (e.g. validation, test) added to the validation split."""
     taxonomy = data_taxonomy(data)
     for extra in extras:
         if data_taxonomy(extra) != taxonomy:
@@ -48,30 +49,41 @@ def join(data: Path, extras: list[Path], out: Path) -> dict:
     added = [read_split(extra, "train") for extra in extras]
     # read now, for a readable error before hours of training, and for their pictures' links
     held = {split: read_split(data, split, require_all_tasks=False) for split in ("validation", "test")}
+    pooled = [(prefix(number), read_split(extra, split, require_all_tasks=False))
+              for number, extra in enumerate(extras, 1) for split in extra_validation]
     with atomic_folder(out) as staging:
         (staging / "images").mkdir()
-        rows = []
         sources = [("", train)] + [(prefix(number), records) for number, records in enumerate(added, 1)]
-        for start, records in sources:
-            for record in records:
-                name = start + record.image_path.name
-                os.symlink(record.image_path.resolve(), staging / "images" / name)
-                rows.append({"id": start + record.id, "image": f"images/{name}", "text": record.text,
-                             "labels": record.labels})
-        (staging / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                                             encoding="utf-8")
+        write_rows(staging / "train.jsonl", linked_rows(sources, staging))
         for split, records in held.items():
             for record in records:
                 link = staging / record.image_path.relative_to(data)
                 if not link.exists():
                     os.symlink(record.image_path.resolve(), link)
             shutil.copyfile(data / f"{split}.jsonl", staging / f"{split}.jsonl")
+        if pooled:
+            base = (staging / "validation.jsonl").read_text(encoding="utf-8").rstrip("\n") + "\n"
+            write_rows(staging / "validation.jsonl", linked_rows(pooled, staging), before=base)
         if (data / "labels.yaml").is_file():
             shutil.copyfile(data / "labels.yaml", staging / "labels.yaml")
         made = {"joined_from": [{"folder": str(folder), "generator": provenance(folder)} for folder in (data, *extras)],
-                "train": len(train), "extra_train": [len(records) for records in added], "joined_train": len(rows)}
+                "train": len(train), "extra_train": [len(records) for records in added],
+                "joined_train": len(train) + sum(map(len, added)), "validation": len(held["validation"]),
+                "extra_validation": {"splits": list(extra_validation), "ads": sum(len(records) for _, records in pooled)}}
         (staging / "joined.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
     return made
+
+
+def linked_rows(sources: list[tuple[str, list]], staging: Path) -> list[dict]:
+    """JSON rows of (id prefix, records) sources, each picture linked into staging/images under the prefix."""
+    rows = []
+    for start, records in sources:
+        for record in records:
+            name = start + record.image_path.name
+            os.symlink(record.image_path.resolve(), staging / "images" / name)
+            rows.append({"id": start + record.id, "image": f"images/{name}", "text": record.text,
+                         "labels": record.labels})
+    return rows
 
 
 def provenance(folder: Path) -> dict | None:
@@ -170,12 +182,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the benchmark's data folder")
     parser.add_argument("--extra", type=Path, required=True, action="append",
                         help="a data folder whose train split is added (repeatable)")
+    parser.add_argument("--extra-validation", action="append", default=[], metavar="SPLIT",
+                        help="a split of each extra data set (validation, test) whose ads join the validation "
+                             "split, for thresholds fitted on more held-out ads (repeatable)")
     parser.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
     if arguments.out.exists():
         sys.exit(f"error: {arguments.out} exists; remove it or choose another --out")
     try:
-        print(json.dumps(join(arguments.data, arguments.extra, arguments.out)))
+        print(json.dumps(join(arguments.data, arguments.extra, arguments.out, tuple(arguments.extra_validation))))
     except DatasetError as error:
         sys.exit(f"error: {error}")
 

@@ -114,6 +114,11 @@ def _check_labels(labels: dict, require_all_tasks: bool, taxonomy: Taxonomy) -> 
     return dict(labels)
 
 
+def write_rows(path: Path, rows: list[dict], before: str = "") -> None:
+    """A split file: `before` (lines already written), then one JSON line per row, Chinese kept readable."""
+    path.write_text(before + "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
 def load_image(path: Path, size: int | None = None) -> Image.Image:
     """The image at `path` as RGB; DatasetError if it is missing or cannot be decoded. `size`: the
     model's image size, decoded as the gateway decodes it (models.preprocessing.decode_picture)."""

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from adaudit.core.files import atomic_folder
 
-from .dataset import DatasetError, data_taxonomy, read_split
+from .dataset import DatasetError, data_taxonomy, read_split, write_rows
 from .drawing import BORDER, IMAGE_SIZE, _gambling_cluster, _paste_inside
 
 LIBRARY_FILE = "library.json"
@@ -174,9 +174,9 @@ def paste_data(data: Path, library: Path, out: Path, share: float, seed: int = 0
             rows.append({"id": f"pasted-{index:06d}", "image": f"images/{name}", "text": record.text,
                          "labels": labels, "pasted_on": record.id, "pasted": path.relative_to(library).as_posix()})
             made["classes"][violation] += 1
-        _write_rows(staging / "train.jsonl", rows)
+        write_rows(staging / "train.jsonl", rows)
         for split, records in held.items():
-            _write_rows(staging / f"{split}.jsonl", [_linked_row(record, data, staging) for record in records])
+            write_rows(staging / f"{split}.jsonl", [_linked_row(record, data, staging) for record in records])
         for name in ("labels.yaml", "generator.json"):
             if (data / name).is_file():
                 shutil.copyfile(data / name, staging / name)
@@ -192,7 +192,3 @@ def _linked_row(record, data: Path, staging: Path) -> dict:
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(record.image_path.resolve(), link)
     return {"id": record.id, "image": relative.as_posix(), "text": record.text, "labels": record.labels}
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

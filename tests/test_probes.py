@@ -68,6 +68,22 @@ def test_joined_training_ads_keep_the_benchmarks_validation_and_test_splits(data
     assert json.loads((out / "joined.json").read_text())["extra_train"] == [len(own), len(own)]
 
 
+def test_extra_held_out_ads_join_the_validation_split_and_never_the_test_split(dataset, tmp_path):
+    from adaudit.data.dataset import read_split
+    from benchmarks.more_ads import join, prefix
+
+    out = tmp_path / "joined"
+    made = join(dataset, [dataset], out, extra_validation=("validation", "test"))
+    validation = read_split(out, "validation", require_all_tasks=False)
+    own = {split: read_split(dataset, split, require_all_tasks=False) for split in ("validation", "test")}
+    assert len(validation) == made["validation"] + made["extra_validation"]["ads"] \
+        == len(own["validation"]) * 2 + len(own["test"])
+    assert [r.id for r in validation[:len(own["validation"])]] == [r.id for r in own["validation"]]
+    assert {r.id for r in validation[len(own["validation"]):]} == \
+        {prefix(1) + r.id for split in own.values() for r in split}
+    assert (out / "test.jsonl").read_bytes() == (dataset / "test.jsonl").read_bytes()
+
+
 def test_an_extra_data_set_with_another_taxonomy_is_refused_and_nothing_is_written(dataset, tmp_path):
     from adaudit.data.dataset import DatasetError
     from benchmarks.more_ads import join
