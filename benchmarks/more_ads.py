@@ -128,6 +128,7 @@ def score(folder: Path, data: Path, target: float) -> dict:
             "violations_surely_clean": int(((truth != clean) & surely_clean).sum()),
             "clean_ads_surely_clean": int(((truth == clean) & surely_clean).sum()),
             "clean_ads": int((truth == clean).sum()), "violations": int((truth != clean).sum()),
+            "validation_ads": len(validation.ids),
             "clean_left_clean": float((predicted[truth == clean] == clean).float().mean())}
 
 
@@ -136,7 +137,8 @@ def report_markdown(summary: dict) -> str:
     rows = summary["models"]
     first = next(iter(rows.values()))
     lines = ["# More training ads: automation at a target precision", "", f"Command: `{summary['command']}`", "",
-             f"Every model scored on `{summary['data']}`: thresholds fitted on its validation split at precision "
+             f"Every model scored on `{summary['data']}`: thresholds fitted on its validation split "
+             f"({first['validation_ads']} ads) at precision "
              f"{summary['target_precision']}, everything else measured on its test split "
              f"({first['clean_ads']} clean ads, {first['violations']} violations, {first['drawn_gambling_ads']} "
              "with gambling drawn in the picture).", "",
