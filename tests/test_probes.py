@@ -106,9 +106,10 @@ def test_the_report_scores_each_model_on_the_base_splits(teacher, dataset, tmp_p
     row = json.loads((tmp_path / "more.json").read_text())["models"]["tiny"]
     assert row["training_ads"] == json.loads((teacher / "metrics.json").read_text())["train_samples"]
     assert row["clean_ads"] + row["violations"] == row["decisions"]["ads"]
+    assert row["validation_ads"] == len((dataset / "validation.jsonl").read_text().splitlines())
     assert 0 <= row["violations_surely_clean"] <= row["violations"]
     assert 0 <= row["clean_ads_surely_clean"] <= row["clean_ads"]
-    assert 0 <= row["decisions"]["automation_rate"] <= 1
+    assert 0 <= row["decisions"]["automation_rate"] <= 1 and 0 <= row["automation_ceiling"] <= 1
     assert "| tiny |" in (tmp_path / "more.md").read_text()
 
 
