@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from adaudit.core.files import atomic_folder, write_results
-from adaudit.data.dataset import DatasetError, data_taxonomy, read_split, write_rows
+from adaudit.data.dataset import DatasetError, data_taxonomy, link_picture, read_split, write_rows
 
 CERTAIN = 0.99  # a violation the model calls clean this surely passes under any useful pass threshold
 
@@ -57,9 +57,7 @@ def join(data: Path, extras: list[Path], out: Path, extra_validation: tuple[str,
         write_rows(staging / "train.jsonl", linked_rows(sources, staging))
         for split, records in held.items():
             for record in records:
-                link = staging / record.image_path.relative_to(data)
-                if not link.exists():
-                    os.symlink(record.image_path.resolve(), link)
+                link_picture(record, data, staging)
             shutil.copyfile(data / f"{split}.jsonl", staging / f"{split}.jsonl")
         if pooled:
             base = (staging / "validation.jsonl").read_text(encoding="utf-8").rstrip("\n") + "\n"

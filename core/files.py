@@ -34,6 +34,14 @@ def atomic_folder(folder: Path):
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def refuse_existing_folder(folder: Path) -> None:
+    """FileExistsError unless `folder` is absent or an empty folder: a command that creates a folder never
+    mixes its files with someone else's."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder} already exists and is not empty; choose a new folder or remove it")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

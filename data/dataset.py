@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,17 @@ def _check_labels(labels: dict, require_all_tasks: bool, taxonomy: Taxonomy) -> 
     except ValueError as error:
         raise DatasetError(str(error)) from None
     return dict(labels)
+
+
+def link_picture(record: AdRecord, data_dir: Path, folder: Path) -> str:
+    """Link `record`'s picture (in `data_dir`) into the new data set `folder` at the same relative path,
+    once; returns that path as a split file names it."""
+    relative = record.image_path.relative_to(data_dir)
+    link = folder / relative
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(record.image_path.resolve(), link)
+    return relative.as_posix()
 
 
 def write_rows(path: Path, rows: list[dict], before: str = "") -> None:

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from adaudit.core.files import atomic_folder
+from adaudit.core.files import atomic_folder, refuse_existing_folder
 from adaudit.models.labels import TASKS
 
 from .drawing import (  # noqa: F401 (BACKGROUND_RGB, STICKER_RGB, PRODUCTS, APPROVE_SHARE: also read from here)
@@ -336,8 +336,7 @@ def make_dataset(out_dir: Path, n: int = 6000, seed: int = 0, test_fraction: flo
     Refuses an out_dir that exists and is not empty. The same seed gives byte-identical files.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or remove it")
+    refuse_existing_folder(out_dir)
     plans = plan_ads(n, seed, test_fraction, validation_fraction, generator, shifted_fraction)
     lines: dict[str, list[str]] = {"train": [], "test": []}
     for split in ("validation", "test_shifted"):

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 
 from PIL import Image
 
-from adaudit.core.files import atomic_folder
+from adaudit.core.files import atomic_folder, refuse_existing_folder
 from adaudit.models.labels import DEFAULT_TAXONOMY, LABELS_FILE, Taxonomy, write_taxonomy
 from adaudit.models.preprocessing import decode_picture
 
@@ -406,8 +406,7 @@ def import_table(table: Path, out: Path, columns: Columns, test_fraction: float 
     Every check runs before the first file is written; any problem is a TableError and `out` is left
     as it was."""
     table, out = Path(table), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or remove it")
+    refuse_existing_folder(out)
     header, rows = read_table(table)
     check_columns(table, header, columns)
     ads = table_ads(rows, columns, table.parent, taxonomy)

@@ -23,16 +23,15 @@ them stay comparable with the source's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from adaudit.core.files import atomic_folder
+from adaudit.core.files import atomic_folder, refuse_existing_folder
 
-from .dataset import DatasetError, data_taxonomy, read_split, write_rows
+from .dataset import DatasetError, data_taxonomy, link_picture, read_split, write_rows
 from .drawing import BORDER, IMAGE_SIZE, _gambling_cluster, _paste_inside
 
 LIBRARY_FILE = "library.json"
@@ -48,8 +47,7 @@ def draw_library(out: Path, count: int, seed: int = 0) -> dict:
     out = Path(out)
     if count < 1:
         raise DatasetError(f"a library needs at least one crop, got {count}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or remove it")
+    refuse_existing_folder(out)
     with atomic_folder(out) as staging:
         (staging / "gambling").mkdir()
         for index in range(count):
@@ -100,7 +98,7 @@ def load_crop(path: Path) -> Image.Image:
 
 def paste(picture: Image.Image, crop: Image.Image, rng: np.random.Generator) -> Image.Image:
     """`picture` with `crop` pasted at a random place and size (SIZE_RANGE) with a soft shadow, as the
-    generator pastes its own imagery; the picture's mode and size are kept."""
+    generator pastes its own imagery; the picture's size is kept, its mode becomes RGB."""
     canvas = picture.convert("RGB")
     side = min(canvas.size) * rng.uniform(*SIZE_RANGE)
     factor = side / max(crop.size)
@@ -141,8 +139,7 @@ def paste_data(data: Path, library: Path, out: Path, share: float, seed: int = 0
     data, out = Path(data), Path(out)
     if not 0.0 < share <= 1.0:
         raise DatasetError(f"share {share} is not in (0, 1]: pasted ads as a share of the training ads")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or remove it")
+    refuse_existing_folder(out)
     taxonomy = data_taxonomy(data)
     crops = read_library(library, tuple(v for v in taxonomy.tasks[taxonomy.reason_task] if v != taxonomy.clean_class))
     train = read_split(data, "train", taxonomy=taxonomy)
@@ -186,9 +183,5 @@ def paste_data(data: Path, library: Path, out: Path, share: float, seed: int = 0
 
 def _linked_row(record, data: Path, staging: Path) -> dict:
     """The record as a JSON row of the new folder, its picture a link to the source's file."""
-    relative = record.image_path.relative_to(data)
-    link = staging / relative
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(record.image_path.resolve(), link)
-    return {"id": record.id, "image": relative.as_posix(), "text": record.text, "labels": record.labels}
+    return {"id": record.id, "image": link_picture(record, data, staging), "text": record.text,
+            "labels": record.labels}
