@@ -27,13 +27,4 @@ done
   "${extra_options[@]}" --out "$RUN/data"
 # the base benchmark's teacher settings (preset defaults, seed 0) at its number of optimizer steps (12 epochs
 # of 4,200 ads): twice the ads for 6 epochs, three times for 4
-[ -f "$RUN/teacher/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" --preset base \
-  --epochs "${EPOCHS:-6}" --resume
-# the teacher's automation beside the base benchmark's teacher's (its row is labelled "student" there)
-[ -f "$RUN/teacher-decisions/decisions.json" ] || run .venv/bin/python -m benchmarks.decisions \
-  --model "$RUN/teacher" --teacher "$BASE/teacher" --data "$BASE/data" --out "$RUN/teacher-decisions"
-[ "${TEACHER_ONLY:-0}" = 1 ] && exit 0
-[ -f "$RUN/student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
-  --out "$RUN/student"
-run .venv/bin/python -m benchmarks.decisions --model "$RUN/student" --teacher "$RUN/teacher" --data "$BASE/data" \
-  --out "benchmarks/results/$(basename "$RUN")"
+. benchmarks/teacher_and_student.sh

@@ -18,12 +18,4 @@ run() { echo "$*" >> "$RUN/commands.log"; "$@"; }
 [ -f "$RUN/library/library.json" ] || run $ADAUDIT data library --out "$RUN/library" --count 600 --seed 7
 [ -f "$RUN/data/pasted.json" ] || run $ADAUDIT data paste --data "$DATA" --library "$RUN/library" \
   --out "$RUN/data" --share "${SHARE:-0.1}"
-[ -f "$RUN/teacher/metrics.json" ] || run $ADAUDIT teacher train --data "$RUN/data" --out "$RUN/teacher" --preset base \
-  --epochs "${EPOCHS:-6}" --resume
-[ -f "$RUN/teacher-decisions/decisions.json" ] || run .venv/bin/python -m benchmarks.decisions \
-  --model "$RUN/teacher" --teacher "$BASE/teacher" --data "$BASE/data" --out "$RUN/teacher-decisions"
-[ "${TEACHER_ONLY:-0}" = 1 ] && exit 0
-[ -f "$RUN/student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
-  --out "$RUN/student"
-run .venv/bin/python -m benchmarks.decisions --model "$RUN/student" --teacher "$RUN/teacher" --data "$BASE/data" \
-  --out "benchmarks/results/$(basename "$RUN")"
+. benchmarks/teacher_and_student.sh
