@@ -4,7 +4,8 @@
 # ads. Scored on the base benchmark's own validation and test splits. Steps whose output exists are skipped.
 # Usage: benchmarks/pasted_ads.sh     the more-ads data (benchmarks/more_ads.sh) plus 10% pasted ads
 #        DATA=runs/bench-v/data RUN=runs/pasted-4200 EPOCHS=12 benchmarks/pasted_ads.sh   the base ads only
-#        SHARE=0.2: more pasted ads; TEACHER_ONLY=1: stop after the teacher's automation
+#        RUN=runs/pasted-ads-20 SHARE=0.2 benchmarks/pasted_ads.sh   twice the pasted ads (results/pasted-ads-20)
+#        TEACHER_ONLY=1: stop after the teacher's automation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADAUDIT=.venv/bin/adaudit

@@ -349,4 +349,16 @@ def test_the_decisions_benchmark_runs_on_tiny_models(model_dir, tmp_path):  # no
         assert test["automation_rate"] == pytest.approx(test["blocked"] + test["passed"])
     assert summary["goals"]["gap"] == pytest.approx(summary["teacher"]["test"]["automation_rate"]
                                                     - summary["student"]["test"]["automation_rate"])
+    student = summary["student"]["test"]
+    held = all(student[side] is None or student[side] >= 0.99 for side in ("block_precision", "pass_precision"))
+    assert summary["goals"]["student_precision_held"] == held
+    assert not summary["goals"]["student_automation_met"] or held
     assert "| student |" in (tmp_path / "results" / "decisions.md").read_text()
+
+
+def test_a_fit_that_misses_the_target_on_test_is_not_automation_at_it():
+    from benchmarks.decisions import precision_held
+
+    assert precision_held({"block_precision": 0.995, "pass_precision": 0.99}, 0.99)
+    assert precision_held({"block_precision": None, "pass_precision": 1.0}, 0.99)
+    assert not precision_held({"block_precision": 0.9933, "pass_precision": 0.9821}, 0.99)

@@ -1,0 +1,186 @@
+"""Where automation at a target precision is lost (issue 28): the two tails of the risk score, and other readings.
+
+    .venv/bin/python -m benchmarks.risk_tails --model NAME=FOLDER ... --validation runs/validation-pool/data \
+        --test runs/bench-v/data --out benchmarks/results/pasted-ads-20
+
+For each model, on the validation split of --validation (where thresholds are fitted) and the test split of
+--test (where they are measured):
+- the tails of the risk score (decisions/fit.py): at a few pass thresholds, how many validation ads would pass
+  and how many of those violate, by class (a 99% pass allows one violation per hundred passed ads); and which
+  class the riskiest tenth of the clean ads is suspected of;
+- other readings of the same probabilities, each fitted on validation and measured on test: the riskiest
+  class (the policy's rule), the riskiest class or the verdict head's p(reject), the sum over the classes, and
+  per-class thresholds (a search over one factor per class; a policy YAML can hold one pair per class).
+A diagnosis, not a result: nothing here changes the shipped rule. Writes OUT/risk-tails.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from adaudit.core.files import write_results
+from adaudit.decisions.fit import apply_thresholds, fit_thresholds
+
+PASS_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def probabilities(folder: Path, splits: list[tuple[Path, str]]) -> tuple[list[str], list[dict]]:
+    """The model's violation classes (clean one excluded) and, per (data folder, split): `classes` (n, C)
+    probabilities, `truth` class names, `violating` and `reject` (the verdict head's probability of rejecting)."""
+    import torch
+
+    from adaudit.data.encoding import encode_split
+    from adaudit.models.modeling import AuditModel
+    from adaudit.models.preprocessing import AuditProcessor
+    from adaudit.training.evaluation import predict_logits
+    from adaudit.training.policy_fit import held_out_split
+
+    model = AuditModel.from_pretrained(folder)
+    processor, tasks, taxonomy = AuditProcessor.from_folder(model.config, folder), model.config.tasks, \
+        model.config.taxonomy
+    reasons, verdicts = list(tasks[taxonomy.reason_task]), list(tasks[taxonomy.verdict_task])
+    clean = reasons.index(taxonomy.clean_class)
+    rejecting = [verdicts.index(name) for name in taxonomy.reject_classes]
+    read = []
+    for data, split in splits:
+        encoded = held_out_split(data, processor, tasks) if split == "validation" else encode_split(
+            data, split, processor, tasks)
+        logits = predict_logits(model, encoded)
+        truth = encoded.labels[:, encoded.tasks.index(taxonomy.reason_task)].numpy()
+        read.append({"classes": np.delete(torch.softmax(logits[taxonomy.reason_task], -1).numpy(), clean, axis=1),
+                     "truth": [reasons[index] for index in truth], "violating": truth != clean,
+                     "reject": torch.softmax(logits[taxonomy.verdict_task], -1).numpy()[:, rejecting].sum(1)})
+    return [name for name in reasons if name != taxonomy.clean_class], read
+
+
+def class_decisions(scores: np.ndarray, violating: np.ndarray, block_at: np.ndarray, review_at: np.ndarray) -> dict:
+    """Per-class thresholds applied: an ad is blocked when any class reaches its block_at, passed when every class
+    is below its review_at (and nothing blocked it)."""
+    blocked = (scores >= block_at).any(axis=1)
+    passed = (scores < review_at).all(axis=1) & ~blocked
+    return {"automation_rate": float(blocked.mean() + passed.mean()),
+            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
+            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None}
+
+
+def per_class_fit(scores: np.ndarray, violating: np.ndarray, target: float, rounds: int = 6) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """(block_at, review_at) per class: each class's probability divided by a factor (powers of 2 from 1/16 to 16,
+    one class at a time, kept where the common pair fitted on the divided scores decides more ads at `target`),
+    then the common pair multiplied back per class. Moving a class's factor moves its block_at and review_at
+    together, which a search over one threshold at a time cannot (a pass needs every class below its own)."""
+    factors = 2.0 ** np.arange(-4, 4.01, 0.25)
+    scale = np.ones(scores.shape[1])
+    automation = lambda trial: fit_thresholds((scores / trial).max(axis=1), violating, target).automation_rate  # noqa
+    best = automation(scale)
+    for _ in range(rounds):
+        improved = False
+        for column in range(scores.shape[1]):
+            for factor in factors:
+                trial = scale.copy()
+                trial[column] = factor
+                if (reached := automation(trial)) > best + 1e-12:
+                    best, scale, improved = reached, trial, True
+        if not improved:
+            break
+    fit = fit_thresholds((scores / scale).max(axis=1), violating, target)
+    block_at = np.inf if fit.block_precision is None else fit.block_at
+    return block_at * scale, min(fit.review_at, block_at) * scale
+
+
+def readings(validation: dict, test: dict, target: float) -> dict:
+    """Each reading of the probabilities, fitted on validation and measured on test."""
+    rules = {"riskiest class (the policy's rule)": lambda r: r["classes"].max(1),
+             "riskiest class or p(reject)": lambda r: np.maximum(r["classes"].max(1), r["reject"]),
+             "sum over the classes": lambda r: r["classes"].sum(1)}
+    violating = {"validation": validation["violating"], "test": test["violating"]}
+    results = {}
+    for name, rule in rules.items():
+        fit = fit_thresholds(rule(validation), violating["validation"], target)
+        results[name] = {"on_validation": fit.automation_rate,
+                         "test": apply_thresholds(rule(test), violating["test"], fit.block_at, fit.review_at),
+                         "ceiling": fit_thresholds(rule(test), violating["test"], target).automation_rate}
+    block_at, review_at = per_class_fit(validation["classes"], violating["validation"], target)
+    results["per-class thresholds"] = {
+        "on_validation": class_decisions(validation["classes"], violating["validation"], block_at,
+                                         review_at)["automation_rate"],
+        "test": class_decisions(test["classes"], violating["test"], block_at, review_at), "ceiling": None}
+    return results
+
+
+def tails(classes: list[str], split: dict) -> dict:
+    risk = split["classes"].max(1)
+    truth = np.array(split["truth"])
+    violating = split["violating"]
+    passes = []
+    for threshold in PASS_THRESHOLDS:
+        passed = risk < threshold
+        passes.append({"threshold": threshold, "passed": int(passed.sum()),
+                       "violations": int((passed & violating).sum()),
+                       "by_class": dict(Counter(truth[passed & violating].tolist()))})
+    clean_risk = risk[~violating]
+    riskiest = ~violating & (risk > np.quantile(clean_risk, 0.9))
+    suspected = Counter(classes[i] for i in split["classes"][riskiest].argmax(1))
+    return {"ads": int(len(risk)), "clean": int((~violating).sum()), "passes": passes,
+            "clean_risk_90th_percentile": float(np.quantile(clean_risk, 0.9)),
+            "riskiest_tenth_of_clean_suspected_of": dict(suspected)}
+
+
+def markdown(summary: dict) -> str:
+    percent = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = ["# Where automation is lost: the risk score's tails", "", f"Command: `{summary['command']}`", "",
+             f"Thresholds fitted on `{summary['validation']}` (validation split) at precision "
+             f"{summary['target_precision']}, measured on `{summary['test']}` (test split). A diagnosis, not a result.",
+             ""]
+    for name, model in summary["models"].items():
+        tail = model["tails"]
+        lines += [f"## {name}", "", f"Validation ads: {tail['ads']} ({tail['clean']} clean). Passing every ad whose "
+                  "risk is below a threshold:", "", "| threshold | ads passed | violations among them | by class |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {p['threshold']} | {p['passed']} | {p['violations']} | "
+                  f"{', '.join(f'{k} {v}' for k, v in sorted(p['by_class'].items())) or '-'} |" for p in tail["passes"]]
+        lines += ["", f"The riskiest tenth of the clean ads (risk above {tail['clean_risk_90th_percentile']:.3f}) is "
+                  "suspected of: " + ", ".join(f"{k} {v}" for k, v in sorted(
+                      tail["riskiest_tenth_of_clean_suspected_of"].items(), key=lambda kv: -kv[1])) + ".", "",
+                  "| reading | automation on validation | automation on test | blocks precise | passes clean "
+                  "| ceiling |", "| --- | --- | --- | --- | --- | --- |"]
+        for reading, result in model["readings"].items():
+            test = result["test"]
+            lines.append(f"| {reading} | {percent(result['on_validation'])} | {percent(test['automation_rate'])} "
+                         f"| {percent(test['block_precision'])} | {percent(test['pass_precision'])} "
+                         f"| {percent(result['ceiling'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--validation", type=Path, required=True, help="data folder whose validation split fits")
+    parser.add_argument("--test", type=Path, required=True, help="data folder whose test split measures")
+    parser.add_argument("--target-precision", type=float, default=0.99)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    arguments = parser.parse_args()
+    summary = {"command": shlex.join(["python", "-m", "benchmarks.risk_tails", *sys.argv[1:]]),
+               "validation": str(arguments.validation), "test": str(arguments.test),
+               "target_precision": arguments.target_precision, "models": {}}
+    for entry in arguments.model:
+        name, _, folder = entry.partition("=")
+        if not folder:
+            sys.exit(f"error: --model {entry!r}: write NAME=FOLDER")
+        classes, (validation, test) = probabilities(Path(folder), [(arguments.validation, "validation"),
+                                                                   (arguments.test, "test")])
+        summary["models"][name] = {"folder": folder, "tails": tails(classes, validation),
+                                   "readings": readings(validation, test, arguments.target_precision)}
+    write_results(arguments.out, "risk-tails", summary, markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
