@@ -26,7 +26,9 @@ def fit(model: Annotated[Path, typer.Option(help="model folder (teacher or stude
             help="precision automatic blocks and automatic passes must each reach")] = 0.99,
         name: Annotated[str, typer.Option(help="the fitted policy's name")] = "fitted",
         base: Annotated[Optional[Path], typer.Option(
-            help="the policy whose term lists and classes to keep (default: the shipped default.yaml)")] = None):
+            help="the policy whose term lists and classes to keep (default: the shipped default.yaml)")] = None,
+        per_class: Annotated[bool, typer.Option(
+            "--per-class", help="one block_at and review_at per violation class instead of one pair for all")] = False):
     """Choose block_at and review_at on held-out ads so automatic decisions reach the target precision."""
     from adaudit.data.dataset import DatasetError
     from adaudit.decisions.policy import PolicyError
@@ -36,7 +38,7 @@ def fit(model: Annotated[Path, typer.Option(help="model folder (teacher or stude
     if not 0.0 < target_precision < 1.0:
         fail(f"--target-precision {target_precision} is not between 0 and 1")
     try:
-        result = fit_policy(model, data, target_precision, out, name, base)
+        result = fit_policy(model, data, target_precision, out, name, base, per_class)
     except (DatasetError, PolicyError, ModelFolderError, ValueError) as error:
         fail(str(error).splitlines()[0])
     chosen = result["fit"]

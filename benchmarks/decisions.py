@@ -1,12 +1,13 @@
 """Audit decisions benchmark (issue 28): the automation rate at a target precision, student vs teacher.
 
     .venv/bin/python -m benchmarks.decisions --model STUDENT --teacher TEACHER --data DATA \
-        [--target-precision 0.99] [--out benchmarks/results]
+        [--target-precision 0.99] [--per-class] [--out benchmarks/results]
 
 For each model: thresholds fitted on the data folder's validation split (decisions/fit.py: automatic
 blocks and automatic passes each at the target precision there), then applied to the test split,
 where the automation rate (share of ads blocked or passed without a reviewer) and the precision each
-automatic side reaches are measured. Goals: the student's automation rate at least 90%, within 2
+automatic side reaches are measured. `--per-class`: one pair of thresholds per violation class
+(`fit_class_thresholds`, what `adaudit policy fit --per-class` writes). Goals: the student's automation rate at least 90%, within 2
 points of the teacher's, and its automatic blocks and passes at the target precision on test too (a fit
 on validation that does not hold on test is not automation at that precision). Writes OUT/decisions.json and OUT/decisions.md (with the exact command).
 """
@@ -22,18 +23,30 @@ from pathlib import Path
 import torch
 
 from adaudit.core.files import write_results
-from adaudit.decisions.fit import apply_thresholds, fit_thresholds
-from adaudit.training.policy_fit import splits_scores
+from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
+from adaudit.training.policy_fit import splits_class_probabilities
 
 GOAL_AUTOMATION, GOAL_GAP = 0.90, 0.02
 
 
-def measure(model: Path, data: Path, target: float) -> dict:
-    (validation_scores, validation_truth), (test_scores, test_truth) = splits_scores(
+def measure(model: Path, data: Path, target: float, per_class: bool = False) -> dict:
+    classes, [(validation, validation_truth), (test, test_truth)] = splits_class_probabilities(
         model, [(data, "validation"), (data, "test")])
-    fit = fit_thresholds(validation_scores, validation_truth, target)
-    return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation_scores))},
-            "test": apply_thresholds(test_scores, test_truth, fit.block_at, fit.review_at)}
+    if per_class:
+        fit = fit_class_thresholds(validation, validation_truth, target, classes)
+        measured = apply_class_thresholds(test, test_truth, fit.block_at, fit.review_at)
+        measured.update(block_at=dict(zip(classes, fit.block_at)), review_at=dict(zip(classes, fit.review_at)))
+    else:
+        fit = fit_thresholds(validation.max(axis=1), validation_truth, target)
+        measured = apply_thresholds(test.max(axis=1), test_truth, fit.block_at, fit.review_at)
+    return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation))}, "test": measured}
+
+
+def threshold(value) -> str:
+    """A threshold for the table: the number, or its range over the classes when each has its own."""
+    if isinstance(value, dict):
+        return f"{min(value.values()):.4f}-{max(value.values()):.4f} (per class)"
+    return f"{value:.6f}"
 
 
 def precision_held(test: dict, target: float) -> bool:
@@ -49,13 +62,15 @@ def percent(value) -> str:
 def markdown(summary: dict) -> str:
     lines = ["# Audit decisions: automation rate at a target precision", "",
              f"Command: `{summary['command']}`", "",
-             f"Thresholds fitted on the validation split at precision {summary['target_precision']} for automatic "
-             "blocks and passes, measured on the test split.", "",
+             f"Thresholds fitted on the validation split ({summary['student']['validation']['ads']} ads"
+             f"{'; one pair per violation class' if summary.get('per_class') else ''}) at precision "
+             f"{summary['target_precision']} for automatic blocks and passes, measured on the test split.", "",
              "| model | block_at | review_at | automation (test) | block precision (test) | pass precision (test) "
              "| ads (test) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for role in ("student", "teacher"):
         test = summary[role]["test"]
-        lines.append(f"| {role} | {test['block_at']:.6f} | {test['review_at']:.6f} | {percent(test['automation_rate'])} "
+        lines.append(f"| {role} | {threshold(test['block_at'])} | {threshold(test['review_at'])} "
+                     f"| {percent(test['automation_rate'])} "
                      f"| {percent(test['block_precision'])} | {percent(test['pass_precision'])} | {test['ads']} |")
     goals, met = summary["goals"], lambda value: "met" if value else "not met"  # noqa: E731
     lines += ["", f"Goals: the student's automatic blocks and passes at least {percent(summary['target_precision'])} "
@@ -72,6 +87,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="data folder with validation.jsonl and test.jsonl")
     parser.add_argument("--target-precision", type=float, default=0.99)
+    parser.add_argument("--per-class", action="store_true", help="one block_at and review_at per violation class")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -79,9 +95,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     summary = {"command": shlex.join(["python", "-m", "benchmarks.decisions", *sys.argv[1:]]),
-               "target_precision": args.target_precision}
+               "target_precision": args.target_precision, "per_class": args.per_class}
     for role, folder in (("student", args.model), ("teacher", args.teacher)):
-        summary[role] = measure(folder, args.data, args.target_precision)
+        summary[role] = measure(folder, args.data, args.target_precision, args.per_class)
     student, teacher = summary["student"]["test"]["automation_rate"], summary["teacher"]["test"]["automation_rate"]
     held = precision_held(summary["student"]["test"], args.target_precision)
     summary["goals"] = {"student_precision_held": held, "student_automation_met": held and student >= GOAL_AUTOMATION,

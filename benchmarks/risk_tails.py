@@ -10,7 +10,7 @@ For each model, on the validation split of --validation (where thresholds are fi
   class the riskiest tenth of the clean ads is suspected of;
 - other readings of the same probabilities, each fitted on validation and measured on test: the riskiest
   class (the policy's rule), the riskiest class or the verdict head's p(reject), the sum over the classes, and
-  per-class thresholds (a search over one factor per class; a policy YAML can hold one pair per class).
+  per-class thresholds (decisions/fit.py `fit_class_thresholds`, `adaudit policy fit --per-class`).
 A diagnosis, not a result: nothing here changes the shipped rule. Writes OUT/risk-tails.{json,md}.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from adaudit.core.files import write_results
-from adaudit.decisions.fit import apply_thresholds, fit_thresholds
+from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
 
 PASS_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
@@ -59,41 +59,6 @@ def probabilities(folder: Path, splits: list[tuple[Path, str]]) -> tuple[list[st
     return [name for name in reasons if name != taxonomy.clean_class], read
 
 
-def class_decisions(scores: np.ndarray, violating: np.ndarray, block_at: np.ndarray, review_at: np.ndarray) -> dict:
-    """Per-class thresholds applied: an ad is blocked when any class reaches its block_at, passed when every class
-    is below its review_at (and nothing blocked it)."""
-    blocked = (scores >= block_at).any(axis=1)
-    passed = (scores < review_at).all(axis=1) & ~blocked
-    return {"automation_rate": float(blocked.mean() + passed.mean()),
-            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
-            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None}
-
-
-def per_class_fit(scores: np.ndarray, violating: np.ndarray, target: float, rounds: int = 6) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
-    """(block_at, review_at) per class: each class's probability divided by a factor (powers of 2 from 1/16 to 16,
-    one class at a time, kept where the common pair fitted on the divided scores decides more ads at `target`),
-    then the common pair multiplied back per class. Moving a class's factor moves its block_at and review_at
-    together, which a search over one threshold at a time cannot (a pass needs every class below its own)."""
-    factors = 2.0 ** np.arange(-4, 4.01, 0.25)
-    scale = np.ones(scores.shape[1])
-    automation = lambda trial: fit_thresholds((scores / trial).max(axis=1), violating, target).automation_rate  # noqa
-    best = automation(scale)
-    for _ in range(rounds):
-        improved = False
-        for column in range(scores.shape[1]):
-            for factor in factors:
-                trial = scale.copy()
-                trial[column] = factor
-                if (reached := automation(trial)) > best + 1e-12:
-                    best, scale, improved = reached, trial, True
-        if not improved:
-            break
-    fit = fit_thresholds((scores / scale).max(axis=1), violating, target)
-    block_at = np.inf if fit.block_precision is None else fit.block_at
-    return block_at * scale, min(fit.review_at, block_at) * scale
-
-
 def readings(validation: dict, test: dict, target: float) -> dict:
     """Each reading of the probabilities, fitted on validation and measured on test."""
     rules = {"riskiest class (the policy's rule)": lambda r: r["classes"].max(1),
@@ -106,11 +71,11 @@ def readings(validation: dict, test: dict, target: float) -> dict:
         results[name] = {"on_validation": fit.automation_rate,
                          "test": apply_thresholds(rule(test), violating["test"], fit.block_at, fit.review_at),
                          "ceiling": fit_thresholds(rule(test), violating["test"], target).automation_rate}
-    block_at, review_at = per_class_fit(validation["classes"], violating["validation"], target)
+    fit = fit_class_thresholds(validation["classes"], violating["validation"], target)
     results["per-class thresholds"] = {
-        "on_validation": class_decisions(validation["classes"], violating["validation"], block_at,
-                                         review_at)["automation_rate"],
-        "test": class_decisions(test["classes"], violating["test"], block_at, review_at), "ceiling": None}
+        "on_validation": fit.automation_rate,
+        "test": apply_class_thresholds(test["classes"], violating["test"], fit.block_at, fit.review_at),
+        "ceiling": fit_class_thresholds(test["classes"], violating["test"], target).automation_rate}
     return results
 
 

@@ -1,12 +1,18 @@
 """Thresholds from held-out scores: automatic blocks and automatic passes each at a target precision.
 
-The score of an ad is its riskiest violation class's probability (`risk_scores`: the highest
-probability over the non-`none` classes). With one `block_at` and one `review_at` for every class, the
-policy blocks an ad exactly when its risk reaches `block_at` and passes it exactly when its risk is
+The score of an ad is its riskiest violation class's probability (the highest probability over the
+non-`none` classes; training/policy_fit.py reads it from a model). With one `block_at` and one `review_at`
+for every class, the policy blocks an ad exactly when its risk reaches `block_at` and passes it exactly when its risk is
 below `review_at`; the ads in between go to a reviewer. `fit_thresholds` picks the lowest `block_at`
 whose blocked ads are violations at least `target` of the time, and the highest `review_at` whose
 passed ads are clean at least `target` of the time: the most ads decided without a reviewer at that
 precision. The automation rate is the share of ads blocked or passed.
+
+`fit_class_thresholds` gives each violation class its own pair instead (the policy YAML holds one per class):
+each class's probability is divided by a factor before the riskiest class is read, the factors searched one
+class at a time, and the common pair fitted on the divided scores multiplied back per class. Where clean ads
+score high on one class (the picture tower's gambling suspicion) and violations low on another, one common
+pair cannot pass the first without passing the second; the factors can (docs/decisions.md).
 
 Pure numpy on held-out (validation) scores: choosing thresholds on the test split would report a
 precision the thresholds were tuned to reach.
@@ -22,10 +28,9 @@ CURVE_TARGETS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 
 @dataclass(frozen=True)
-class FittedThresholds:
-    block_at: float
-    review_at: float
-    block_precision: float | None  # measured on the scores it was fitted on; None: nothing blocked
+class Reached:
+    """What fitted thresholds reach on the scores they were fitted on."""
+    block_precision: float | None  # None: nothing blocked
     pass_precision: float | None
     blocked: float  # share of ads blocked automatically
     passed: float
@@ -35,16 +40,19 @@ class FittedThresholds:
     def automation_rate(self) -> float:
         return self.blocked + self.passed
 
+    def reached(self) -> dict:
+        return {"target_precision": self.target_precision, "block_precision": self.block_precision,
+                "pass_precision": self.pass_precision, "blocked": self.blocked, "passed": self.passed,
+                "automation_rate": self.automation_rate}
+
+
+@dataclass(frozen=True)
+class FittedThresholds(Reached):
+    block_at: float
+    review_at: float
+
     def as_dict(self) -> dict:
-        return {"target_precision": self.target_precision, "block_at": self.block_at, "review_at": self.review_at,
-                "block_precision": self.block_precision, "pass_precision": self.pass_precision,
-                "blocked": self.blocked, "passed": self.passed, "automation_rate": self.automation_rate}
-
-
-def risk_scores(violation_probabilities: np.ndarray, none_index: int = 0) -> np.ndarray:
-    """(n,) the highest probability over the non-`none` violation classes of (n, classes) probabilities."""
-    probabilities = np.asarray(violation_probabilities, dtype=np.float64)
-    return np.delete(probabilities, none_index, axis=1).max(axis=1)
+        return {"block_at": self.block_at, "review_at": self.review_at} | self.reached()
 
 
 def _block_threshold(scores: np.ndarray, violating: np.ndarray, target: float) -> float:
@@ -84,10 +92,10 @@ def fit_thresholds(scores, violating, target: float = 0.99) -> FittedThresholds:
     review_at = min(_pass_threshold(scores, ~violating, target, block_at), 1.0)
     blocked = np.zeros(len(scores), dtype=bool) if nothing_blocked else scores >= block_at
     passed = scores < review_at
-    return FittedThresholds(block_at, review_at,
-                            float(violating[blocked].mean()) if blocked.any() else None,
+    return FittedThresholds(float(violating[blocked].mean()) if blocked.any() else None,
                             float((~violating[passed]).mean()) if passed.any() else None,
-                            float(blocked.mean()), float(passed.mean()), target)
+                            float(blocked.mean()), float(passed.mean()), target, block_at=block_at,
+                            review_at=review_at)
 
 
 def precision_automation_curve(scores, violating, targets=CURVE_TARGETS) -> list[dict]:
@@ -105,3 +113,64 @@ def apply_thresholds(scores, violating, block_at: float, review_at: float) -> di
             "passed": float(passed.mean()), "automation_rate": float((blocked | passed).mean()),
             "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
             "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(scores))}
+
+
+FACTORS = tuple(2.0 ** np.arange(-4, 4.01, 0.25))  # per-class factors searched: 1/16 to 16, quarter powers of 2
+
+
+@dataclass(frozen=True)
+class ClassThresholds(Reached):
+    classes: tuple[str, ...]  # the violation classes, in the order of the score columns
+    block_at: tuple[float, ...]  # one per class, in [0, 1]
+    review_at: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return {"block_at": dict(zip(self.classes, self.block_at)),
+                "review_at": dict(zip(self.classes, self.review_at))} | self.reached()
+
+
+def apply_class_thresholds(scores, violating, block_at, review_at) -> dict:
+    """apply_thresholds with one pair per class: `scores` (n, classes) probabilities of the violation classes; an ad
+    is blocked when any class reaches its block_at, passed when every class is below its review_at (the policy's
+    rule, decisions/decide.py)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    violating = np.asarray(violating, dtype=bool)
+    blocked = (scores >= np.asarray(block_at)).any(axis=1)
+    passed = (scores < np.asarray(review_at)).all(axis=1) & ~blocked
+    return {"block_at": [float(t) for t in block_at], "review_at": [float(t) for t in review_at],
+            "blocked": float(blocked.mean()), "passed": float(passed.mean()),
+            "automation_rate": float((blocked | passed).mean()),
+            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
+            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(scores))}
+
+
+def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[str] | None = None,
+                         rounds: int = 6) -> ClassThresholds:
+    """One (block_at, review_at) per class from (n, classes) probabilities: the factor search in the module's
+    docstring. Moving a class's factor moves both of its thresholds at once, which a search over one threshold
+    at a time cannot do (a pass needs every class below its own review_at). Thresholds above 1 are written as 1."""
+    scores = np.asarray(scores, dtype=np.float64)
+    violating = np.asarray(violating, dtype=bool)
+    if scores.ndim != 2 or scores.shape[0] != violating.shape[0] or not len(scores):
+        raise ValueError("scores must be (ads, classes) probabilities with one truth per ad")
+    classes = tuple(classes or (str(column) for column in range(scores.shape[1])))
+    scale = np.ones(scores.shape[1])
+    reached = lambda factors: fit_thresholds((scores / factors).max(axis=1), violating, target)  # noqa: E731
+    best = reached(scale).automation_rate
+    for _ in range(rounds):
+        improved = False
+        for column in range(scores.shape[1]):
+            for factor in FACTORS:
+                trial = scale.copy()
+                trial[column] = factor
+                if (automation := reached(trial).automation_rate) > best + 1e-12:
+                    best, scale, improved = automation, trial, True
+        if not improved:
+            break
+    fit = reached(scale)
+    block_at = np.ones_like(scale) if fit.block_precision is None else np.minimum(fit.block_at * scale, 1.0)
+    review_at = np.minimum(np.minimum(fit.review_at, fit.block_at) * scale, block_at)
+    decided = apply_class_thresholds(scores, violating, block_at, review_at)
+    return ClassThresholds(decided["block_precision"], decided["pass_precision"], decided["blocked"],
+                           decided["passed"], target, classes=classes, block_at=tuple(map(float, block_at)),
+                           review_at=tuple(map(float, review_at)))

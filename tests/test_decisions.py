@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from adaudit.decisions.decide import decide
-from adaudit.decisions.fit import apply_thresholds, fit_thresholds, risk_scores
+from adaudit.decisions.fit import (apply_class_thresholds, apply_thresholds, fit_class_thresholds,
+                                   fit_thresholds)
 from adaudit.decisions.policy import SHIPPED, VIOLATIONS, PolicyError, load_policies, load_policy, parse_policy
 from adaudit.decisions.terms import MAX_LIST_BYTES, TermMatcher, normalise
 from adaudit.models.labels import TASKS
@@ -186,11 +187,29 @@ def test_fit_on_synthetic_scores_with_a_known_answer():
     assert (on_test["automation_rate"], on_test["block_precision"], on_test["pass_precision"]) == (0.75, 0.5, 1.0)
 
 
+def test_per_class_thresholds_decide_ads_that_one_common_pair_cannot():
+    # class 0: clean ads score 0.5, its violations 0.9; class 1: clean ads 0.1, its violations 0.4. The riskiest
+    # class ranks class-1 violations (0.4) below clean ads (0.5): no common pass threshold passes a clean ad at
+    # 99%, and common blocks stop at 0.9. One pair per class separates both exactly (both of a class's
+    # thresholds must move together: class 1's pass threshold up, its block threshold down).
+    scores = np.vstack([np.tile([0.5, 0.1], (100, 1)), np.tile([0.9, 0.0], (50, 1)), np.tile([0.0, 0.4], (50, 1))])
+    violating = np.r_[np.zeros(100, bool), np.ones(100, bool)]
+    assert fit_thresholds(scores.max(axis=1), violating, 0.99).automation_rate == 0.25
+    fit = fit_class_thresholds(scores, violating, 0.99, ["gambling", "image_text_mismatch"])
+    assert (fit.automation_rate, fit.block_precision, fit.pass_precision) == (1.0, 1.0, 1.0)
+    assert all(0 <= review <= block <= 1 for block, review in zip(fit.block_at, fit.review_at))
+    assert set(fit.as_dict()["block_at"]) == {"gambling", "image_text_mismatch"}
+    assert 0.1 < fit.review_at[1] <= fit.block_at[1] <= 0.4 and 0.5 < fit.review_at[0] <= fit.block_at[0] <= 0.9
+    # on new ads: a violation scoring below both review_at values passes, and is counted against the passes
+    on_test = apply_class_thresholds([[0.5, 0.1], [0.0, 0.4], [0.0, 0.05]], [False, True, True], fit.block_at,
+                                     fit.review_at)
+    assert (on_test["automation_rate"], on_test["block_precision"], on_test["pass_precision"]) == (1.0, 1.0, 0.5)
+
+
 def test_fit_when_no_side_can_reach_the_target():
     scores, violating = np.full(10, 0.5), np.r_[np.ones(5, bool), np.zeros(5, bool)]
     fit = fit_thresholds(scores, violating, 0.9)  # tied scores, half violating: nothing decided automatically
     assert (fit.blocked, fit.passed, fit.automation_rate, fit.review_at) == (0.0, 0.0, 0.0, 0.0)
-    assert risk_scores(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])).tolist() == [0.2, 0.6]
     with pytest.raises(ValueError, match="target precision"):
         fit_thresholds(scores, violating, 1.5)
 
@@ -322,6 +341,15 @@ def test_policy_fit_writes_a_loadable_policy_and_its_curve(model_dir, tmp_path):
     assert thresholds == {(figures["block_at"], figures["review_at"])} and loaded.name == "fitted"
     assert loaded.matcher.sizes == load_policies()["default"].matcher.sizes  # term lists kept, inline
     assert out.with_suffix(".curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    per_class = subprocess.run(command[:-1] + [str(tmp_path / "per-class.yaml"), "--per-class"], capture_output=True,
+                               text=True, timeout=300)
+    assert per_class.returncode == 0, per_class.stderr
+    written = load_policy(tmp_path / "per-class.yaml").policy.violations
+    figures = yaml.safe_load(per_class.stdout)
+    assert {v: (t.block_at, t.review_at) for v, t in written.items()} == {
+        v: (figures["block_at"][v], figures["review_at"][v]) for v in written}
+    assert figures["automation_rate"] >= yaml.safe_load(result.stdout)["automation_rate"]  # common pair: factor 1
 
     (data / "validation.jsonl").unlink()
     for extra, fragment in [([], "validation.jsonl not found"), (["--target-precision", "1.5"], "not between 0 and 1")]:

@@ -114,23 +114,6 @@ def test_the_report_scores_each_model_on_the_base_splits(teacher, dataset, tmp_p
     assert "| tiny |" in (tmp_path / "more.md").read_text()
 
 
-def test_per_class_thresholds_decide_ads_that_one_common_pair_cannot():
-    from benchmarks.risk_tails import class_decisions, per_class_fit
-
-    # class 0: clean ads score 0.5, its violations 0.9; class 1: clean ads 0.1, its violations 0.4. The riskiest
-    # class ranks class-1 violations (0.4) below clean ads (0.5): no common pass threshold passes a clean ad at
-    # 99%, and common blocks stop at 0.9. One pair per class separates both exactly (both of a class's
-    # thresholds must move together: class 1's pass threshold up, its block threshold down).
-    clean = np.tile([0.5, 0.1], (100, 1))
-    scores = np.vstack([clean, np.tile([0.9, 0.0], (50, 1)), np.tile([0.0, 0.4], (50, 1))])
-    violating = np.r_[np.zeros(100, bool), np.ones(100, bool)]
-    block_at, review_at = per_class_fit(scores, violating, 0.99)
-    decided = class_decisions(scores, violating, block_at, review_at)
-    assert decided == {"automation_rate": 1.0, "block_precision": 1.0, "pass_precision": 1.0}
-    common = class_decisions(scores, violating, np.full(2, 0.9), np.full(2, 0.0))
-    assert common["automation_rate"] == 0.25
-
-
 def test_the_risk_tails_report_reads_every_model(teacher, dataset, tmp_path, monkeypatch):
     import sys
 

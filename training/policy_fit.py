@@ -4,7 +4,8 @@ The thresholds are chosen on the data folder's validation split, never on test.j
 must stay the place where a chosen threshold's precision is measured, not tuned (benchmarks/decisions.py
 measures there). The fitted policy keeps the base policy's term lists (written inline, so the YAML is
 one self-contained file that works wherever it is copied) and gives every violation class the fitted
-`block_at` and `review_at` (decisions/fit.py explains why one pair serves every class).
+`block_at` and `review_at` (decisions/fit.py explains why one pair serves every class), or with `per_class`
+one pair per class (decisions/fit.py `fit_class_thresholds`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import yaml
 from adaudit.core.files import atomic_write_bytes, atomic_write_text
 from adaudit.data.dataset import DatasetError
 from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
-from adaudit.decisions.fit import FittedThresholds, fit_thresholds, precision_automation_curve, risk_scores
+from adaudit.decisions.fit import (ClassThresholds, FittedThresholds, fit_class_thresholds, fit_thresholds,
+                                   precision_automation_curve)
 from adaudit.decisions.policy import SHIPPED, check_policy, load_policy, parse_policy
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.configuration import AuditModelConfig
@@ -46,6 +48,14 @@ def held_out_split(data_dir: Path, processor: AuditProcessor, tasks: dict[str, l
 
 def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """split_scores for each (data folder, split), with the model loaded once."""
+    return [(probabilities.max(axis=1), violating)
+            for probabilities, violating in splits_class_probabilities(model_dir, splits)[1]]
+
+
+def splits_class_probabilities(model_dir: Path, splits: list[tuple[Path, str]]) \
+        -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+    """The model's violation classes (clean class left out) and, for each (data folder, split), each ad's
+    (classes,) probabilities and whether it truly violates: what per-class thresholds are fitted on."""
     model = AuditModel.from_pretrained(model_dir)
     processor = AuditProcessor.from_folder(model.config, model_dir)
     tasks = model.config.tasks
@@ -55,23 +65,36 @@ def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple
             encoded = held_out_split(data_dir, processor, tasks)
         else:
             encoded = encode_split(data_dir, split, processor, tasks)
-        results.append(logits_scores(model.config, predict_logits(model, encoded), encoded))
-    return results
+        results.append(class_probabilities(model.config, predict_logits(model, encoded), encoded))
+    return violation_classes(model.config), results
+
+
+def violation_classes(config: AuditModelConfig) -> list[str]:
+    """The reason task's classes other than the clean one, in the order of class_probabilities' columns."""
+    taxonomy = config.taxonomy
+    return [name for name in config.tasks[taxonomy.reason_task] if name != taxonomy.clean_class]
+
+
+def class_probabilities(config: AuditModelConfig, logits: dict[str, torch.Tensor],
+                        encoded: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """((ads, violation classes) probabilities, whether each ad truly violates) from a model's logits."""
+    taxonomy = config.taxonomy
+    reason = taxonomy.reason_task
+    probabilities = torch.softmax(logits[reason], dim=-1).numpy()
+    truth = encoded.labels[:, encoded.tasks.index(reason)].numpy()
+    none_index = list(config.tasks[reason]).index(taxonomy.clean_class)
+    return np.delete(probabilities, none_index, axis=1), truth != none_index
 
 
 def logits_scores(config: AuditModelConfig, logits: dict[str, torch.Tensor],
                   encoded: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
     """(risk scores, whether each ad truly violates) from a model's logits over `encoded`: for callers that
     already hold the logits (or the model in memory), the same reading as split_scores."""
-    taxonomy = config.taxonomy
-    reason = taxonomy.reason_task
-    probabilities = torch.softmax(logits[reason], dim=-1).numpy()
-    truth = encoded.labels[:, encoded.tasks.index(reason)].numpy()
-    none_index = list(config.tasks[reason]).index(taxonomy.clean_class)
-    return risk_scores(probabilities, none_index), truth != none_index
+    probabilities, violating = class_probabilities(config, logits, encoded)
+    return probabilities.max(axis=1), violating
 
 
-def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None,
+def fitted_policy(fit: FittedThresholds | ClassThresholds, name: str, base: Path | None = None,
                   taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict:
     """The base policy (default: the shipped default.yaml) with the fitted thresholds and inline term lists.
     A base that names classes the model's `taxonomy` lacks (the shipped one, under a data set's own labels)
@@ -83,8 +106,15 @@ def fitted_policy(fit: FittedThresholds, name: str, base: Path | None = None,
     except ValueError:
         policy.update(violations=dict.fromkeys(taxonomy.violations), attributes={})
         policy.pop("terms", None)
-    thresholds = {"block_at": round(fit.block_at, 6), "review_at": round(min(fit.review_at, fit.block_at), 6)}
-    policy.update(name=name, version="1", violations={v: dict(thresholds) for v in policy["violations"]},
+    if isinstance(fit, ClassThresholds):
+        pairs = {v: (fit.block_at[fit.classes.index(v)], fit.review_at[fit.classes.index(v)])
+                 for v in policy["violations"]}
+    else:
+        pairs = dict.fromkeys(policy["violations"], (fit.block_at, fit.review_at))
+    # review_at rounded down and block_at up would move an ad across; both rounded, review_at kept <= block_at
+    violations = {v: {"block_at": round(block, 6), "review_at": round(min(review, block), 6)}
+                  for v, (block, review) in pairs.items()}
+    policy.update(name=name, version="1", violations=violations,
                   description=f"fitted by adaudit policy fit: automatic blocks and passes at precision "
                               f"{fit.target_precision} on the validation split, automation rate "
                               f"{fit.automation_rate:.4f} there")
@@ -114,18 +144,25 @@ def plot_curve(curve: list[dict], chosen: FittedThresholds, path: Path) -> None:
 
 
 def fit_policy(model_dir: Path, data_dir: Path, target: float, out: Path, name: str = "fitted",
-               base: Path | None = None) -> dict:
-    """Fit, write OUT (the policy YAML) and OUT's curve PNG beside it; returns the fit and the curve."""
+               base: Path | None = None, per_class: bool = False) -> dict:
+    """Fit, write OUT (the policy YAML) and OUT's curve PNG beside it (the common pair's curve); returns the fit
+    and the curve. `per_class`: one pair per violation class."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"--target-precision {target} is not between 0 and 1")
-    scores, violating = split_scores(model_dir, data_dir)
-    fit = fit_thresholds(scores, violating, target)
+    classes, [(probabilities, violating)] = splits_class_probabilities(model_dir, [(data_dir, "validation")])
+    scores = probabilities.max(axis=1)
+    fit = (fit_class_thresholds(probabilities, violating, target, classes) if per_class
+           else fit_thresholds(scores, violating, target))
     curve = precision_automation_curve(scores, violating)
     policy = fitted_policy(fit, name, base, AuditModelConfig.load(model_dir).taxonomy)
     out = Path(out)
     atomic_write_text(out, yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
     plot = out.with_suffix(".curve.png")
     plot_curve(curve, fit, plot)
-    written = next(iter(policy["violations"].values()))  # the thresholds as written (rounded)
+    written = policy["violations"]  # the thresholds as written (rounded)
+    if not per_class:
+        written = next(iter(written.values()))
+    else:
+        written = {key: {v: pair[key] for v, pair in written.items()} for key in ("block_at", "review_at")}
     return {"fit": fit.as_dict() | written, "curve": curve, "ads": int(len(scores)), "policy": str(out),
             "plot": str(plot)}
