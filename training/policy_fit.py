@@ -31,12 +31,6 @@ from adaudit.models.preprocessing import AuditProcessor
 from .evaluation import predict_logits
 
 
-def split_scores(model_dir: Path, data_dir: Path, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
-    """(risk scores, whether each ad truly violates) of `model_dir` over `split` of `data_dir`: the risk is read
-    from the model's reason task, clean class excluded (its taxonomy, models/labels.py)."""
-    return splits_scores(model_dir, [(data_dir, split)])[0]
-
-
 def held_out_split(data_dir: Path, processor: AuditProcessor, tasks: dict[str, list[str]]) -> EncodedSplit:
     """The validation split thresholds are fitted on; DatasetError when the data set has none."""
     encoded = encode_validation(data_dir, processor, tasks)
@@ -47,7 +41,8 @@ def held_out_split(data_dir: Path, processor: AuditProcessor, tasks: dict[str, l
 
 
 def splits_scores(model_dir: Path, splits: list[tuple[Path, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """split_scores for each (data folder, split), with the model loaded once."""
+    """(risk scores, whether each ad truly violates) for each (data folder, split), the model loaded once: the
+    risk is read from the model's reason task, clean class excluded (its taxonomy, models/labels.py)."""
     return [(probabilities.max(axis=1), violating)
             for probabilities, violating in splits_class_probabilities(model_dir, splits)[1]]
 
@@ -89,7 +84,7 @@ def class_probabilities(config: AuditModelConfig, logits: dict[str, torch.Tensor
 def logits_scores(config: AuditModelConfig, logits: dict[str, torch.Tensor],
                   encoded: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
     """(risk scores, whether each ad truly violates) from a model's logits over `encoded`: for callers that
-    already hold the logits (or the model in memory), the same reading as split_scores."""
+    already hold the logits (or the model in memory), the same reading as splits_scores."""
     probabilities, violating = class_probabilities(config, logits, encoded)
     return probabilities.max(axis=1), violating
 
@@ -111,7 +106,7 @@ def fitted_policy(fit: FittedThresholds | ClassThresholds, name: str, base: Path
                  for v in policy["violations"]}
     else:
         pairs = dict.fromkeys(policy["violations"], (fit.block_at, fit.review_at))
-    # review_at rounded down and block_at up would move an ad across; both rounded, review_at kept <= block_at
+    # written to 6 places; a policy never has review_at above block_at
     violations = {v: {"block_at": round(block, 6), "review_at": round(min(review, block), 6)}
                   for v, (block, review) in pairs.items()}
     policy.update(name=name, version="1", violations=violations,
