@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,10 +180,18 @@ class TritonServer:
         return self.grpc_url if protocol == "grpc" else self.url
 
     def ready(self) -> bool:
-        """Ready to serve, and its metrics endpoint listening too: tritonserver opens that one after its HTTP
-        endpoint, so a scrape (or a test reading its counters) just after HTTP turned ready could be refused."""
+        """Ready to serve, and its metrics and gRPC endpoints listening too: tritonserver may open them after its
+        HTTP endpoint, so a scrape, or a gRPC client's first call, just after HTTP turned ready could be refused
+        (and a refused gRPC channel then backs off for a while before it tries again)."""
         return self._answers(f"http://{self.host}:{self.http_port}/v2/health/ready") and \
-            self._answers(f"http://{self.host}:{self.metrics_port}/metrics")
+            self._answers(f"http://{self.host}:{self.metrics_port}/metrics") and self._listens(self.grpc_port)
+
+    def _listens(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     @staticmethod
     def _answers(url: str) -> bool:

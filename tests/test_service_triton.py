@@ -226,13 +226,17 @@ def test_a_shadow_with_another_tokenizer_decodes_and_encodes_the_ad_again(model_
         mirror_three_ads(client, "pruned", "student")
         assert 'adaudit_errors_total{kind="shadow_failed"}' not in client.get("/metrics").text
 
-def warm_up(client, attempts: int = 10, model: str | None = None) -> None:
-    """The first inference of a freshly loaded python-backend model can take seconds (torch's lazy start)."""
-    for _ in range(attempts):
+def warm_up(client, timeout: float = 60, model: str | None = None) -> None:
+    """The first inference of a freshly loaded python-backend model can take seconds (torch's lazy start), and a
+    gRPC channel refused once waits out its reconnect backoff: ask again, with a pause, until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
         answer = client.post("/v1/audits", json=ADS[0])
         if answer.status_code == 200 and model in (None, answer.json()["model"]):
             return
-    raise AssertionError(f"Triton never answered: {answer.text}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Triton never answered: {answer.text}")
+        time.sleep(0.5)
 
 
 def wait_until_ready(client, timeout: float = 60) -> None:
