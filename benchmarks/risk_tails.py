@@ -26,37 +26,38 @@ import numpy as np
 
 from adaudit.core.files import write_results
 from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
+from benchmarks.shifted import named_models
 
 PASS_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def probabilities(folder: Path, splits: list[tuple[Path, str]]) -> tuple[list[str], list[dict]]:
     """The model's violation classes (clean one excluded) and, per (data folder, split): `classes` (n, C)
-    probabilities, `truth` class names, `violating` and `reject` (the verdict head's probability of rejecting)."""
+    probabilities and `violating` (training/policy_fit.py `class_probabilities`), `truth` class names and `reject`
+    (the verdict head's probability of rejecting)."""
     import torch
 
     from adaudit.data.encoding import encode_split
     from adaudit.models.modeling import AuditModel
     from adaudit.models.preprocessing import AuditProcessor
     from adaudit.training.evaluation import predict_logits
-    from adaudit.training.policy_fit import held_out_split
+    from adaudit.training.policy_fit import class_probabilities, held_out_split, violation_classes
 
     model = AuditModel.from_pretrained(folder)
     processor, tasks, taxonomy = AuditProcessor.from_folder(model.config, folder), model.config.tasks, \
         model.config.taxonomy
     reasons, verdicts = list(tasks[taxonomy.reason_task]), list(tasks[taxonomy.verdict_task])
-    clean = reasons.index(taxonomy.clean_class)
     rejecting = [verdicts.index(name) for name in taxonomy.reject_classes]
     read = []
     for data, split in splits:
         encoded = held_out_split(data, processor, tasks) if split == "validation" else encode_split(
             data, split, processor, tasks)
         logits = predict_logits(model, encoded)
-        truth = encoded.labels[:, encoded.tasks.index(taxonomy.reason_task)].numpy()
-        read.append({"classes": np.delete(torch.softmax(logits[taxonomy.reason_task], -1).numpy(), clean, axis=1),
-                     "truth": [reasons[index] for index in truth], "violating": truth != clean,
+        scores, violating = class_probabilities(model.config, logits, encoded)
+        truth = encoded.labels[:, encoded.tasks.index(taxonomy.reason_task)].tolist()
+        read.append({"classes": scores, "violating": violating, "truth": [reasons[index] for index in truth],
                      "reject": torch.softmax(logits[taxonomy.verdict_task], -1).numpy()[:, rejecting].sum(1)})
-    return [name for name in reasons if name != taxonomy.clean_class], read
+    return violation_classes(model.config), read
 
 
 def readings(validation: dict, test: dict, target: float) -> dict:
@@ -64,18 +65,17 @@ def readings(validation: dict, test: dict, target: float) -> dict:
     rules = {"riskiest class (the policy's rule)": lambda r: r["classes"].max(1),
              "riskiest class or p(reject)": lambda r: np.maximum(r["classes"].max(1), r["reject"]),
              "sum over the classes": lambda r: r["classes"].sum(1)}
-    violating = {"validation": validation["violating"], "test": test["violating"]}
     results = {}
     for name, rule in rules.items():
-        fit = fit_thresholds(rule(validation), violating["validation"], target)
+        fit = fit_thresholds(rule(validation), validation["violating"], target)
         results[name] = {"on_validation": fit.automation_rate,
-                         "test": apply_thresholds(rule(test), violating["test"], fit.block_at, fit.review_at),
-                         "ceiling": fit_thresholds(rule(test), violating["test"], target).automation_rate}
-    fit = fit_class_thresholds(validation["classes"], violating["validation"], target)
+                         "test": apply_thresholds(rule(test), test["violating"], fit.block_at, fit.review_at),
+                         "ceiling": fit_thresholds(rule(test), test["violating"], target).automation_rate}
+    fit = fit_class_thresholds(validation["classes"], validation["violating"], target)
     results["per-class thresholds"] = {
         "on_validation": fit.automation_rate,
-        "test": apply_class_thresholds(test["classes"], violating["test"], fit.block_at, fit.review_at),
-        "ceiling": fit_class_thresholds(test["classes"], violating["test"], target).automation_rate}
+        "test": apply_class_thresholds(test["classes"], test["violating"], fit.block_at, fit.review_at),
+        "ceiling": fit_class_thresholds(test["classes"], test["violating"], target).automation_rate}
     return results
 
 
@@ -89,11 +89,11 @@ def tails(classes: list[str], split: dict) -> dict:
         passes.append({"threshold": threshold, "passed": int(passed.sum()),
                        "violations": int((passed & violating).sum()),
                        "by_class": dict(Counter(truth[passed & violating].tolist()))})
-    clean_risk = risk[~violating]
-    riskiest = ~violating & (risk > np.quantile(clean_risk, 0.9))
+    clean_risk_90th_percentile = float(np.quantile(risk[~violating], 0.9))
+    riskiest = ~violating & (risk > clean_risk_90th_percentile)
     suspected = Counter(classes[i] for i in split["classes"][riskiest].argmax(1))
     return {"ads": int(len(risk)), "clean": int((~violating).sum()), "passes": passes,
-            "clean_risk_90th_percentile": float(np.quantile(clean_risk, 0.9)),
+            "clean_risk_90th_percentile": clean_risk_90th_percentile,
             "riskiest_tenth_of_clean_suspected_of": dict(suspected)}
 
 
@@ -135,13 +135,10 @@ def main() -> None:
     summary = {"command": shlex.join(["python", "-m", "benchmarks.risk_tails", *sys.argv[1:]]),
                "validation": str(arguments.validation), "test": str(arguments.test),
                "target_precision": arguments.target_precision, "models": {}}
-    for entry in arguments.model:
-        name, _, folder = entry.partition("=")
-        if not folder:
-            sys.exit(f"error: --model {entry!r}: write NAME=FOLDER")
-        classes, (validation, test) = probabilities(Path(folder), [(arguments.validation, "validation"),
-                                                                   (arguments.test, "test")])
-        summary["models"][name] = {"folder": folder, "tails": tails(classes, validation),
+    for name, folder in named_models(arguments.model):
+        classes, (validation, test) = probabilities(folder, [(arguments.validation, "validation"),
+                                                             (arguments.test, "test")])
+        summary["models"][name] = {"folder": str(folder), "tails": tails(classes, validation),
                                    "readings": readings(validation, test, arguments.target_precision)}
     write_results(arguments.out, "risk-tails", summary, markdown(summary))
     print(markdown(summary))
