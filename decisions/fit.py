@@ -10,9 +10,12 @@ precision. The automation rate is the share of ads blocked or passed.
 
 `fit_class_thresholds` gives each violation class its own pair instead (the policy YAML holds one per class):
 each class's probability is divided by a factor before the riskiest class is read, the factors searched one
-class at a time, and the common pair fitted on the divided scores multiplied back per class. Where clean ads
+class at a time, and the threshold fitted on the divided scores multiplied back per class. Where clean ads
 score high on one class (the picture tower's gambling suspicion) and violations low on another, one common
-pair cannot pass the first without passing the second; the factors can (docs/decisions.md).
+pair cannot pass the first without passing the second; the factors can (docs/decisions.md). The two sides
+get their own factors: which ads are blocked depends only on the `block_at` values and which are passed
+(of those not blocked) only on the `review_at` values, and the high end of a class's scores (where blocks are
+decided) separates clean ads from violations at another place than its low end (where passes are).
 
 Pure numpy on held-out (validation) scores: choosing thresholds on the test split would report a
 precision the thresholds were tuned to reach.
@@ -144,32 +147,56 @@ def apply_class_thresholds(scores, violating, block_at, review_at) -> dict:
             "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(scores))}
 
 
-def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[str] | None = None,
-                         rounds: int = 6) -> ClassThresholds:
-    """One (block_at, review_at) per class from (n, classes) probabilities: the factor search in the module's
-    docstring. Moving a class's factor moves both of its thresholds at once, which a search over one threshold
-    at a time cannot do (a pass needs every class below its own review_at). Thresholds above 1 are written as 1."""
-    scores = np.asarray(scores, dtype=np.float64)
-    violating = np.asarray(violating, dtype=bool)
-    if scores.ndim != 2 or scores.shape[0] != violating.shape[0] or not len(scores):
-        raise ValueError("scores must be (ads, classes) probabilities with one truth per ad")
-    classes = tuple(classes or (str(column) for column in range(scores.shape[1])))
+def _class_factors(scores: np.ndarray, share) -> np.ndarray:
+    """Per-class divisors that maximise `share(riskiest divided score)`, searched one class at a time over FACTORS
+    until a round improves nothing."""
     scale = np.ones(scores.shape[1])
-    reached = lambda factors: fit_thresholds((scores / factors).max(axis=1), violating, target)  # noqa: E731
-    best = reached(scale).automation_rate
-    for _ in range(rounds):
+    best = share((scores / scale).max(axis=1))
+    while True:
         improved = False
         for column in range(scores.shape[1]):
             for factor in FACTORS:
                 trial = scale.copy()
                 trial[column] = factor
-                if (automation := reached(trial).automation_rate) > best + 1e-12:
-                    best, scale, improved = automation, trial, True
+                if (reached := share((scores / trial).max(axis=1))) > best + 1e-12:
+                    best, scale, improved = reached, trial, True
         if not improved:
-            break
-    fit = reached(scale)
-    block_at = np.ones_like(scale) if fit.block_precision is None else np.minimum(fit.block_at * scale, 1.0)
-    review_at = np.minimum(np.minimum(fit.review_at, fit.block_at) * scale, block_at)
+            return scale
+
+
+def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[str] | None = None) \
+        -> ClassThresholds:
+    """One (block_at, review_at) per class from (n, classes) probabilities: the factor searches in the module's
+    docstring, blocks first, then passes among the ads not blocked (the policy's rule, decisions/decide.py).
+    Thresholds above 1 are written as 1, and a class's review_at as at most its block_at (an ad at or above a
+    class's block_at is blocked, so that changes no decision)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    violating = np.asarray(violating, dtype=bool)
+    if scores.ndim != 2 or scores.shape[0] != violating.shape[0] or not len(scores):
+        raise ValueError("scores and violating must be (ads, classes) probabilities and one truth per ad")
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target precision {target} is not in (0, 1]")
+    classes = tuple(classes or (str(column) for column in range(scores.shape[1])))
+
+    def block_threshold(risk):
+        return _block_threshold(risk, violating, target)
+
+    def blocked_share(risk):
+        return float((risk >= threshold).mean()) if np.isfinite(threshold := block_threshold(risk)) else 0.0
+
+    block_scale = _class_factors(scores, blocked_share)
+    lowest_block = block_threshold((scores / block_scale).max(axis=1))
+    block_at = np.ones(scores.shape[1]) if np.isinf(lowest_block) else np.minimum(lowest_block * block_scale, 1.0)
+    open_ads = ~(scores >= block_at).any(axis=1)  # what passes are chosen from
+    remaining, clean = scores[open_ads], ~violating[open_ads]
+
+    def passed_share(risk):
+        return float((risk < _pass_threshold(risk, clean, target, np.inf)).mean()) if len(risk) else 0.0
+
+    pass_scale = _class_factors(remaining, passed_share)
+    risk = (remaining / pass_scale).max(axis=1) if len(remaining) else np.zeros(0)
+    review_at = (np.minimum(_pass_threshold(risk, clean, target, np.inf) * pass_scale, block_at) if len(risk)
+                 else np.zeros(scores.shape[1]))
     decided = apply_class_thresholds(scores, violating, block_at, review_at)
     return ClassThresholds(decided["block_precision"], decided["pass_precision"], decided["blocked"],
                            decided["passed"], target, classes=classes, block_at=tuple(map(float, block_at)),

@@ -206,6 +206,23 @@ def test_per_class_thresholds_decide_ads_that_one_common_pair_cannot():
     assert (on_test["automation_rate"], on_test["block_precision"], on_test["pass_precision"]) == (1.0, 1.0, 0.5)
 
 
+def test_per_class_blocks_and_passes_get_their_own_factors():
+    # (class 0, class 1, violating) groups: class 0's clean ads score up to 0.5 and its blocked violations 0.55,
+    # class 1's 0.2 and 0.25, so block_at must be about 0.5..0.55 and 0.2..0.25 (a ratio of 2 to 2.75); at the low
+    # end both classes' violations start at 0.15 above clean ads at 0.1, so review_at must be 0.1..0.15 for both
+    # (a ratio of 2/3 to 1.5). Thresholds that move together (one factor per class for both sides) keep one
+    # ratio and cannot reach both; factors per side decide every ad but the 40 in between, at 100% precision.
+    groups = [((0.10, 0.10), False, 40), ((0.15, 0.01), True, 10), ((0.01, 0.15), True, 10),
+              ((0.50, 0.01), False, 10), ((0.55, 0.01), True, 20), ((0.01, 0.20), False, 10),
+              ((0.01, 0.25), True, 20)]
+    scores = np.vstack([np.tile(row, (count, 1)) for row, _, count in groups])
+    violating = np.concatenate([np.full(count, truth) for _, truth, count in groups])
+    fit = fit_class_thresholds(scores, violating, 1.0)
+    assert (fit.blocked, fit.passed, fit.block_precision, fit.pass_precision) == (40 / 120, 40 / 120, 1.0, 1.0)
+    assert 0.5 < fit.block_at[0] <= 0.55 and 0.2 < fit.block_at[1] <= 0.25
+    assert all(0.1 < review <= 0.15 for review in fit.review_at)
+
+
 def test_fit_when_no_side_can_reach_the_target():
     scores, violating = np.full(10, 0.5), np.r_[np.ones(5, bool), np.zeros(5, bool)]
     fit = fit_thresholds(scores, violating, 0.9)  # tied scores, half violating: nothing decided automatically
