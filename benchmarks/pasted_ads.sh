@@ -5,6 +5,8 @@
 # Usage: benchmarks/pasted_ads.sh     the more-ads data (benchmarks/more_ads.sh) plus 10% pasted ads
 #        DATA=runs/bench-v/data RUN=runs/pasted-4200 EPOCHS=12 benchmarks/pasted_ads.sh   the base ads only
 #        RUN=runs/pasted-ads-20 SHARE=0.2 benchmarks/pasted_ads.sh   twice the pasted ads (results/pasted-ads-20)
+#        RUN=runs/pasted-ads-20 SHARE=0.2 RECIPE=more-ads STUDENT=student-4000 benchmarks/pasted_ads.sh   its student
+#          distilled on 4,000 ads (results/pasted-ads-20/student-4000)
 #        TEACHER_ONLY=1: stop after the teacher's automation
 set -euo pipefail
 cd "$(dirname "$0")/.."

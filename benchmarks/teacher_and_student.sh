@@ -9,7 +9,12 @@
 [ -f "$RUN/teacher-decisions/decisions.json" ] || run .venv/bin/python -m benchmarks.decisions \
   --model "$RUN/teacher" --teacher "$BASE/teacher" --data "$BASE/data" --out "$RUN/teacher-decisions"
 [ "${TEACHER_ONLY:-0}" = 1 ] && exit 0
-[ -f "$RUN/student/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
-  --out "$RUN/student"
-run .venv/bin/python -m benchmarks.decisions --model "$RUN/student" --teacher "$RUN/teacher" --data "$BASE/data" \
-  --out "benchmarks/results/$(basename "$RUN")"
+RECIPE=${RECIPE:-default}
+if [ "$RECIPE" = default ]; then STUDENT=${STUDENT:-student}; RESULTS="benchmarks/results/$(basename "$RUN")"
+else STUDENT=${STUDENT:-student-$RECIPE}; RESULTS="benchmarks/results/$(basename "$RUN")/$STUDENT"; fi
+[ -f "$RUN/$STUDENT/report.json" ] || run $ADAUDIT compress --teacher "$RUN/teacher" --data "$RUN/data" \
+  --out "$RUN/$STUDENT" --recipe "$RECIPE"
+run .venv/bin/python -m benchmarks.decisions --model "$RUN/$STUDENT" --teacher "$RUN/teacher" --data "$BASE/data" \
+  --out "$RESULTS"
+run .venv/bin/python -m benchmarks.decisions --model "$RUN/$STUDENT" --teacher "$RUN/teacher" --data "$BASE/data" \
+  --per-class --out "$RESULTS/per-class"

@@ -37,7 +37,7 @@ from adaudit.training.presets import PRESETS
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 TINY_RECIPE = DEFAULT_RECIPE.with_name("tiny.yaml")  # for the `tiny` teacher: tests
 DEMO_RECIPE = DEFAULT_RECIPE.with_name("demo.yaml")  # for the `tiny` teacher of the `make run` demo
-NAMED_RECIPES = ("default", "tiny", "demo", "auto", "tiny-auto", "pretrained")  # `--recipe auto`: recipes/auto.yaml
+NAMED_RECIPES = ("default", "tiny", "demo", "auto", "tiny-auto", "pretrained", "more-ads")  # `--recipe auto`: recipes/auto.yaml
 
 Tower = Literal["vision", "qformer", "text"]
 SPREAD = "spread"

@@ -58,6 +58,13 @@ def test_the_packaged_recipe_resolves_on_the_base_teacher_to_exactly_the_benchma
     assert load_recipe(name).model_dump() != expected.model_dump()  # the file itself is relative
 
 
+def test_the_more_ads_recipe_is_the_default_distilled_on_twice_the_ads():
+    # the student behind the decisions goal (docs/decisions.md) must stay the default's shape, so its speed
+    default, more_ads = load_recipe("default").model_dump(), load_recipe("more-ads").model_dump()
+    assert more_ads["distillation"].pop("samples") == 2 * default["distillation"].pop("samples")
+    assert more_ads == default
+
+
 def test_an_absolute_recipe_resolves_to_itself_and_a_resolved_one_round_trips():
     config = preset_config("tiny", 100)
     tiny = load_recipe("tiny")
