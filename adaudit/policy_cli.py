@@ -28,7 +28,8 @@ def fit(model: Annotated[Path, typer.Option(help="model folder (teacher or stude
         base: Annotated[Optional[Path], typer.Option(
             help="the policy whose term lists and classes to keep (default: the shipped default.yaml)")] = None,
         per_class: Annotated[bool, typer.Option(
-            "--per-class", help="one block_at and review_at per violation class instead of one pair for all")] = False):
+            "--per-class", help="one block_at and review_at per violation class instead of one pair for all: "
+                          "more ads decided where classes score differently (docs/decisions.md)")] = False):
     """Choose block_at and review_at on held-out ads so automatic decisions reach the target precision."""
     from adaudit.data.dataset import DatasetError
     from adaudit.decisions.policy import PolicyError
