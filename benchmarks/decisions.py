@@ -9,7 +9,10 @@ where the automation rate (share of ads blocked or passed without a reviewer) an
 automatic side reaches are measured. `--per-class`: one pair of thresholds per violation class
 (`fit_class_thresholds`, what `adaudit policy fit --per-class` writes). Goals: the student's automation rate at least 90%, within 2
 points of the teacher's, and its automatic blocks and passes at the target precision on test too (a fit
-on validation that does not hold on test is not automation at that precision). Writes OUT/decisions.json and OUT/decisions.md (with the exact command).
+on validation that does not hold on test is not automation at that precision), all read as served (below). Each fit is also measured as
+served: the policy YAML `adaudit policy fit` writes (the shipped term lists inline), loaded as the gateway loads
+it and applied by decisions/decide.py to each test ad with its copy's term hits. Writes OUT/decisions.json and
+OUT/decisions.md (with the exact command).
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from adaudit.core.files import write_results
+from adaudit.data.dataset import read_split
+from adaudit.decisions.decide import decide
 from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
-from adaudit.training.policy_fit import splits_class_probabilities
+from adaudit.decisions.policy import load_policy
+from adaudit.models.configuration import AuditModelConfig
+from adaudit.training.policy_fit import fitted_policy, splits_class_probabilities
 
 GOAL_AUTOMATION, GOAL_GAP = 0.90, 0.02
 
@@ -39,7 +49,35 @@ def measure(model: Path, data: Path, target: float, per_class: bool = False) -> 
     else:
         fit = fit_thresholds(validation.max(axis=1), validation_truth, target)
         measured = apply_thresholds(test.max(axis=1), test_truth, fit.block_at, fit.review_at)
-    return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation))}, "test": measured}
+    return {"model": str(model), "validation": fit.as_dict() | {"ads": int(len(validation))}, "test": measured,
+            "served": as_served(model, data, fit, classes, test, test_truth)}
+
+
+def as_served(model: Path, data: Path, fit, classes: list[str], probabilities: np.ndarray, violating: np.ndarray) -> dict:
+    """The fit as a deployment decides: the written policy (thresholds rounded as written, term lists inline)
+    loaded from its YAML, decide() on each test ad's probabilities and its copy's term hits."""
+    taxonomy = AuditModelConfig.load(model).taxonomy
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fitted.yaml"
+        path.write_text(yaml.safe_dump(fitted_policy(fit, "fitted", taxonomy=taxonomy), allow_unicode=True),
+                        encoding="utf-8")
+        loaded = load_policy(path, taxonomy)
+    copies = [record.text for record in read_split(data, "test")]
+    if len(copies) != len(probabilities):
+        raise ValueError(f"{data}: {len(copies)} test ads but {len(probabilities)} scored")
+    suggestions, term_hit_ads = [], 0
+    for copy, row in zip(copies, probabilities):
+        reason = dict(zip(classes, map(float, row))) | {taxonomy.clean_class: float(1.0 - row.sum())}
+        hits = loaded.matcher.find(copy)
+        term_hit_ads += any(hit.list != "allow" for hit in hits)
+        suggestions.append(decide({taxonomy.reason_task: reason}, hits, loaded.policy, taxonomy).suggestion)
+    suggestions = np.array(suggestions)
+    blocked, passed = suggestions == "block", suggestions == "pass"
+    return {"blocked": float(blocked.mean()), "passed": float(passed.mean()),
+            "automation_rate": float((blocked | passed).mean()),
+            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
+            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None,
+            "ads_with_term_hits": int(term_hit_ads), "ads": int(len(suggestions))}
 
 
 def threshold(value) -> str:
@@ -72,8 +110,14 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {role} | {threshold(test['block_at'])} | {threshold(test['review_at'])} "
                      f"| {percent(test['automation_rate'])} "
                      f"| {percent(test['block_precision'])} | {percent(test['pass_precision'])} | {test['ads']} |")
+    lines += ["", "As served (the written policy YAML with its term lists, decisions/decide.py, on the same test ads):", "",
+              "| model | automation | block precision | pass precision | ads with term hits |", "| --- | --- | --- | --- | --- |"]
+    for role in ("student", "teacher"):
+        if served := summary[role].get("served"):
+            lines.append(f"| {role} | {percent(served['automation_rate'])} | {percent(served['block_precision'])} "
+                         f"| {percent(served['pass_precision'])} | {served['ads_with_term_hits']} |")
     goals, met = summary["goals"], lambda value: "met" if value else "not met"  # noqa: E731
-    lines += ["", f"Goals: the student's automatic blocks and passes at least {percent(summary['target_precision'])} "
+    lines += ["", f"Goals, as served: the student's automatic blocks and passes at least {percent(summary['target_precision'])} "
               f"precise on test: {met(goals['student_precision_held'])}; student automation >= "
               f"{percent(GOAL_AUTOMATION)} at that precision: {met(goals['student_automation_met'])}; within "
               f"{100 * GOAL_GAP:.0f} points of the teacher (gap {100 * goals['gap']:.2f} points): "
@@ -98,8 +142,9 @@ def main() -> None:
                "target_precision": args.target_precision, "per_class": args.per_class}
     for role, folder in (("student", args.model), ("teacher", args.teacher)):
         summary[role] = measure(folder, args.data, args.target_precision, args.per_class)
-    student, teacher = summary["student"]["test"]["automation_rate"], summary["teacher"]["test"]["automation_rate"]
-    held = precision_held(summary["student"]["test"], args.target_precision)
+    # the goals read the fit as served: what a deployment of the written policy decides
+    student, teacher = summary["student"]["served"]["automation_rate"], summary["teacher"]["served"]["automation_rate"]
+    held = precision_held(summary["student"]["served"], args.target_precision)
     summary["goals"] = {"student_precision_held": held, "student_automation_met": held and student >= GOAL_AUTOMATION,
                         "gap": teacher - student, "gap_met": teacher - student <= GOAL_GAP}
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -392,13 +392,44 @@ def test_the_decisions_benchmark_runs_on_tiny_models(model_dir, tmp_path):  # no
         test = summary[role]["test"]
         assert test["ads"] == len((tmp_path / "ads" / "test.jsonl").read_text().splitlines())
         assert test["automation_rate"] == pytest.approx(test["blocked"] + test["passed"])
-    assert summary["goals"]["gap"] == pytest.approx(summary["teacher"]["test"]["automation_rate"]
-                                                    - summary["student"]["test"]["automation_rate"])
-    student = summary["student"]["test"]
+    assert summary["goals"]["gap"] == pytest.approx(summary["teacher"]["served"]["automation_rate"]
+                                                    - summary["student"]["served"]["automation_rate"])
+    student = summary["student"]["served"]
     held = all(student[side] is None or student[side] >= 0.99 for side in ("block_precision", "pass_precision"))
     assert summary["goals"]["student_precision_held"] == held
     assert not summary["goals"]["student_automation_met"] or held
     assert "| student |" in (tmp_path / "results" / "decisions.md").read_text()
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_the_benchmark_measures_the_policy_as_served(model_dir, tmp_path, per_class):  # noqa: F811
+    # served = the written YAML through decide(): the fitted thresholds' decisions, except that a block term in
+    # the copy blocks and a review term holds back a pass (the shipped lists, written inline by policy fit). The
+    # biased tiny student's probabilities crowd within 1e-6 of its thresholds: thresholds written rounded to 6
+    # places (as they once were) passed 4 of these 12 test ads instead of 1, and failed this test.
+    from adaudit.data.dataset import read_split
+    from adaudit.data.generator import make_dataset
+    from adaudit.decisions.policy import SHIPPED, load_policy
+    from adaudit.training.policy_fit import splits_class_probabilities
+    from benchmarks.decisions import measure
+
+    make_dataset(tmp_path / "ads", n=60, seed=11)
+    measured = measure(model_dir / "student", tmp_path / "ads", 0.9, per_class)
+    test, served = measured["test"], measured["served"]
+    _, [(probabilities, violating)] = splits_class_probabilities(model_dir / "student", [(tmp_path / "ads", "test")])
+    if per_class:
+        block_at, review_at = list(test["block_at"].values()), list(test["review_at"].values())
+    else:
+        block_at, review_at = [test["block_at"]] * probabilities.shape[1], [test["review_at"]] * probabilities.shape[1]
+    matcher = load_policy(SHIPPED / "default.yaml").matcher
+    lists = [{hit.list for hit in matcher.find(record.text)} for record in read_split(tmp_path / "ads", "test")]
+    term_block = np.array(["block" in found for found in lists])
+    term_review = np.array(["review" in found for found in lists])
+    blocked = (probabilities >= np.array(block_at)).any(axis=1) | term_block
+    passed = (probabilities < np.array(review_at)).all(axis=1) & ~blocked & ~term_review
+    assert served["ads"] == len(lists) and served["ads_with_term_hits"] == int((term_block | term_review).sum()) > 0
+    assert (served["blocked"], served["passed"]) == (pytest.approx(blocked.mean()), pytest.approx(passed.mean()))
+    assert served["block_precision"] == (pytest.approx(violating[blocked].mean()) if blocked.any() else None)
 
 
 def test_a_fit_that_misses_the_target_on_test_is_not_automation_at_it():

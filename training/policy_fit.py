@@ -106,8 +106,10 @@ def fitted_policy(fit: FittedThresholds | ClassThresholds, name: str, base: Path
                  for v in policy["violations"]}
     else:
         pairs = dict.fromkeys(policy["violations"], (fit.block_at, fit.review_at))
-    # written to 6 places; a policy never has review_at above block_at
-    violations = {v: {"block_at": round(block, 6), "review_at": round(min(review, block), 6)}
+    # written exactly, not rounded: a rounded block_at or review_at decides other ads than the fit did (where
+    # probabilities crowd near a threshold, rounding to 6 places halved a pass precision); a policy never has
+    # review_at above block_at
+    violations = {v: {"block_at": float(block), "review_at": float(min(review, block))}
                   for v, (block, review) in pairs.items()}
     policy.update(name=name, version="1", violations=violations,
                   description=f"fitted by adaudit policy fit: automatic blocks and passes at precision "
@@ -154,7 +156,7 @@ def fit_policy(model_dir: Path, data_dir: Path, target: float, out: Path, name: 
     atomic_write_text(out, yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
     plot = out.with_suffix(".curve.png")
     plot_curve(curve, fit, plot)
-    written = policy["violations"]  # the thresholds as written (rounded)
+    written = policy["violations"]  # the thresholds as written
     if not per_class:
         written = next(iter(written.values()))
     else:
