@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from adaudit.core.files import write_results
 from adaudit.data.dataset import read_split
@@ -34,7 +33,7 @@ from adaudit.decisions.decide import decide
 from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
 from adaudit.decisions.policy import load_policy
 from adaudit.models.configuration import AuditModelConfig
-from adaudit.training.policy_fit import fitted_policy, splits_class_probabilities
+from adaudit.training.policy_fit import fitted_policy, policy_yaml, splits_class_probabilities
 
 GOAL_AUTOMATION, GOAL_GAP = 0.90, 0.02
 
@@ -54,13 +53,14 @@ def measure(model: Path, data: Path, target: float, per_class: bool = False) -> 
 
 
 def as_served(model: Path, data: Path, fit, classes: list[str], probabilities: np.ndarray, violating: np.ndarray) -> dict:
-    """The fit as a deployment decides: the written policy (thresholds rounded as written, term lists inline)
-    loaded from its YAML, decide() on each test ad's probabilities and its copy's term hits."""
+    """The fit as a deployment decides: the written policy (thresholds as written, term lists inline) loaded
+    from its YAML, decide() on each test ad's probabilities (as the gateway computes them) and its copy's term
+    hits. Only the reason task's probabilities are passed: a base policy with attribute rules would need the
+    other tasks too (the shipped default has none)."""
     taxonomy = AuditModelConfig.load(model).taxonomy
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fitted.yaml"
-        path.write_text(yaml.safe_dump(fitted_policy(fit, "fitted", taxonomy=taxonomy), allow_unicode=True),
-                        encoding="utf-8")
+        path.write_text(policy_yaml(fitted_policy(fit, "fitted", taxonomy=taxonomy)), encoding="utf-8")
         loaded = load_policy(path, taxonomy)
     copies = [record.text for record in read_split(data, "test")]
     if len(copies) != len(probabilities):

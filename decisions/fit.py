@@ -93,7 +93,7 @@ def fit_thresholds(scores, violating, target: float = 0.99) -> FittedThresholds:
     nothing_blocked = np.isinf(lowest_block)
     block_at = 1.0 if nothing_blocked else lowest_block
     review_at = min(_pass_threshold(scores, ~violating, target, block_at), 1.0)
-    blocked = np.zeros(len(scores), dtype=bool) if nothing_blocked else scores >= block_at
+    blocked = scores >= block_at  # with nothing to block at the target, block_at 1 still blocks scores of 1
     passed = scores < review_at
     return FittedThresholds(float(violating[blocked].mean()) if blocked.any() else None,
                             float((~violating[passed]).mean()) if passed.any() else None,
@@ -148,8 +148,8 @@ def apply_class_thresholds(scores, violating, block_at, review_at) -> dict:
 
 
 def _class_factors(scores: np.ndarray, share) -> np.ndarray:
-    """Per-class divisors that maximise `share(riskiest divided score)`, searched one class at a time over FACTORS
-    until a round improves nothing."""
+    """Per-class divisors that raise `share(riskiest divided score)`: a greedy search, one class at a time over
+    FACTORS, until a round improves nothing (a local best, not a proven maximum)."""
     scale = np.ones(scores.shape[1])
     best = share((scores / scale).max(axis=1))
     while True:
@@ -162,6 +162,20 @@ def _class_factors(scores: np.ndarray, share) -> np.ndarray:
                     best, scale, improved = reached, trial, True
         if not improved:
             return scale
+
+
+def _class_cuts(scores: np.ndarray, scale: np.ndarray, threshold: float, ceiling: np.ndarray) -> np.ndarray:
+    """Per class, the threshold on the real scores that splits the ads as `divided riskiest >= threshold` does:
+    the lowest score of the class whose divided value reaches it (dividing by a positive factor keeps the order,
+    so every lower score stays below), else just above the class's highest score; at most `ceiling`.
+    Multiplying `threshold` back by the factor instead can land a float step off and move an ad."""
+    cuts = np.empty(scores.shape[1])
+    for column in range(scores.shape[1]):
+        values = scores[:, column]
+        reaching = values[values / scale[column] >= threshold]
+        above_all = max(threshold * scale[column], np.nextafter(values.max(), np.inf)) if len(values) else 0.0
+        cuts[column] = min(reaching.min() if len(reaching) else above_all, ceiling[column])
+    return cuts
 
 
 def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[str] | None = None) \
@@ -186,7 +200,8 @@ def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[
 
     block_scale = _class_factors(scores, blocked_share)
     lowest_block = block_threshold((scores / block_scale).max(axis=1))
-    block_at = np.ones(scores.shape[1]) if np.isinf(lowest_block) else np.minimum(lowest_block * block_scale, 1.0)
+    ones = np.ones(scores.shape[1])
+    block_at = ones if np.isinf(lowest_block) else _class_cuts(scores, block_scale, lowest_block, ones)
     open_ads = ~(scores >= block_at).any(axis=1)  # what passes are chosen from
     remaining, clean = scores[open_ads], ~violating[open_ads]
 
@@ -194,8 +209,8 @@ def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[
         return float((risk < _pass_threshold(risk, clean, target, np.inf)).mean()) if len(risk) else 0.0
 
     pass_scale = _class_factors(remaining, passed_share)
-    risk = (remaining / pass_scale).max(axis=1) if len(remaining) else np.zeros(0)
-    review_at = (np.minimum(_pass_threshold(risk, clean, target, np.inf) * pass_scale, block_at) if len(risk)
+    highest_pass = _pass_threshold((remaining / pass_scale).max(axis=1), clean, target, np.inf) if len(remaining) else 0
+    review_at = (_class_cuts(remaining, pass_scale, highest_pass, block_at) if highest_pass > 0
                  else np.zeros(scores.shape[1]))
     decided = apply_class_thresholds(scores, violating, block_at, review_at)
     return ClassThresholds(decided["block_precision"], decided["pass_precision"], decided["blocked"],

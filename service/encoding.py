@@ -12,13 +12,13 @@ Outputs: per task the argmax label and its softmax probability.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from adaudit.decisions.scores import probabilities as class_probabilities
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.preprocessing import AuditProcessor
 
@@ -96,19 +96,17 @@ def select(inputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
 
 
 def predictions(logits: dict[str, np.ndarray], tasks: dict[str, tuple[str, ...]]) -> list[Prediction]:
-    """Per ad and task: the argmax label and its softmax probability, 1 / sum(exp(logit - max)), in
-    float64 (plain Python floats: a few classes per task, where numpy's per-call cost would dominate)."""
+    """Per ad and task: the argmax label and its probability, the probabilities as every policy reads them
+    (decisions/scores.py: the threshold fit reads them the same way)."""
     rows = {task: logits[task].tolist() for task in tasks}
     answers = []
     for i in range(len(next(iter(rows.values())))):
         labels, scores, probabilities = {}, {}, {}
         for task, names in tasks.items():
             row = rows[task][i]
-            top = max(row)
-            labels[task] = names[row.index(top)]
-            exponentials = [math.exp(value - top) for value in row]
-            total = sum(exponentials)
-            scores[task] = round(1.0 / total, 6)
-            probabilities[task] = {name: round(e / total, 6) for name, e in zip(names, exponentials)}
+            top = row.index(max(row))
+            task_probabilities = class_probabilities(row)
+            labels[task], scores[task] = names[top], task_probabilities[top]
+            probabilities[task] = dict(zip(names, task_probabilities))
         answers.append(Prediction(labels, scores, probabilities))
     return answers

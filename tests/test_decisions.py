@@ -223,10 +223,47 @@ def test_per_class_blocks_and_passes_get_their_own_factors():
     assert all(0.1 < review <= 0.15 for review in fit.review_at)
 
 
+def test_per_class_thresholds_decide_on_the_fitted_ads_exactly_what_the_fit_chose():
+    # the thresholds are real scores, not the fitted cut multiplied back by a class factor: (s / f) * f can miss
+    # s by a float step, which moved a boundary ad and broke the target on the very ads fitted
+    generator = np.random.default_rng(0)
+    for _ in range(400):  # the first version of the fit missed the target on 3 of these
+        scores = generator.random((40, 3)).round(3)
+        violating = generator.random(40) < scores.max(axis=1)
+        fit = fit_class_thresholds(scores, violating, 0.9)
+        assert fit.block_precision is None or fit.block_precision >= 0.9
+        assert fit.pass_precision is None or fit.pass_precision >= 0.9
+
+
+def test_the_fit_reads_probabilities_as_the_gateway_serves_them(model_dir):  # noqa: F811
+    # one function (decisions/scores.py) for both: a threshold fitted on these values decides served ads alike
+    import torch
+
+    from adaudit.data.encoding import EncodedSplit
+    from adaudit.models.configuration import AuditModelConfig
+    from adaudit.service.encoding import predictions
+    from adaudit.training.policy_fit import class_probabilities, violation_classes
+
+    config = AuditModelConfig.load(model_dir / "student")
+    reason, count = config.taxonomy.reason_task, 50
+    names = tuple(config.tasks[reason])
+    logits = torch.randn(count, len(names), generator=torch.Generator().manual_seed(0)) * 8
+    encoded = EncodedSplit([str(i) for i in range(count)], None, None, None,
+                           torch.zeros(count, len(config.tasks), dtype=torch.long), list(config.tasks))
+    fitted, _ = class_probabilities(config, {reason: logits}, encoded)
+    served = predictions({reason: logits.numpy()}, {reason: names})
+    assert fitted.tolist() == [[answer.probabilities[reason][name] for name in violation_classes(config)]
+                               for answer in served]
+    assert {round(value, 6) for value in fitted.ravel()} == set(fitted.ravel())  # 6 places, as answers carry
+
+
 def test_fit_when_no_side_can_reach_the_target():
     scores, violating = np.full(10, 0.5), np.r_[np.ones(5, bool), np.zeros(5, bool)]
     fit = fit_thresholds(scores, violating, 0.9)  # tied scores, half violating: nothing decided automatically
     assert (fit.blocked, fit.passed, fit.automation_rate, fit.review_at) == (0.0, 0.0, 0.0, 0.0)
+    # a policy cannot say "never block": block_at 1 still blocks probabilities of exactly 1, and the fit says so
+    saturated = fit_thresholds([1.0, 1.0, 0.2, 0.9], [True, False, False, True], 0.99)
+    assert (saturated.block_at, saturated.blocked, saturated.block_precision) == (1.0, 0.5, 0.5)
     with pytest.raises(ValueError, match="target precision"):
         fit_thresholds(scores, violating, 1.5)
 

@@ -23,6 +23,7 @@ from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation
 from adaudit.decisions.fit import (ClassThresholds, FittedThresholds, fit_class_thresholds, fit_thresholds,
                                    precision_automation_curve)
 from adaudit.decisions.policy import SHIPPED, check_policy, load_policy, parse_policy
+from adaudit.decisions.scores import probabilities as served_probabilities
 from adaudit.models.labels import DEFAULT_TAXONOMY, Taxonomy
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.models.modeling import AuditModel
@@ -75,7 +76,8 @@ def class_probabilities(config: AuditModelConfig, logits: dict[str, torch.Tensor
     """((ads, violation classes) probabilities, whether each ad truly violates) from a model's logits."""
     taxonomy = config.taxonomy
     reason = taxonomy.reason_task
-    probabilities = torch.softmax(logits[reason], dim=-1).numpy()
+    # as the gateway computes them (decisions/scores.py), so a fitted threshold decides served ads alike
+    probabilities = np.array([served_probabilities(row) for row in logits[reason].float().numpy().tolist()])
     truth = encoded.labels[:, encoded.tasks.index(reason)].numpy()
     none_index = list(config.tasks[reason]).index(taxonomy.clean_class)
     return np.delete(probabilities, none_index, axis=1), truth != none_index
@@ -121,6 +123,11 @@ def fitted_policy(fit: FittedThresholds | ClassThresholds, name: str, base: Path
     return policy
 
 
+def policy_yaml(policy: dict) -> str:
+    """A fitted policy as its YAML file holds it (keys in the policy's own order, Chinese terms as written)."""
+    return yaml.safe_dump(policy, allow_unicode=True, sort_keys=False)
+
+
 def plot_curve(curve: list[dict], chosen: FittedThresholds, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -153,7 +160,7 @@ def fit_policy(model_dir: Path, data_dir: Path, target: float, out: Path, name: 
     curve = precision_automation_curve(scores, violating)
     policy = fitted_policy(fit, name, base, AuditModelConfig.load(model_dir).taxonomy)
     out = Path(out)
-    atomic_write_text(out, yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
+    atomic_write_text(out, policy_yaml(policy))
     plot = out.with_suffix(".curve.png")
     plot_curve(curve, fit, plot)
     written = policy["violations"]  # the thresholds as written
