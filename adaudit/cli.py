@@ -209,7 +209,8 @@ def compress(teacher: Annotated[Path, typer.Option(help="teacher folder")],
              data: Annotated[Path, typer.Option(help="data set folder")],
              out: Annotated[Path, typer.Option(help="student folder to write")],
              recipe: Annotated[Optional[str], typer.Option(
-                 help="recipe YAML, or default / pretrained / auto (searched per-layer policy) / tiny / tiny-auto; "
+                 help="recipe YAML, or default / more-ads (default distilled on 4,000 ads) / pretrained / auto "
+                      "(searched per-layer policy) / tiny / tiny-auto / demo; "
                       "none: the packaged one for the teacher's preset")] = None,
              target_speedup: Annotated[Optional[float], typer.Option(
                  help="for a searched recipe: the student's batch-1 latency budget is the teacher's / this")] = None,

@@ -10,7 +10,7 @@ precision. The automation rate is the share of ads blocked or passed.
 
 `fit_class_thresholds` gives each violation class its own pair instead (the policy YAML holds one per class):
 each class's probability is divided by a factor before the riskiest class is read, the factors searched one
-class at a time, and the threshold fitted on the divided scores multiplied back per class. Where clean ads
+class at a time, and a cut fitted on the divided scores read back as each class's threshold on its own scores. Where clean ads
 score high on one class (the picture tower's gambling suspicion) and violations low on another, one common
 pair cannot pass the first without passing the second; the factors can (docs/decisions.md). The two sides
 get their own factors: which ads are blocked depends only on the `block_at` values and which are passed
