@@ -10,7 +10,8 @@ precision. The automation rate is the share of ads blocked or passed.
 
 `fit_class_thresholds` gives each violation class its own pair instead (the policy YAML holds one per class):
 each class's probability is divided by a factor before the riskiest class is read, the factors searched one
-class at a time, and a cut fitted on the divided scores read back as each class's threshold on its own scores. Where clean ads
+class at a time, and a cut fitted on the divided scores multiplied back per class (kept on the same side of
+every ad's score, `_class_cuts`). Where clean ads
 score high on one class (the picture tower's gambling suspicion) and violations low on another, one common
 pair cannot pass the first without passing the second; the factors can (docs/decisions.md). The two sides
 get their own factors: which ads are blocked depends only on the `block_at` values and which are passed
@@ -165,16 +166,20 @@ def _class_factors(scores: np.ndarray, share) -> np.ndarray:
 
 
 def _class_cuts(scores: np.ndarray, scale: np.ndarray, threshold: float, ceiling: np.ndarray) -> np.ndarray:
-    """Per class, the threshold on the real scores that splits the ads as `divided riskiest >= threshold` does:
-    the lowest score of the class whose divided value reaches it (dividing by a positive factor keeps the order,
-    so every lower score stays below), else just above the class's highest score; at most `ceiling`.
-    Multiplying `threshold` back by the factor instead can land a float step off and move an ad."""
+    """Per class, a threshold on the real scores that splits the ads as `divided riskiest >= threshold` does: the
+    cut multiplied back by the class's factor, moved into the gap between the class's highest score that does not
+    reach the cut and its lowest that does where a float step put it outside (dividing by a positive factor keeps
+    the order, so the gap exists; without the move, a boundary ad could change sides); at most `ceiling`."""
     cuts = np.empty(scores.shape[1])
     for column in range(scores.shape[1]):
         values = scores[:, column]
-        reaching = values[values / scale[column] >= threshold]
-        above_all = max(threshold * scale[column], np.nextafter(values.max(), np.inf)) if len(values) else 0.0
-        cuts[column] = min(reaching.min() if len(reaching) else above_all, ceiling[column])
+        reaches = values / scale[column] >= threshold
+        cut = threshold * scale[column]
+        if (~reaches).any():
+            cut = max(cut, np.nextafter(values[~reaches].max(), np.inf))
+        if reaches.any():
+            cut = min(cut, values[reaches].min())
+        cuts[column] = min(cut, ceiling[column])
     return cuts
 
 
