@@ -30,7 +30,8 @@ import torch
 from adaudit.core.files import write_results
 from adaudit.data.dataset import read_split
 from adaudit.decisions.decide import decide
-from adaudit.decisions.fit import apply_class_thresholds, apply_thresholds, fit_class_thresholds, fit_thresholds
+from adaudit.decisions.fit import (apply_class_thresholds, apply_thresholds, decided, fit_class_thresholds,
+                                   fit_thresholds)
 from adaudit.decisions.policy import load_policy
 from adaudit.models.configuration import AuditModelConfig
 from adaudit.training.policy_fit import fitted_policy, policy_yaml, splits_class_probabilities
@@ -72,12 +73,7 @@ def as_served(model: Path, data: Path, fit, classes: list[str], probabilities: n
         term_hit_ads += any(hit.list != "allow" for hit in hits)
         suggestions.append(decide({taxonomy.reason_task: reason}, hits, loaded.policy, taxonomy).suggestion)
     suggestions = np.array(suggestions)
-    blocked, passed = suggestions == "block", suggestions == "pass"
-    return {"blocked": float(blocked.mean()), "passed": float(passed.mean()),
-            "automation_rate": float((blocked | passed).mean()),
-            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
-            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None,
-            "ads_with_term_hits": int(term_hit_ads), "ads": int(len(suggestions))}
+    return decided(suggestions == "block", suggestions == "pass", violating) | {"ads_with_term_hits": int(term_hit_ads)}
 
 
 def threshold(value) -> str:

@@ -81,6 +81,15 @@ def _pass_threshold(scores: np.ndarray, clean: np.ndarray, target: float, cap: f
     return float(following[good.max()]) if len(good) else 0.0
 
 
+def decided(blocked: np.ndarray, passed: np.ndarray, violating: np.ndarray) -> dict:
+    """Shares blocked and passed, the automation rate, and the precision each automatic side reaches (None where it
+    decides nothing), from (n,) masks of the ads blocked and passed and whether each truly violates."""
+    return {"blocked": float(blocked.mean()), "passed": float(passed.mean()),
+            "automation_rate": float((blocked | passed).mean()),
+            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
+            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(blocked))}
+
+
 def fit_thresholds(scores, violating, target: float = 0.99) -> FittedThresholds:
     """`scores` (n,) risk scores, `violating` (n,) whether each ad truly violates; thresholds in [0, 1]
     with review_at <= block_at."""
@@ -94,12 +103,10 @@ def fit_thresholds(scores, violating, target: float = 0.99) -> FittedThresholds:
     nothing_blocked = np.isinf(lowest_block)
     block_at = 1.0 if nothing_blocked else lowest_block
     review_at = min(_pass_threshold(scores, ~violating, target, block_at), 1.0)
-    blocked = scores >= block_at  # with nothing to block at the target, block_at 1 still blocks scores of 1
-    passed = scores < review_at
-    return FittedThresholds(float(violating[blocked].mean()) if blocked.any() else None,
-                            float((~violating[passed]).mean()) if passed.any() else None,
-                            float(blocked.mean()), float(passed.mean()), target, block_at=block_at,
-                            review_at=review_at)
+    # with nothing to block at the target, block_at 1 still blocks scores of 1
+    reached = decided(scores >= block_at, scores < review_at, violating)
+    return FittedThresholds(reached["block_precision"], reached["pass_precision"], reached["blocked"],
+                            reached["passed"], target, block_at=block_at, review_at=review_at)
 
 
 def precision_automation_curve(scores, violating, targets=CURVE_TARGETS) -> list[dict]:
@@ -112,11 +119,7 @@ def apply_thresholds(scores, violating, block_at: float, review_at: float) -> di
     rate and the precision each automatic side reaches there (None where it decides nothing)."""
     scores = np.asarray(scores, dtype=np.float64)
     violating = np.asarray(violating, dtype=bool)
-    blocked, passed = scores >= block_at, scores < review_at
-    return {"block_at": block_at, "review_at": review_at, "blocked": float(blocked.mean()),
-            "passed": float(passed.mean()), "automation_rate": float((blocked | passed).mean()),
-            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
-            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(scores))}
+    return {"block_at": block_at, "review_at": review_at} | decided(scores >= block_at, scores < review_at, violating)
 
 
 FACTORS = tuple(2.0 ** np.arange(-4, 4.01, 0.25))  # per-class factors searched: 1/16 to 16, quarter powers of 2
@@ -141,11 +144,8 @@ def apply_class_thresholds(scores, violating, block_at, review_at) -> dict:
     violating = np.asarray(violating, dtype=bool)
     blocked = (scores >= np.asarray(block_at)).any(axis=1)
     passed = (scores < np.asarray(review_at)).all(axis=1) & ~blocked
-    return {"block_at": [float(t) for t in block_at], "review_at": [float(t) for t in review_at],
-            "blocked": float(blocked.mean()), "passed": float(passed.mean()),
-            "automation_rate": float((blocked | passed).mean()),
-            "block_precision": float(violating[blocked].mean()) if blocked.any() else None,
-            "pass_precision": float((~violating[passed]).mean()) if passed.any() else None, "ads": int(len(scores))}
+    return {"block_at": [float(t) for t in block_at], "review_at": [float(t) for t in review_at]} | decided(
+        blocked, passed, violating)
 
 
 def _class_factors(scores: np.ndarray, share) -> np.ndarray:
@@ -217,7 +217,7 @@ def fit_class_thresholds(scores, violating, target: float = 0.99, classes: list[
     highest_pass = _pass_threshold((remaining / pass_scale).max(axis=1), clean, target, np.inf) if len(remaining) else 0
     review_at = (_class_cuts(remaining, pass_scale, highest_pass, block_at) if highest_pass > 0
                  else np.zeros(scores.shape[1]))
-    decided = apply_class_thresholds(scores, violating, block_at, review_at)
-    return ClassThresholds(decided["block_precision"], decided["pass_precision"], decided["blocked"],
-                           decided["passed"], target, classes=classes, block_at=tuple(map(float, block_at)),
+    reached = apply_class_thresholds(scores, violating, block_at, review_at)
+    return ClassThresholds(reached["block_precision"], reached["pass_precision"], reached["blocked"],
+                           reached["passed"], target, classes=classes, block_at=tuple(map(float, block_at)),
                            review_at=tuple(map(float, review_at)))
