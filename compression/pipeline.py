@@ -31,7 +31,7 @@ from adaudit.data.encoding import EncodedSplit, encode_split, encode_validation,
 from adaudit.models.modeling import AuditModel
 from adaudit.models.preprocessing import AuditProcessor
 from adaudit.training.device import Placement
-from adaudit.training.distributed import World, finish, per_rank_batch, start
+from adaudit.training.distributed import World, joined, per_rank_batch
 from adaudit.training.calibration import (NO_VALIDATION, Calibration, fit_calibration, plot_reliability, skipped,
                                          summary as calibration_summary)
 from adaudit.training.evaluation import predict_logits
@@ -76,12 +76,9 @@ def compress(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | s
     A recipe with a `search` section (`--recipe auto`) first searches the per-layer policy under
     a latency budget of the teacher's batch-1 latency / `target_speedup` (search.py)."""
     started = time.perf_counter()
-    world = start(device, fsdp)  # refused (no CUDA) before any work; joins the other ranks under torchrun
-    try:
+    with joined(device, fsdp) as world:  # refused (no CUDA) before any work; joins the other ranks under torchrun
         log = log if world.main else (lambda message: None)
         return compress_on_rank(teacher_dir, data_dir, out, recipe_path, log, target_speedup, world, started)
-    finally:
-        finish(world)
 
 
 def compress_on_rank(teacher_dir: Path, data_dir: Path, out: Path, recipe_path: Path | str | None, log,

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from adaudit.cli import app
 from adaudit.training.device import (DeviceError, Placement, autocast_dtype, bfloat16_supported, resolve_device,
                                      to_device)
 
@@ -19,6 +21,12 @@ def adaudit(*args, **kwargs):
     return subprocess.run([*ADAUDIT, *map(str, args)], capture_output=True, text=True, timeout=120, **kwargs)
 
 
+def in_process(*args) -> subprocess.CompletedProcess:
+    """The CLI run by typer's CliRunner, its outcome in a subprocess's terms."""
+    result = CliRunner().invoke(app, list(map(str, args)))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def one_error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr
@@ -27,13 +35,15 @@ def one_error_line(result) -> str:
 
 
 def test_cuda_without_cuda_is_one_error_line_before_any_work(tmp_path):
-    """teacher train, compress and eval refuse first: the folders given do not even exist."""
+    """teacher train, compress and eval refuse first: the folders given do not even exist. teacher train runs as
+    torchrun starts it (`python -m adaudit`, its whole stderr one line); compress and eval, which go through the
+    same refusal, in this process (typer's CliRunner), to spare two interpreter starts."""
     data, model = tmp_path / "no-data", tmp_path / "no-model"
     trained = adaudit("teacher", "train", "--data", data, "--out", tmp_path / "t", "--preset", "tiny", "--device", "cuda")
     assert "--device cuda: this machine has no CUDA" in one_error_line(trained)
-    compressed = adaudit("compress", "--teacher", model, "--data", data, "--out", tmp_path / "s", "--device", "cuda:3")
+    compressed = in_process("compress", "--teacher", model, "--data", data, "--out", tmp_path / "s", "--device", "cuda:3")
     assert "--device cuda:3: this machine has no CUDA" in one_error_line(compressed)
-    assert "no CUDA" in one_error_line(adaudit("eval", "--model", model, "--data", data, "--device", "cuda:0"))
+    assert "no CUDA" in one_error_line(in_process("eval", "--model", model, "--data", data, "--device", "cuda:0"))
     assert sorted(tmp_path.iterdir()) == []  # nothing written, not even a checkpoint folder
 
 

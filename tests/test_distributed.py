@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -49,7 +50,7 @@ def weights_distance(a: Path, b: dict, start: dict) -> float:
     return float(apart / moved)
 
 
-def single_process_run(dataset: Path, out: Path, monkeypatch, dropout_seed: int | None = None) -> dict:
+def single_process_run(dataset: Path, out: Path, dropout_seed: int | None = None) -> dict:
     """1 rank, in this process, on one thread as each rank runs; with `dropout_seed`, the generator is
     reseeded after the weights are drawn, so only the dropout masks differ (the noise floor)."""
     new_teacher = teacher_module.new_teacher
@@ -61,7 +62,7 @@ def single_process_run(dataset: Path, out: Path, monkeypatch, dropout_seed: int 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with monkeypatch.context() as patch:
+        with pytest.MonkeyPatch.context() as patch:
             if dropout_seed is not None:
                 patch.setattr(teacher_module, "new_teacher", reseeded)
             return teacher_module.train_teacher(dataset, out, "tiny", epochs=EPOCHS, log=quiet, device="cpu")
@@ -69,7 +70,20 @@ def single_process_run(dataset: Path, out: Path, monkeypatch, dropout_seed: int 
         torch.set_num_threads(threads)
 
 
-def test_two_gloo_ranks_train_as_one_rank_does(dataset, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def single_process(dataset, tmp_path_factory) -> dict:
+    """The 1-rank run every multi-rank run is compared with, and the noise floor beside it (one dropout seed
+    apart), trained once for this module: folders and metrics by name, with the weights training started
+    from."""
+    work = tmp_path_factory.mktemp("single-process")
+    runs = {"one": single_process_run(dataset, work / "one"),
+            "floor": single_process_run(dataset, work / "floor", dropout_seed=12345)}
+    torch.manual_seed(0)
+    return {"metrics": runs, "folders": {name: work / name for name in runs},
+            "start": teacher_module.new_teacher("tiny").state_dict()}
+
+
+def test_two_gloo_ranks_train_as_one_rank_does(dataset, tmp_path, single_process):
     assert sum(1 for _ in open(dataset / "train.jsonl")) % 2 == 0  # no ad repeated to even out the ranks
     two = train(dataset, tmp_path / "two", "--nproc-per-node", 2)
     assert two.returncode == 0, two.stderr
@@ -79,14 +93,12 @@ def test_two_gloo_ranks_train_as_one_rank_does(dataset, tmp_path, monkeypatch):
     assert two.stderr.count("training ads + 0 recombined") == 1
     assert not (tmp_path / "two.checkpoint").exists()
 
-    one = single_process_run(dataset, tmp_path / "one", monkeypatch)
+    one, floor = single_process["metrics"]["one"], single_process["metrics"]["floor"]
     assert one["distributed"] == {"world_size": 1, "backend": None, "device": "cpu"}
-    floor = single_process_run(dataset, tmp_path / "floor", monkeypatch, dropout_seed=12345)
-    torch.manual_seed(0)
-    start = teacher_module.new_teacher("tiny").state_dict()
-    reference = load_file(str(tmp_path / "one" / "model.safetensors"))
+    start, folders = single_process["start"], single_process["folders"]
+    reference = load_file(str(folders["one"] / "model.safetensors"))
     apart_ranks = weights_distance(tmp_path / "two", reference, start)
-    apart_dropout = weights_distance(tmp_path / "floor", reference, start)
+    apart_dropout = weights_distance(folders["floor"], reference, start)
     losses = {"one": one["train_loss"], "two": metrics["train_loss"], "floor": floor["train_loss"]}
     print(f"weights apart / moved: 2 ranks {apart_ranks:.3f}, dropout alone {apart_dropout:.3f}; losses {losses}")
     assert apart_ranks < 1.3 * apart_dropout, (apart_ranks, apart_dropout)
@@ -136,7 +148,7 @@ def test_a_rank_that_dies_stops_the_run_with_one_line_naming_it(dataset, tmp_pat
     assert not (tmp_path / "t").exists()  # nothing half-written (a checkpoint is whole or absent)
 
 
-def test_fsdp_ranks_train_as_ddp_ranks_do_and_their_checkpoint_resumes(dataset, tmp_path, monkeypatch):
+def test_fsdp_ranks_train_as_ddp_ranks_do_and_their_checkpoint_resumes(dataset, tmp_path, single_process):
     """2 FSDP2 ranks land as close to 1 rank as the dropout noise floor allows; the checkpoint they gather to rank 0
     is a single process's, and 2 FSDP ranks resume from it after a rank is killed."""
     sharded = train(dataset, tmp_path / "fsdp", "--nproc-per-node", 2, "--fsdp", "--gradient-checkpointing", "vision,text")
@@ -144,13 +156,11 @@ def test_fsdp_ranks_train_as_ddp_ranks_do_and_their_checkpoint_resumes(dataset, 
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
     assert metrics["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu", "fsdp": True}
     assert "2 ranks (gloo, FSDP2); gradient checkpointing in vision, text" in sharded.stderr
-    one = single_process_run(dataset, tmp_path / "one", monkeypatch)
-    single_process_run(dataset, tmp_path / "floor", monkeypatch, dropout_seed=12345)
-    torch.manual_seed(0)
-    start = teacher_module.new_teacher("tiny").state_dict()
-    reference = load_file(str(tmp_path / "one" / "model.safetensors"))
+    one = single_process["metrics"]["one"]
+    start, folders = single_process["start"], single_process["folders"]
+    reference = load_file(str(folders["one"] / "model.safetensors"))
     apart_fsdp = weights_distance(tmp_path / "fsdp", reference, start)
-    apart_dropout = weights_distance(tmp_path / "floor", reference, start)
+    apart_dropout = weights_distance(folders["floor"], reference, start)
     print(f"weights apart / moved: FSDP {apart_fsdp:.3f}, dropout alone {apart_dropout:.3f}; "
           f"losses {one['train_loss']} {metrics['train_loss']}")
     assert apart_fsdp < 1.3 * apart_dropout, (apart_fsdp, apart_dropout)

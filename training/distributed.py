@@ -25,9 +25,12 @@ training loop needs from it:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -269,11 +272,33 @@ def state_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def finish(world: World) -> None:
-    """Leave the process group. No barrier: after training only rank 0 works (evaluates, writes), and a
-    barrier would hold the other ranks under the group's timeout for as long as that takes."""
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def finish(world: World, completed: bool) -> None:
+    """Leave the process group. After a `completed` run every rank first drops what still refers to the group
+    (FSDP2's sharded tensors hold its device mesh; freeing them is a cycle collection away) and waits at a
+    barrier for the others, rank 0 included, which evaluates and writes meanwhile (COLLECTIVE_TIMEOUT covers
+    that), so all ranks tear the group down together while their interpreters are whole. A rank that left
+    alone while rank 0 still held the connection was once killed by SIGABRT in gloo's teardown ("terminate
+    called without an active exception", CI, FSDP2 on 2 CPU ranks). After a failure there is no barrier: the
+    other ranks may be inside a collective that never completes, and torchrun stops them anyway."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    if completed:
+        gc.collect()
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device_name: str | None = "auto", fsdp: bool = False) -> Iterator[World]:
+    """`start`'s World for the work inside the block, and `finish` after it: the barrier only when the block
+    completed."""
+    world = start(device_name, fsdp)
+    completed = False
+    try:
+        yield world
+        completed = True
+    finally:
+        finish(world, completed)
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

@@ -39,7 +39,7 @@ from .averaging import UNAVERAGED_FOLDER, WeightAverage
 from .presets import preset
 from .real_copy import makes_rows as makes_real_copy_rows, real_copy_rows
 from .reframing import Reframing
-from .distributed import World, finish, per_rank_batch, start
+from .distributed import World, joined, per_rank_batch
 from .loop import TrainingState, fit, label_loss, load_checkpoint, save_checkpoint
 
 MODALITIES = ("both", "text", "image")
@@ -149,13 +149,10 @@ def train_teacher(data_dir: Path, out: Path, preset_name: str, epochs: int | Non
     if unknown:
         raise ConfigError(f"gradient checkpointing names no tower {', '.join(unknown)}: choose among "
                          f"{', '.join(TOWERS)}")
-    world = start(device, fsdp)
-    try:
+    with joined(device, fsdp) as world:
         log = log if world.main else (lambda message: None)
         return run_teacher(data_dir, out, row, schedule, world, resume, limit, modality, frozen_blocks,
                            recombined, log, started, gradient_checkpointing, real_copy, reframed, weight_average)
-    finally:
-        finish(world)
 
 
 def load_or_new_teacher(checkpoint: Path, resume: bool, preset_name: str, seed: int, recombined: float, log,
