@@ -272,33 +272,26 @@ def state_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def finish(world: World, completed: bool) -> None:
-    """Leave the process group. After a `completed` run every rank first drops what still refers to the group
-    (FSDP2's sharded tensors hold its device mesh; freeing them is a cycle collection away) and waits at a
-    barrier for the others, rank 0 included, which evaluates and writes meanwhile (COLLECTIVE_TIMEOUT covers
-    that), so all ranks tear the group down together while their interpreters are whole. A rank that left
-    alone while rank 0 still held the connection was once killed by SIGABRT in gloo's teardown ("terminate
-    called without an active exception", CI, FSDP2 on 2 CPU ranks). After a failure there is no barrier: the
-    other ranks may be inside a collective that never completes, and torchrun stops them anyway."""
-    if not (world.distributed and dist.is_initialized()):
-        return
-    if completed:
-        gc.collect()
-        dist.barrier()
-    dist.destroy_process_group()
-
-
 @contextmanager
 def joined(device_name: str | None = "auto", fsdp: bool = False) -> Iterator[World]:
-    """`start`'s World for the work inside the block, and `finish` after it: the barrier only when the block
-    completed."""
+    """`start`'s World for the work inside the block, then leave the process group. When the block completes,
+    every rank first drops what still refers to the group (FSDP2's sharded tensors hold its device mesh; freeing
+    them is a cycle collection away) and waits at a barrier for the others, rank 0 included, which evaluates
+    and writes meanwhile (COLLECTIVE_TIMEOUT covers that), so all ranks tear the group down together while
+    their interpreters are whole. A rank that left alone while rank 0 still held the connection was once
+    killed by SIGABRT in gloo's teardown ("terminate called without an active exception", CI, FSDP2 on 2 CPU
+    ranks). After a failure there is no barrier: the other ranks may be inside a collective that never
+    completes, and torchrun stops them anyway."""
     world = start(device_name, fsdp)
-    completed = False
+    leaves = world.distributed and dist.is_initialized()
     try:
         yield world
-        completed = True
+        if leaves:
+            gc.collect()
+            dist.barrier()
     finally:
-        finish(world, completed)
+        if leaves:
+            dist.destroy_process_group()
 
 
 def without_option(argv: list[str], option: str) -> list[str]:
